@@ -1,0 +1,138 @@
+//! # fyntr-platform: how bytes move on this OS, and nothing else
+//!
+//! This leaf crate knows nothing of CONNECT, policy or scheduling. It offers what the proxy core in
+//! `fyntr` needs from an I/O backend, as one small trait family that each backend implements:
+//!
+//! - [`Backend`]: starts N workers (one OS thread each, single-threaded runtime, `!Send` tasks
+//!   allowed), spawns tasks on the current worker and adopts sockets dialled elsewhere.
+//! - [`Listener`] and [`Stream`]: sockets with an owned-buffer API
+//!   (`read(buf) -> (io::Result<usize>, buf)`), the shape io_uring needs, which a readiness-based
+//!   backend adapts easily.
+//! - [`BufferPool`] and [`IoBuffer`]: bounded per-worker pools of data buffers.
+//! - [`socket`]: binding the listening sockets (one per worker with `SO_REUSEPORT` on Linux).
+//!
+//! Backends: [`portable`] (Tokio current-thread runtime per worker, epoll/kqueue) runs everywhere.
+//!
+//! Cancellation rule shared by all backends: futures returned by [`Stream::read`] and
+//! [`Stream::write_all`] must be driven to completion, never dropped mid-flight (an io_uring
+//! operation keeps running after its future is dropped). To end a blocked operation, call
+//! [`Stream::abort`], which makes it complete with EOF or an error. [`Stream::readable`] is the one
+//! wait that may be raced against a timer.
+
+use std::{future::Future, io, net::SocketAddr};
+
+mod pool;
+pub mod portable;
+pub mod socket;
+
+pub use pool::{HeapBuffer, HeapPool};
+
+/// An owned data buffer that crosses the backend boundary.
+///
+/// The filled part is what the last read produced (or what [`IoBuffer::fill_from`] copied in);
+/// writes send exactly the filled part.
+pub trait IoBuffer: 'static {
+    /// The bytes currently held.
+    fn filled(&self) -> &[u8];
+    /// How many bytes the buffer can hold.
+    fn capacity(&self) -> usize;
+    /// Replaces the contents with a prefix of `bytes`; returns how many bytes were copied.
+    fn fill_from(&mut self, bytes: &[u8]) -> usize;
+}
+
+/// A bounded pool of buffers owned by one worker.
+///
+/// Buffers go back to the pool when dropped. When every buffer is in use, [`BufferPool::take`]
+/// waits: that is backpressure, never an allocation failure.
+pub trait BufferPool: 'static {
+    /// The buffer type this pool hands out.
+    type Buffer: IoBuffer;
+    /// Takes a buffer, waiting while the pool is exhausted.
+    fn take(&self) -> impl Future<Output = Self::Buffer>;
+    /// Buffers currently allocated (in use or kept free for reuse).
+    fn allocated(&self) -> usize;
+}
+
+/// A connected TCP stream on the current worker.
+///
+/// All methods take `&self` so that the two relay directions of a tunnel can share one stream.
+pub trait Stream: Sized + 'static {
+    /// The buffer type reads and writes move.
+    type Buffer: IoBuffer;
+    /// Waits until a read would not block (data, EOF or an error is pending).
+    ///
+    /// Unlike `read`, this future may be dropped at any time, so it is the place for deadlines.
+    fn readable(&self) -> impl Future<Output = io::Result<()>>;
+    /// Reads once into `buf`, replacing its contents; `Ok(0)` means EOF.
+    fn read(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<usize>, Self::Buffer)>;
+    /// Writes the whole filled part of `buf`.
+    fn write_all(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<()>, Self::Buffer)>;
+    /// Sends FIN: the peer reads EOF, while reading from it continues.
+    fn shutdown_write(&self) -> io::Result<()>;
+    /// Shuts the socket down both ways so that any pending read or write completes promptly.
+    fn abort(&self);
+    /// The address of the peer.
+    fn peer_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// A listening socket on the current worker.
+pub trait Listener: 'static {
+    /// The stream type accepted connections become.
+    type Stream: Stream;
+    /// Accepts one connection.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
+    /// Stops accepting: a pending `accept` completes with an error and later ones fail.
+    fn stop(&self);
+}
+
+/// What a worker is given when it starts.
+pub struct Worker<L> {
+    /// Zero-based index of this worker.
+    pub index: usize,
+    /// The listener this worker accepts on.
+    pub listener: L,
+}
+
+/// An I/O backend: a way to run workers and move bytes.
+///
+/// The proxy core is generic over this trait and monomorphised per backend, so the data path has
+/// no dynamic dispatch.
+pub trait Backend: Copy + Send + Sync + 'static {
+    /// Data buffer type.
+    type Buffer: IoBuffer;
+    /// Connected stream type.
+    type Stream: Stream<Buffer = Self::Buffer>;
+    /// Listener type.
+    type Listener: Listener<Stream = Self::Stream>;
+    /// Per-worker buffer pool type.
+    type Pool: BufferPool<Buffer = Self::Buffer>;
+
+    /// Short name for logs: `tokio` or `io-uring`.
+    fn name(&self) -> &'static str;
+
+    /// Runs `workers` workers, each on its own thread with its own single-threaded runtime, and
+    /// blocks until all of them return.
+    ///
+    /// `listeners` holds either one listener per worker (each worker accepts on its own) or a
+    /// single listener, in which case one acceptor thread hands connections to the workers in
+    /// turn (for systems where `SO_REUSEPORT` does not balance).
+    fn run_workers<F, Fut>(
+        self,
+        workers: usize,
+        listeners: Vec<std::net::TcpListener>,
+        worker: F,
+    ) -> io::Result<()>
+    where
+        F: Fn(Worker<Self::Listener>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static;
+
+    /// Spawns a task on the current worker. Must be called from inside a worker.
+    fn spawn<F: Future<Output = ()> + 'static>(future: F);
+
+    /// Adopts a connected (non-blocking) std socket into the current worker.
+    fn stream_from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
+
+    /// Creates the current worker's buffer pool: buffers of `buffer_size` bytes, at most
+    /// `max_buffers` of them allocated at once.
+    fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> Self::Pool;
+}

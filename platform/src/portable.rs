@@ -1,0 +1,353 @@
+//! The portable backend: a Tokio current-thread runtime per worker (epoll on Linux, kqueue on
+//! macOS). It runs everywhere, and on Linux wherever io_uring is unavailable.
+
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    thread,
+};
+
+use tokio::{net::TcpListener, sync::mpsc};
+
+use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Worker};
+
+/// The portable (Tokio) backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Portable;
+
+/// A listener of the portable backend.
+pub enum PortableListener {
+    /// The worker accepts on its own socket.
+    Socket {
+        /// The socket.
+        listener: TcpListener,
+        /// Set once [`crate::Listener::stop`] was called.
+        stopped: Cell<bool>,
+    },
+    /// An acceptor thread hands connections to this worker.
+    Handoff(RefCell<mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>>),
+}
+
+impl crate::Listener for PortableListener {
+    type Stream = PortableStream;
+
+    async fn accept(&self) -> io::Result<(PortableStream, SocketAddr)> {
+        match self {
+            Self::Socket { listener, stopped } => {
+                if stopped.get() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "listener stopped",
+                    ));
+                }
+                let (stream, peer) = listener.accept().await?;
+                Ok((PortableStream::new(stream)?, peer))
+            }
+            Self::Handoff(receiver) => {
+                let next = {
+                    // The receiver is only ever polled by this worker's accept loop.
+                    let mut receiver = receiver.borrow_mut();
+                    std::future::poll_fn(|cx| receiver.poll_recv(cx)).await
+                };
+                let (stream, peer) = next.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotConnected, "acceptor stopped")
+                })?;
+                Ok((Portable::stream_from_std(stream)?, peer))
+            }
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Self::Socket { listener, stopped } => {
+                stopped.set(true);
+                socket::stop_listening(listener);
+            }
+            Self::Handoff(receiver) => receiver.borrow_mut().close(),
+        }
+    }
+}
+
+/// A connected stream of the portable backend.
+pub struct PortableStream {
+    inner: tokio::net::TcpStream,
+}
+
+impl PortableStream {
+    fn new(inner: tokio::net::TcpStream) -> io::Result<Self> {
+        // A proxy forwards each chunk as soon as it has it; Nagle would only add latency.
+        inner.set_nodelay(true)?;
+        Ok(Self { inner })
+    }
+}
+
+impl crate::Stream for PortableStream {
+    type Buffer = HeapBuffer;
+
+    async fn readable(&self) -> io::Result<()> {
+        self.inner.readable().await
+    }
+
+    async fn read(&self, mut buf: HeapBuffer) -> (io::Result<usize>, HeapBuffer) {
+        loop {
+            if let Err(error) = self.inner.readable().await {
+                return (Err(error), buf);
+            }
+            match self.inner.try_read(buf.spare_mut()) {
+                Ok(n) => {
+                    buf.set_len(n);
+                    return (Ok(n), buf);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => {
+                    buf.set_len(0);
+                    return (Err(error), buf);
+                }
+            }
+        }
+    }
+
+    async fn write_all(&self, buf: HeapBuffer) -> (io::Result<()>, HeapBuffer) {
+        let mut written = 0;
+        while written < buf.filled().len() {
+            // Try first: the socket buffer usually has room, which saves a readiness round trip.
+            match self.inner.try_write(&buf.filled()[written..]) {
+                Ok(0) => {
+                    let error = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no data");
+                    return (Err(error), buf);
+                }
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(error) = self.inner.writable().await {
+                        return (Err(error), buf);
+                    }
+                }
+                Err(error) => return (Err(error), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket::shutdown_write(&self.inner)
+    }
+
+    fn abort(&self) {
+        socket::shutdown_both(&self.inner);
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
+impl Backend for Portable {
+    type Buffer = HeapBuffer;
+    type Stream = PortableStream;
+    type Listener = PortableListener;
+    type Pool = HeapPool;
+
+    fn name(&self) -> &'static str {
+        "tokio"
+    }
+
+    fn run_workers<F, Fut>(
+        self,
+        workers: usize,
+        listeners: Vec<std::net::TcpListener>,
+        worker: F,
+    ) -> io::Result<()>
+    where
+        F: Fn(Worker<PortableListener>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let workers = workers.max(1);
+        let sources = listener_sources(workers, listeners)?;
+        let worker = Arc::new(worker);
+        let mut threads = Vec::with_capacity(workers);
+        for (index, source) in sources.into_iter().enumerate() {
+            let worker = Arc::clone(&worker);
+            let thread = thread::Builder::new()
+                .name(format!("fyntr-worker-{index}"))
+                .spawn(move || -> io::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async move {
+                        let listener = source.into_listener()?;
+                        worker(Worker { index, listener }).await;
+                        Ok(())
+                    })
+                })?;
+            threads.push(thread);
+        }
+        let mut result = Ok(());
+        for thread in threads {
+            let outcome = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")));
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(future: F) {
+        tokio::task::spawn_local(future);
+    }
+
+    fn stream_from_std(stream: std::net::TcpStream) -> io::Result<PortableStream> {
+        stream.set_nonblocking(true)?;
+        PortableStream::new(tokio::net::TcpStream::from_std(stream)?)
+    }
+
+    fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> HeapPool {
+        HeapPool::new(buffer_size, max_buffers)
+    }
+}
+
+/// Where a worker's connections come from, before its runtime exists.
+enum ListenerSource {
+    Socket(std::net::TcpListener),
+    Handoff(mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>),
+}
+
+impl ListenerSource {
+    fn into_listener(self) -> io::Result<PortableListener> {
+        Ok(match self {
+            Self::Socket(listener) => PortableListener::Socket {
+                listener: TcpListener::from_std(listener)?,
+                stopped: Cell::new(false),
+            },
+            Self::Handoff(receiver) => PortableListener::Handoff(RefCell::new(receiver)),
+        })
+    }
+}
+
+/// One listener per worker when there are enough, otherwise one acceptor thread that deals
+/// connections to the workers in turn.
+fn listener_sources(
+    workers: usize,
+    mut listeners: Vec<std::net::TcpListener>,
+) -> io::Result<Vec<ListenerSource>> {
+    if listeners.len() >= workers {
+        listeners.truncate(workers);
+        return Ok(listeners.into_iter().map(ListenerSource::Socket).collect());
+    }
+    let listener = listeners
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener to run on"))?;
+    listener.set_nonblocking(false)?;
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    thread::Builder::new()
+        .name("fyntr-acceptor".into())
+        .spawn(move || hand_out_connections(listener, senders))?;
+    Ok(receivers.into_iter().map(ListenerSource::Handoff).collect())
+}
+
+/// The acceptor thread: accepts in a blocking loop and deals connections round-robin. It ends when
+/// every worker has stopped receiving (the process then exits with it).
+fn hand_out_connections(
+    listener: std::net::TcpListener,
+    senders: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+) {
+    let mut next = 0;
+    loop {
+        match listener.accept() {
+            Ok(mut connection) => {
+                // Skip workers that have stopped; give up when none is left.
+                let mut tries = 0;
+                loop {
+                    match senders[next % senders.len()].send(connection) {
+                        Ok(()) => break,
+                        Err(mpsc::error::SendError(back)) => connection = back,
+                    }
+                    next += 1;
+                    tries += 1;
+                    if tries == senders.len() {
+                        return;
+                    }
+                }
+                next += 1;
+            }
+            Err(error) if is_transient_accept_error(&error) => {
+                thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+fn is_transient_accept_error(error: &io::Error) -> bool {
+    // Out of descriptors or memory: wait for some to be released instead of spinning.
+    matches!(error.raw_os_error(), Some(code) if code == 23 || code == 24 || code == 12 || code == 105)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::{BufferPool, Listener, Stream};
+
+    /// Echo server on the portable backend, accepting through `listeners`.
+    fn echo_once_per_worker(workers: usize, listeners: Vec<std::net::TcpListener>) {
+        Portable
+            .run_workers(workers, listeners, |worker| async move {
+                let pool = Portable.new_pool(64, 4);
+                let (stream, _) = worker.listener.accept().await.unwrap();
+                let buffer = pool.take().await;
+                let (read, buffer) = stream.read(buffer).await;
+                assert!(read.unwrap() > 0);
+                let (written, _) = stream.write_all(buffer).await;
+                written.unwrap();
+                stream.shutdown_write().unwrap();
+            })
+            .unwrap();
+    }
+
+    fn round_trip(addr: SocketAddr) {
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"ping");
+    }
+
+    #[test]
+    fn each_worker_serves_on_its_own_listener_or_through_the_acceptor() {
+        for listener_count in [2, 1] {
+            let listeners = socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+            let addr = listeners[0].local_addr().unwrap();
+            let listeners: Vec<_> = listeners.into_iter().take(listener_count).collect();
+            let server = thread::spawn(move || echo_once_per_worker(2, listeners));
+            // Each worker serves exactly one connection; with SO_REUSEPORT the kernel may give
+            // both to one worker, so keep connecting until both have finished.
+            while !server.is_finished() {
+                let client = thread::spawn(move || {
+                    if let Ok(mut client) = std::net::TcpStream::connect(addr) {
+                        let _ = client.write_all(b"ping");
+                        let mut reply = Vec::new();
+                        let _ =
+                            client.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+                        let _ = client.read_to_end(&mut reply);
+                    }
+                });
+                client.join().unwrap();
+            }
+            server.join().unwrap();
+        }
+        let listener = socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listener[0].local_addr().unwrap();
+        let server = thread::spawn(move || echo_once_per_worker(1, listener));
+        round_trip(addr);
+        server.join().unwrap();
+    }
+}

@@ -1,0 +1,79 @@
+//! Binding listening sockets.
+
+use std::{io, net::SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Listen backlog: deep enough for a Terraform connection storm arriving at once.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Whether this OS balances incoming connections across `SO_REUSEPORT` listeners.
+pub const REUSEPORT_BALANCES: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Binds the listening sockets for `workers` workers on `addr`.
+///
+/// Where the kernel balances `SO_REUSEPORT` listeners (Linux), each worker gets its own socket on
+/// the same address; elsewhere one socket is returned and the backend hands connections out.
+/// With port 0 the first bind picks the port and the others join it.
+pub fn bind_listeners(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let count = if REUSEPORT_BALANCES {
+        workers.max(1)
+    } else {
+        1
+    };
+    let first = bind_one(addr, count > 1)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind_one(bound, true)?);
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+    let _ = reuse_port;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Shuts a socket down in both directions, ignoring errors (it may already be closed).
+pub fn shutdown_both<S: std::os::fd::AsFd>(socket: &S) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+}
+
+/// Shuts the write side of a socket down (sends FIN).
+pub fn shutdown_write<S: std::os::fd::AsFd>(socket: &S) -> io::Result<()> {
+    socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
+}
+
+/// Stops a listening socket: a blocked `accept` on it returns an error.
+pub fn stop_listening<S: std::os::fd::AsFd>(socket: &S) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_one_port() {
+        let listeners = bind_listeners("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = listeners[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for listener in &listeners {
+            assert_eq!(listener.local_addr().unwrap().port(), port);
+        }
+        if REUSEPORT_BALANCES {
+            assert_eq!(listeners.len(), 3);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The proxy's configuration, validated.
+
+use std::{net::SocketAddr, time::Duration};
+
+use crate::{dial::DialPlan, policy::PolicyConfig, sched::SchedulerConfig};
+
+/// Size of a relay buffer: one read, one scheduled chunk. 64 KiB moves a bulk flow in few
+/// syscalls while an idle tunnel holds none (buffers are taken only once data is readable).
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Which I/O backend to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring when the kernel allows it, else Tokio.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// The portable Tokio backend.
+    Tokio,
+}
+
+/// Everything a server needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Concurrent client connections, pending CONNECTs included; never 0 here (the FD guard
+    /// turns "unlimited" into what the descriptor limit allows).
+    pub connection_cap: usize,
+    /// A tunnel silent both ways this long is closed; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Time a client has to send the whole request head.
+    pub handshake_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long tunnels may drain before exit.
+    pub shutdown_grace: Duration,
+    /// Worker threads.
+    pub workers: usize,
+    /// Destination policy.
+    pub policy: PolicyConfig,
+    /// Relay buffer size in bytes.
+    pub buffer_size: usize,
+    /// Most buffers one worker may hold at once (backpressure beyond).
+    pub max_buffers_per_worker: usize,
+    /// Upstream dialling.
+    pub dial: DialPlan,
+    /// Write scheduling.
+    pub scheduler: SchedulerConfig,
+}
+
+impl Config {
+    /// A configuration with the defaults of the command line, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            connection_cap: 1000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            handshake_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            workers: 1,
+            policy: PolicyConfig::default(),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_buffers_per_worker: 2048,
+            dial: DialPlan::default(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}

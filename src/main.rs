@@ -1,0 +1,326 @@
+//! The `fyntr` command: parses the command line, sets up logging, guards descriptors, picks the
+//! backend, binds, and runs the server until SIGINT/SIGTERM.
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use fyntr::{
+    config::{BackendChoice, Config},
+    limits,
+    platform::{portable::Portable, socket, Backend},
+    policy::{Policy, PolicyConfig},
+    server,
+};
+use ipnet::IpNet;
+use tracing::{error, info, warn};
+
+/// A forward proxy for bursts of TLS connections (Terraform, aws-cli, git, pip, brew).
+///
+/// Point tools at it with `HTTPS_PROXY=http://127.0.0.1:9999`. It tunnels CONNECT requests
+/// without terminating TLS and schedules the bytes of all tunnels with Deficit Round-Robin.
+/// Every option can also be set with its FYNTR_* environment variable.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Address or host name to listen on; a warning is logged when it is not loopback.
+    #[arg(long, env = "FYNTR_BIND", default_value = "127.0.0.1")]
+    bind: String,
+
+    /// Port to listen on (0 picks a free port, which the start line reports).
+    #[arg(long, env = "FYNTR_PORT", default_value_t = 9999)]
+    port: u16,
+
+    /// Concurrent client connections, pending CONNECTs included (0 = as many as the descriptor
+    /// limit allows). Connections over the cap get 503.
+    #[arg(long, env = "FYNTR_MAX_CONNECTIONS", default_value_t = 1000)]
+    max_connections: usize,
+
+    /// Seconds a tunnel may be silent both ways before it is closed (0 = never).
+    #[arg(
+        long,
+        env = "FYNTR_IDLE_TIMEOUT",
+        default_value_t = 300,
+        value_name = "SECONDS"
+    )]
+    idle_timeout: u64,
+
+    /// Seconds a client has to send its whole CONNECT request head (408 after).
+    #[arg(long, env = "FYNTR_HANDSHAKE_TIMEOUT", default_value_t = 30, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+
+    /// Seconds open tunnels may drain after SIGINT/SIGTERM before exit.
+    #[arg(
+        long,
+        env = "FYNTR_SHUTDOWN_GRACE",
+        default_value_t = 5,
+        value_name = "SECONDS"
+    )]
+    shutdown_grace: u64,
+
+    /// Allowed CONNECT destination port (repeat or comma-separate; 443 is always allowed unless
+    /// --no-default-allow-port).
+    #[arg(long, env = "FYNTR_ALLOW_PORT", value_delimiter = ',', value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    allow_port: Vec<u16>,
+
+    /// Do not allow port 443 implicitly: only --allow-port values are allowed.
+    #[arg(long, env = "FYNTR_NO_DEFAULT_ALLOW_PORT")]
+    no_default_allow_port: bool,
+
+    /// Extra CIDR denied as a destination, added to the default list (loopback, private,
+    /// link-local, CGNAT, multicast, reserved, ULA). Repeat or comma-separate.
+    #[arg(
+        long,
+        env = "FYNTR_DENY_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    deny_cidr: Vec<IpNet>,
+
+    /// CIDR allowed even when a deny range covers it. Repeat or comma-separate.
+    #[arg(
+        long,
+        env = "FYNTR_ALLOW_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    allow_cidr: Vec<IpNet>,
+
+    /// Domain (and its subdomains) whose denied addresses are skipped instead of refusing the
+    /// request; refused only if every address is denied. Repeat or comma-separate.
+    #[arg(
+        long,
+        env = "FYNTR_ALLOW_DOMAIN",
+        value_delimiter = ',',
+        value_name = "DOMAIN"
+    )]
+    allow_domain: Vec<String>,
+
+    /// I/O backend: auto picks io_uring when the kernel allows it, else tokio.
+    #[arg(long, env = "FYNTR_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+
+    /// Worker threads, each with its own listener, runtime and scheduler (default: one per core).
+    #[arg(long, env = "FYNTR_WORKERS", value_parser = clap::value_parser!(u64).range(1..1025))]
+    workers: Option<u64>,
+
+    /// Not supported yet (threat feeds arrive in a later version).
+    #[arg(long, env = "FYNTR_THREAT_FEED_FILE", hide = true)]
+    threat_feed_file: Option<String>,
+
+    /// Not supported yet (threat feeds arrive in a later version).
+    #[arg(long, env = "FYNTR_THREAT_ACTION", hide = true)]
+    threat_action: Option<String>,
+
+    /// Not supported yet (the SOCKS5 listener arrives in a later version).
+    #[arg(long, env = "FYNTR_SOCKS5_PORT", hide = true)]
+    socks5_port: Option<String>,
+
+    /// Not supported yet (the SOCKS5 listener arrives in a later version).
+    #[arg(long, env = "FYNTR_SOCKS5_BIND", hide = true)]
+    socks5_bind: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    IoUring,
+    Tokio,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!("{error:#}");
+            eprintln!("fyntr: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    refuse_unsupported(&cli)?;
+    let listen = resolve_bind(&cli.bind, cli.port)?;
+    if !listen.ip().is_loopback() {
+        warn!(
+            address = %listen,
+            "listening on a non-loopback address: anyone who can reach it can use this proxy"
+        );
+    }
+    let workers = match cli.workers {
+        Some(workers) => workers as usize,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let budget = limits::fd_guard(cli.max_connections, workers)
+        .context("reading the file-descriptor limit")?;
+    if budget.lowered && cli.max_connections != 0 {
+        warn!(
+            requested = cli.max_connections,
+            connection_cap = budget.connection_cap,
+            descriptor_limit = budget.soft_limit,
+            "the descriptor limit cannot hold the requested connections; cap lowered (raise `ulimit -n` to keep it)"
+        );
+    }
+
+    let mut config = Config::new(listen);
+    config.connection_cap = budget.connection_cap;
+    config.idle_timeout = (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout));
+    config.handshake_timeout = Duration::from_secs(cli.handshake_timeout);
+    config.shutdown_grace = Duration::from_secs(cli.shutdown_grace);
+    config.workers = workers;
+    config.policy = PolicyConfig {
+        allowed_ports: cli.allow_port,
+        no_default_allowed_port: cli.no_default_allow_port,
+        denied: fyntr::policy::default_denied()
+            .into_iter()
+            .chain(cli.deny_cidr)
+            .collect(),
+        allowed: cli.allow_cidr,
+        allowed_domains: cli.allow_domain,
+    };
+
+    let (backend, reason) = choose_backend(cli.backend)?;
+    let listeners =
+        socket::bind_listeners(listen, workers).with_context(|| format!("binding {listen}"))?;
+    let bound = listeners[0]
+        .local_addr()
+        .context("reading the bound address")?;
+    let ports: Vec<String> = Policy::new(&config.policy)
+        .allowed_ports()
+        .map(|p| p.to_string())
+        .collect();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        backend = backend.name(),
+        backend_reason = reason,
+        workers,
+        max_connections = config.connection_cap,
+        unlimited = cli.max_connections == 0,
+        idle_timeout_s = cli.idle_timeout,
+        handshake_timeout_s = cli.handshake_timeout,
+        allowed_ports = %ports.join(","),
+        "fyntr listening on {bound}"
+    );
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    std::thread::Builder::new()
+        .name("fyntr-signals".into())
+        .spawn(move || wait_for_signals(stop, Duration::from_secs(cli.shutdown_grace)))
+        .context("starting the signal thread")?;
+    server::run(backend, config, listeners, shutdown).context("running the workers")?;
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Picks the backend and says why.
+fn choose_backend(choice: BackendArg) -> Result<(Portable, &'static str)> {
+    let choice = match choice {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::IoUring => BackendChoice::IoUring,
+        BackendArg::Tokio => BackendChoice::Tokio,
+    };
+    match choice {
+        BackendChoice::Tokio => Ok((Portable, "requested with --backend tokio")),
+        BackendChoice::Auto => Ok((
+            Portable,
+            "auto: this build has no io_uring backend yet, so the portable backend runs",
+        )),
+        BackendChoice::IoUring => bail!(
+            "--backend io-uring: this build has no io_uring backend yet; use --backend auto or tokio"
+        ),
+    }
+}
+
+fn resolve_bind(bind: &str, port: u16) -> Result<SocketAddr> {
+    let host = bind.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("--bind {bind}: not an IP address or resolvable host name"))?
+        .next()
+        .with_context(|| format!("--bind {bind}: resolved to no address"))
+}
+
+/// Options of fyntr 0.4.8 that this version does not implement yet: refuse them loudly rather
+/// than run with a protection the user believes is on.
+fn refuse_unsupported(cli: &Cli) -> Result<()> {
+    let unsupported = [
+        (
+            "--threat-feed-file / FYNTR_THREAT_FEED_FILE",
+            cli.threat_feed_file.is_some(),
+        ),
+        (
+            "--threat-action / FYNTR_THREAT_ACTION",
+            cli.threat_action.is_some(),
+        ),
+        (
+            "--socks5-port / FYNTR_SOCKS5_PORT",
+            cli.socks5_port.is_some(),
+        ),
+        (
+            "--socks5-bind / FYNTR_SOCKS5_BIND",
+            cli.socks5_bind.is_some(),
+        ),
+    ];
+    for (option, given) in unsupported {
+        if given {
+            bail!("{option} is not supported by this version of fyntr yet; remove it to start");
+        }
+    }
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM, then asks the server to drain. A second signal exits at once.
+fn wait_for_signals(stop: tokio::sync::watch::Sender<bool>, grace: Duration) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(%error, "cannot watch for signals; stop fyntr with SIGKILL");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            error!("cannot watch for SIGTERM");
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received, stopping"),
+            _ = terminate.recv() => info!("SIGTERM received, stopping"),
+        }
+        info!(
+            grace_s = grace.as_secs(),
+            "no longer accepting; draining open tunnels"
+        );
+        let _ = stop.send(true);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        warn!("second signal, exiting now");
+        std::process::exit(1);
+    });
+}

@@ -1,0 +1,217 @@
+//! Moving bytes both ways once a tunnel is established.
+//!
+//! Each direction loops: wait until readable (an idle tunnel holds no buffer), take a pool buffer,
+//! read, ask the worker's gate for a grant, write, release. EOF on one side becomes
+//! `shutdown(Write)` on the other, and the tunnel ends when both directions are done, on the first
+//! error (both sockets are then shut down so the other direction ends too), or when both
+//! directions were silent for the idle timeout.
+
+use std::{
+    cell::{Cell, RefCell},
+    io,
+    time::{Duration, Instant},
+};
+
+use fyntr_platform::{Backend, BufferPool, IoBuffer, Stream};
+
+use crate::{gate::FlowHandle, server::WorkerContext};
+
+/// Which side of the tunnel an event concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client.
+    Downstream,
+    /// The destination.
+    Upstream,
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions reached EOF.
+    Closed,
+    /// Both directions were silent for the idle timeout, or a write made no progress for it.
+    IdleTimeout,
+    /// Reading from or writing to this side failed.
+    Failed(Side, io::Error),
+}
+
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed"),
+            Self::IdleTimeout => f.write_str("idle timeout"),
+            Self::Failed(Side::Downstream, error) => write!(f, "downstream error: {error}"),
+            Self::Failed(Side::Upstream, error) => write!(f, "upstream error: {error}"),
+        }
+    }
+}
+
+/// Bytes moved by a tunnel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Traffic {
+    /// Client to destination, pipelined bytes included.
+    pub upload: u64,
+    /// Destination to client.
+    pub download: u64,
+}
+
+/// State both directions of one tunnel share.
+struct Tunnel<'a, S> {
+    downstream: &'a S,
+    upstream: &'a S,
+    idle_timeout: Option<Duration>,
+    last_read: Cell<Instant>,
+    end: RefCell<Option<RelayEnd>>,
+}
+
+impl<S: Stream> Tunnel<'_, S> {
+    /// Records why the tunnel ends (the first cause wins) and shuts both sockets down.
+    fn fail(&self, end: RelayEnd) {
+        let mut first = self.end.borrow_mut();
+        if first.is_none() {
+            *first = Some(end);
+            self.downstream.abort();
+            self.upstream.abort();
+        }
+    }
+
+    fn stream(&self, side: Side) -> &S {
+        match side {
+            Side::Downstream => self.downstream,
+            Side::Upstream => self.upstream,
+        }
+    }
+
+    /// Waits until `side` is readable; `Err(None)` when the tunnel went idle.
+    async fn readable(&self, side: Side) -> Result<(), Option<io::Error>> {
+        let stream = self.stream(side);
+        let Some(idle) = self.idle_timeout else {
+            return stream.readable().await.map_err(Some);
+        };
+        loop {
+            let deadline = self.last_read.get() + idle;
+            match tokio::time::timeout_at(deadline.into(), stream.readable()).await {
+                Ok(ready) => return ready.map_err(Some),
+                // The other direction may have moved data meanwhile: only both silent is idle.
+                Err(_) if self.last_read.get() + idle <= Instant::now() => return Err(None),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Relays between `downstream` and `upstream` until the tunnel ends. `pipelined` holds bytes the
+/// client sent after its request head; they go upstream first.
+pub(crate) async fn relay<B: Backend>(
+    ctx: &WorkerContext<B>,
+    downstream: &B::Stream,
+    upstream: &B::Stream,
+    pipelined: &[u8],
+) -> (Traffic, RelayEnd) {
+    let tunnel = Tunnel {
+        downstream,
+        upstream,
+        idle_timeout: ctx.config().idle_timeout,
+        last_read: Cell::new(Instant::now()),
+        end: RefCell::new(None),
+    };
+    let (upload, download) = tokio::join!(
+        pump(ctx, &tunnel, Side::Downstream, pipelined),
+        pump(ctx, &tunnel, Side::Upstream, &[]),
+    );
+    let end = tunnel.end.take().unwrap_or(RelayEnd::Closed);
+    (Traffic { upload, download }, end)
+}
+
+/// One direction: reads from `from` and writes to the other side. Returns bytes written.
+async fn pump<B: Backend>(
+    ctx: &WorkerContext<B>,
+    tunnel: &Tunnel<'_, B::Stream>,
+    from: Side,
+    pipelined: &[u8],
+) -> u64 {
+    let to = match from {
+        Side::Downstream => Side::Upstream,
+        Side::Upstream => Side::Downstream,
+    };
+    let flow = ctx.gate().open_flow();
+    let mut written = 0;
+    for chunk in pipelined.chunks(ctx.config().buffer_size.max(1)) {
+        let mut buffer = ctx.pool().take().await;
+        let filled = buffer.fill_from(chunk);
+        debug_assert_eq!(filled, chunk.len());
+        if !forward(tunnel, &flow, to, buffer).await {
+            return written;
+        }
+        written += chunk.len() as u64;
+    }
+    loop {
+        match tunnel.readable(from).await {
+            Ok(()) => {}
+            Err(None) => {
+                tunnel.fail(RelayEnd::IdleTimeout);
+                return written;
+            }
+            Err(Some(error)) => {
+                tunnel.fail(RelayEnd::Failed(from, error));
+                return written;
+            }
+        }
+        let buffer = ctx.pool().take().await;
+        let (read, buffer) = tunnel.stream(from).read(buffer).await;
+        match read {
+            Ok(0) => {
+                // Half-close: the other side reads EOF, the opposite direction carries on.
+                let _ = tunnel.stream(to).shutdown_write();
+                return written;
+            }
+            Ok(n) => {
+                tunnel.last_read.set(Instant::now());
+                if !forward(tunnel, &flow, to, buffer).await {
+                    return written;
+                }
+                written += n as u64;
+            }
+            Err(error) => {
+                tunnel.fail(RelayEnd::Failed(from, error));
+                return written;
+            }
+        }
+    }
+}
+
+/// Writes one chunk to `to` once the gate grants it; false if the tunnel must end.
+async fn forward<S: Stream>(
+    tunnel: &Tunnel<'_, S>,
+    flow: &FlowHandle,
+    to: Side,
+    buffer: S::Buffer,
+) -> bool {
+    flow.acquire(buffer.filled().len()).await;
+    let write = tunnel.stream(to).write_all(buffer);
+    let (written, _buffer) = match tunnel.idle_timeout {
+        None => write.await,
+        Some(idle) => {
+            // A write is never dropped mid-flight (io_uring would carry on with it); a peer that
+            // accepts nothing for the idle timeout is cut off by shutting the sockets down, which
+            // completes the write with an error.
+            tokio::pin!(write);
+            tokio::select! {
+                result = &mut write => result,
+                () = tokio::time::sleep(idle) => {
+                    tunnel.fail(RelayEnd::IdleTimeout);
+                    write.await
+                }
+            }
+        }
+    };
+    flow.complete();
+    match written {
+        Ok(()) => true,
+        Err(error) => {
+            tunnel.fail(RelayEnd::Failed(to, error));
+            false
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Workers: the accept loop, admission, and graceful shutdown.
+//!
+//! [`run`] takes bound listeners and a shutdown signal, so tests and the binary start a server
+//! the same way.
+
+use std::{
+    cell::Cell,
+    io,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use fyntr_platform::{Backend, Listener, Worker};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+use crate::{config::Config, gate::Gate, policy::Policy, proto::Status, tunnel};
+
+/// Connections being refused with 503 at once, per worker; beyond this they are closed at once,
+/// so a flood past the cap cannot pile up descriptors.
+const MAX_REFUSING: usize = 256;
+/// Pause after an accept error such as EMFILE, doubling up to [`MAX_ACCEPT_BACKOFF`].
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The connection cap, shared by all workers. Counts every accepted client connection, pending
+/// CONNECTs included.
+#[derive(Debug)]
+pub struct Admission {
+    cap: usize,
+    active: AtomicUsize,
+}
+
+impl Admission {
+    /// A cap of `cap` concurrent connections.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// Admits one connection if the cap allows; the ticket gives the place back when dropped.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Ticket> {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                (active < self.cap).then_some(active + 1)
+            })
+            .ok()?;
+        Some(Ticket(Arc::clone(self)))
+    }
+
+    /// Connections admitted now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection's place under the cap.
+#[derive(Debug)]
+pub struct Ticket(Arc<Admission>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What all workers share (read-only but for atomics).
+struct Shared {
+    config: Config,
+    policy: Policy,
+    admission: Arc<Admission>,
+}
+
+/// What one worker's tasks share. Single-threaded.
+pub(crate) struct WorkerContext<B: Backend> {
+    shared: Arc<Shared>,
+    pool: B::Pool,
+    gate: Rc<Gate>,
+    tunnels: Cell<usize>,
+    refusing: Cell<usize>,
+    stopping: Cell<bool>,
+    all_closed: Notify,
+}
+
+impl<B: Backend> WorkerContext<B> {
+    pub(crate) fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    pub(crate) fn pool(&self) -> &B::Pool {
+        &self.pool
+    }
+
+    pub(crate) fn gate(&self) -> &Rc<Gate> {
+        &self.gate
+    }
+}
+
+/// A way to ask a running server to stop: send `true`, or drop the sender.
+pub type ShutdownSignal = watch::Receiver<bool>;
+
+/// Runs the proxy on `backend` until `shutdown` fires and the tunnels have drained (or the grace
+/// period passed). `listeners` come from [`fyntr_platform::socket::bind_listeners`].
+pub fn run<B: Backend>(
+    backend: B,
+    config: Config,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: ShutdownSignal,
+) -> io::Result<()> {
+    let workers = config.workers.max(1);
+    let shared = Arc::new(Shared {
+        policy: Policy::new(&config.policy),
+        admission: Arc::new(Admission::new(config.connection_cap)),
+        config,
+    });
+    backend.run_workers(workers, listeners, move |worker| {
+        run_worker(backend, worker, Arc::clone(&shared), shutdown.clone())
+    })
+}
+
+async fn run_worker<B: Backend>(
+    backend: B,
+    worker: Worker<B::Listener>,
+    shared: Arc<Shared>,
+    mut shutdown: ShutdownSignal,
+) {
+    let config = &shared.config;
+    let ctx = Rc::new(WorkerContext::<B> {
+        pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
+        gate: Gate::new(config.scheduler),
+        tunnels: Cell::new(0),
+        refusing: Cell::new(0),
+        stopping: Cell::new(false),
+        all_closed: Notify::new(),
+        shared: Arc::clone(&shared),
+    });
+    B::spawn(Rc::clone(ctx.gate()).run_timer());
+    let listener = Rc::new(worker.listener);
+    B::spawn(accept_loop(Rc::clone(&ctx), Rc::clone(&listener)));
+
+    // A dropped sender counts as a request to stop.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    ctx.stopping.set(true);
+    listener.stop();
+    let grace = config.shutdown_grace;
+    let open = ctx.tunnels.get();
+    if open > 0 {
+        info!(
+            worker = worker.index,
+            open,
+            grace_ms = grace.as_millis() as u64,
+            "draining tunnels"
+        );
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while ctx.tunnels.get() > 0 {
+            ctx.all_closed.notified().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            worker = worker.index,
+            open = ctx.tunnels.get(),
+            "grace period over, closing remaining tunnels"
+        );
+    }
+}
+
+async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::Listener>) {
+    let mut backoff = FIRST_ACCEPT_BACKOFF;
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let accepted = listener.accept().await;
+        if ctx.stopping.get() {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = FIRST_ACCEPT_BACKOFF;
+                match ctx.shared.admission.try_admit() {
+                    Some(ticket) => {
+                        ctx.tunnels.set(ctx.tunnels.get() + 1);
+                        let tunnel_ctx = Rc::clone(&ctx);
+                        B::spawn(async move {
+                            tunnel::serve(Rc::clone(&tunnel_ctx), stream, peer, ticket).await;
+                            let left = tunnel_ctx.tunnels.get() - 1;
+                            tunnel_ctx.tunnels.set(left);
+                            if left == 0 {
+                                tunnel_ctx.all_closed.notify_waiters();
+                            }
+                        });
+                    }
+                    None => refuse_over_cap(&ctx, stream, peer),
+                }
+            }
+            Err(error) if is_resource_exhaustion(&error) => {
+                // Out of descriptors or memory: accepting again at once would spin. Back off
+                // while tunnels close; warn at most once a second.
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    warn!(error = %error, backoff_ms = backoff.as_millis() as u64, "accept failed, backing off");
+                    last_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+            Err(error) => debug!(error = %error, "accept failed"),
+        }
+    }
+}
+
+fn refuse_over_cap<B: Backend>(
+    ctx: &Rc<WorkerContext<B>>,
+    stream: B::Stream,
+    peer: std::net::SocketAddr,
+) {
+    let cap = ctx.shared.admission.cap;
+    if ctx.refusing.get() >= MAX_REFUSING {
+        warn!(client = %peer, cap, "connection cap reached; closed without a response");
+        return;
+    }
+    info!(client = %peer, status = 503, cap, "request refused: connection cap reached");
+    ctx.refusing.set(ctx.refusing.get() + 1);
+    let ctx = Rc::clone(ctx);
+    B::spawn(async move {
+        tunnel::respond_and_close::<B>(ctx.pool(), &stream, Status::ServiceUnavailable).await;
+        ctx.refusing.set(ctx.refusing.get() - 1);
+    });
+}
+
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: transient, and retrying at once cannot succeed.
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOMEM: i32 = 12;
+    #[cfg(target_os = "linux")]
+    const ENOBUFS: i32 = 105;
+    #[cfg(not(target_os = "linux"))]
+    const ENOBUFS: i32 = 55;
+    matches!(
+        error.raw_os_error(),
+        Some(EMFILE | ENFILE | ENOMEM | ENOBUFS)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_holds_the_cap_and_tickets_give_places_back() {
+        let admission = Arc::new(Admission::new(2));
+        let a = admission.try_admit().unwrap();
+        let _b = admission.try_admit().unwrap();
+        assert!(admission.try_admit().is_none());
+        drop(a);
+        assert!(admission.try_admit().is_some());
+    }
+}

@@ -1,0 +1,270 @@
+//! One client connection: handshake, policy, dial, then the relay.
+
+use std::{
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use fyntr_platform::{Backend, BufferPool, IoBuffer, Stream};
+use tracing::info;
+
+use crate::{
+    dial,
+    proto::{self, response::ESTABLISHED, Parse, Status, Target},
+    relay::{self, RelayEnd, Traffic},
+    server::{Ticket, WorkerContext},
+};
+
+/// After an error response, how long to keep reading what the client still sends, so that
+/// closing with unread data does not turn into a reset that destroys the response in flight.
+const LINGER: Duration = Duration::from_secs(2);
+/// At most this much is read and discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// How a connection ended, for its log line.
+enum Outcome {
+    /// Refused with an error status.
+    Refused(Status, String),
+    /// The client left (or failed) before a tunnel was established.
+    ClientGone(String),
+    /// The tunnel ran and ended.
+    Relayed(RelayEnd),
+}
+
+/// What is known about a connection when it ends.
+struct Report {
+    target: Option<Target>,
+    upstream: Option<SocketAddr>,
+    traffic: Traffic,
+    outcome: Outcome,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self {
+            target: None,
+            upstream: None,
+            traffic: Traffic::default(),
+            outcome: Outcome::ClientGone(String::new()),
+        }
+    }
+}
+
+/// Serves one accepted client until its connection ends, then logs one line about it.
+pub(crate) async fn serve<B: Backend>(
+    ctx: Rc<WorkerContext<B>>,
+    client: B::Stream,
+    peer: SocketAddr,
+    ticket: Ticket,
+) {
+    let started = Instant::now();
+    let mut report = Report::new();
+    run(&ctx, &client, started, &mut report).await;
+    drop(ticket);
+    log(peer, started.elapsed(), &report);
+}
+
+async fn run<B: Backend>(
+    ctx: &WorkerContext<B>,
+    client: &B::Stream,
+    started: Instant,
+    report: &mut Report,
+) {
+    let (target, head, consumed) = match read_head(ctx, client, started).await {
+        Ok(parsed) => parsed,
+        Err(HeadFailure::Refuse(status, reason)) => {
+            return refuse(ctx, client, status, reason, report).await
+        }
+        Err(HeadFailure::Gone(reason)) => {
+            report.outcome = Outcome::ClientGone(reason);
+            return;
+        }
+    };
+    report.target = Some(target.clone());
+    let policy = ctx.policy();
+    if let Err(denied) = policy.check_port(target.port) {
+        return refuse(ctx, client, Status::Forbidden, denied.to_string(), report).await;
+    }
+    let plan = ctx.config().dial;
+    let addresses = match dial::resolve(&target.host, target.port, &plan).await {
+        Ok(addresses) => addresses,
+        Err(error) => return refuse(ctx, client, error.status(), error.to_string(), report).await,
+    };
+    let addresses = match policy.filter_addresses(&target.host, addresses) {
+        Ok(addresses) => addresses,
+        Err(denied) => {
+            return refuse(ctx, client, Status::Forbidden, denied.to_string(), report).await
+        }
+    };
+    let (upstream, reached) = match dial::connect(&addresses, &plan).await {
+        Ok(connected) => connected,
+        Err(error) => return refuse(ctx, client, error.status(), error.to_string(), report).await,
+    };
+    report.upstream = Some(reached);
+    let upstream = match B::stream_from_std(upstream) {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let reason = format!("internal: adopting the upstream socket failed: {error}");
+            return refuse(ctx, client, Status::BadGateway, reason, report).await;
+        }
+    };
+    if let Err(error) = send(ctx, client, ESTABLISHED).await {
+        report.outcome = Outcome::ClientGone(format!("writing 200 failed: {error}"));
+        upstream.abort();
+        return;
+    }
+    let (traffic, end) = relay::relay(ctx, client, &upstream, &head[consumed..]).await;
+    report.traffic = traffic;
+    report.outcome = Outcome::Relayed(end);
+}
+
+enum HeadFailure {
+    Refuse(Status, String),
+    Gone(String),
+}
+
+/// Reads until a complete head (or an error), within the handshake timeout.
+///
+/// Returns the target, everything read, and how much of it the head used.
+async fn read_head<B: Backend>(
+    ctx: &WorkerContext<B>,
+    client: &B::Stream,
+    started: Instant,
+) -> Result<(Target, Vec<u8>, usize), HeadFailure> {
+    let deadline = started + ctx.config().handshake_timeout;
+    let mut received = Vec::new();
+    loop {
+        match proto::parse(&received) {
+            Ok(Parse::Complete { request, consumed }) => {
+                return Ok((request.target, received, consumed))
+            }
+            Ok(Parse::Partial) => {}
+            Err(error) => return Err(HeadFailure::Refuse(error.status(), error.to_string())),
+        }
+        // Only readiness is raced against the deadline; the read itself is never cancelled.
+        match tokio::time::timeout_at(deadline.into(), client.readable()).await {
+            Err(_) => {
+                let reason = format!(
+                    "request head incomplete after {:?} ({} bytes received)",
+                    ctx.config().handshake_timeout,
+                    received.len()
+                );
+                return Err(HeadFailure::Refuse(Status::RequestTimeout, reason));
+            }
+            Ok(Err(error)) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
+            Ok(Ok(())) => {}
+        }
+        let buffer = ctx.pool().take().await;
+        let (read, buffer) = client.read(buffer).await;
+        match read {
+            Ok(0) => {
+                let reason = if received.is_empty() {
+                    "closed without a request".to_string()
+                } else {
+                    format!(
+                        "closed after {} bytes of an incomplete head",
+                        received.len()
+                    )
+                };
+                return Err(HeadFailure::Gone(reason));
+            }
+            Ok(_) => received.extend_from_slice(buffer.filled()),
+            Err(error) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
+        }
+    }
+}
+
+/// Writes `bytes` to the stream through a pool buffer.
+async fn send<B: Backend>(
+    ctx: &WorkerContext<B>,
+    stream: &B::Stream,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut buffer = ctx.pool().take().await;
+    buffer.fill_from(bytes);
+    stream.write_all(buffer).await.0
+}
+
+/// Answers with an error status and closes cleanly.
+async fn refuse<B: Backend>(
+    ctx: &WorkerContext<B>,
+    client: &B::Stream,
+    status: Status,
+    reason: String,
+    report: &mut Report,
+) {
+    report.outcome = Outcome::Refused(status, reason);
+    respond_and_close::<B>(ctx.pool(), client, status).await;
+}
+
+/// Sends `status`, half-closes, and reads the client's leftovers for a moment before closing,
+/// so that the response is not destroyed by a reset.
+pub(crate) async fn respond_and_close<B: Backend>(
+    pool: &B::Pool,
+    client: &B::Stream,
+    status: Status,
+) {
+    let mut buffer = pool.take().await;
+    buffer.fill_from(status.response());
+    let (written, buffer) = client.write_all(buffer).await;
+    if written.is_err() || client.shutdown_write().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut buffer = Some(buffer);
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline.into(), client.readable()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+        let (read, returned) = client
+            .read(buffer.take().expect("buffer returned by read"))
+            .await;
+        buffer = Some(returned);
+        match read {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+fn log(peer: SocketAddr, duration: Duration, report: &Report) {
+    let target = report
+        .target
+        .as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string);
+    let upstream = report
+        .upstream
+        .map_or_else(|| "-".to_string(), |address| address.to_string());
+    let duration_ms = duration.as_millis() as u64;
+    match &report.outcome {
+        Outcome::Relayed(end) => info!(
+            client = %peer,
+            target = %target,
+            upstream = %upstream,
+            up_bytes = report.traffic.upload,
+            down_bytes = report.traffic.download,
+            duration_ms,
+            outcome = %end,
+            "tunnel closed"
+        ),
+        Outcome::Refused(status, reason) => info!(
+            client = %peer,
+            target = %target,
+            upstream = %upstream,
+            status = status.code(),
+            duration_ms,
+            reason = %reason,
+            "request refused"
+        ),
+        Outcome::ClientGone(reason) => info!(
+            client = %peer,
+            target = %target,
+            duration_ms,
+            reason = %reason,
+            "client left before the tunnel was established"
+        ),
+    }
+}
