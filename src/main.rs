@@ -54,6 +54,12 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     handshake_timeout: u64,
 
+    /// Seconds one upstream connection attempt may take (each resolved address is tried, in 3
+    /// rounds; 504 when they all time out).
+    #[arg(long, env = "FYNTR_CONNECT_TIMEOUT", default_value_t = 3, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    connect_timeout: u64,
+
     /// Seconds open tunnels may drain after SIGINT/SIGTERM before exit.
     #[arg(
         long,
@@ -187,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
     config.handshake_timeout = Duration::from_secs(cli.handshake_timeout);
     config.shutdown_grace = Duration::from_secs(cli.shutdown_grace);
     config.workers = workers;
+    config.dial.attempt_timeout = Duration::from_secs(cli.connect_timeout);
     config.policy = PolicyConfig {
         allowed_ports: cli.allow_port,
         no_default_allowed_port: cli.no_default_allow_port,

@@ -173,6 +173,7 @@ async fn pump<B: Backend>(
                 }
                 written += n as u64;
             }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => {
                 tunnel.fail(RelayEnd::Failed(from, error));
                 return written;

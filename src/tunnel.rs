@@ -170,6 +170,7 @@ async fn read_head<B: Backend>(
                 return Err(HeadFailure::Gone(reason));
             }
             Ok(_) => received.extend_from_slice(buffer.filled()),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
         }
     }
@@ -224,8 +225,10 @@ pub(crate) async fn respond_and_close<B: Backend>(
             .await;
         buffer = Some(returned);
         match read {
-            Ok(n) if n > 0 => drained += n,
-            _ => break,
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
         }
     }
 }

@@ -17,7 +17,8 @@
 //! [`Stream::write_all`] must be driven to completion, never dropped mid-flight (an io_uring
 //! operation keeps running after its future is dropped). To end a blocked operation, call
 //! [`Stream::abort`], which makes it complete with EOF or an error. [`Stream::readable`] is the one
-//! wait that may be raced against a timer.
+//! wait that may be raced against a timer; a `read` after it completes promptly (see
+//! [`Stream::read`]).
 
 use std::{future::Future, io, net::SocketAddr};
 
@@ -64,6 +65,10 @@ pub trait Stream: Sized + 'static {
     /// Unlike `read`, this future may be dropped at any time, so it is the place for deadlines.
     fn readable(&self) -> impl Future<Output = io::Result<()>>;
     /// Reads once into `buf`, replacing its contents; `Ok(0)` means EOF.
+    ///
+    /// Call it after [`Stream::readable`]. A readiness-based backend may report readiness that
+    /// is already stale; `read` then completes at once with [`io::ErrorKind::WouldBlock`] rather
+    /// than blocking outside the caller's deadline, and the caller waits for `readable` again.
     fn read(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<usize>, Self::Buffer)>;
     /// Writes the whole filled part of `buf`.
     fn write_all(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<()>, Self::Buffer)>;

@@ -47,11 +47,8 @@ impl crate::Listener for PortableListener {
                 Ok((PortableStream::new(stream)?, peer))
             }
             Self::Handoff(receiver) => {
-                let next = {
-                    // The receiver is only ever polled by this worker's accept loop.
-                    let mut receiver = receiver.borrow_mut();
-                    std::future::poll_fn(|cx| receiver.poll_recv(cx)).await
-                };
+                // Borrowed only within each poll, so `stop` can close it meanwhile.
+                let next = std::future::poll_fn(|cx| receiver.borrow_mut().poll_recv(cx)).await;
                 let (stream, peer) = next.ok_or_else(|| {
                     io::Error::new(io::ErrorKind::NotConnected, "acceptor stopped")
                 })?;
@@ -92,20 +89,17 @@ impl crate::Stream for PortableStream {
     }
 
     async fn read(&self, mut buf: HeapBuffer) -> (io::Result<usize>, HeapBuffer) {
-        loop {
-            if let Err(error) = self.inner.readable().await {
-                return (Err(error), buf);
+        // One attempt: Tokio keeps readiness set until a read would block, so after `readable`
+        // the socket may in fact be empty. Waiting here would escape the caller's deadline;
+        // WouldBlock sends the caller back to `readable` instead.
+        match self.inner.try_read(buf.spare_mut()) {
+            Ok(n) => {
+                buf.set_len(n);
+                (Ok(n), buf)
             }
-            match self.inner.try_read(buf.spare_mut()) {
-                Ok(n) => {
-                    buf.set_len(n);
-                    return (Ok(n), buf);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => {
-                    buf.set_len(0);
-                    return (Err(error), buf);
-                }
+            Err(error) => {
+                buf.set_len(0);
+                (Err(error), buf)
             }
         }
     }
@@ -303,9 +297,20 @@ mod tests {
             .run_workers(workers, listeners, |worker| async move {
                 let pool = Portable.new_pool(64, 4);
                 let (stream, _) = worker.listener.accept().await.unwrap();
-                let buffer = pool.take().await;
-                let (read, buffer) = stream.read(buffer).await;
-                assert!(read.unwrap() > 0);
+                let mut buffer = pool.take().await;
+                loop {
+                    stream.readable().await.unwrap();
+                    let (read, returned) = stream.read(buffer).await;
+                    buffer = returned;
+                    match read {
+                        Ok(n) => {
+                            assert!(n > 0);
+                            break;
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
                 let (written, _) = stream.write_all(buffer).await;
                 written.unwrap();
                 stream.shutdown_write().unwrap();

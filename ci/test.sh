@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: everything CI checks, runnable on a fresh machine.
+# Installs what the tests need when it is missing (curl, openssl; Debian packages), then runs
+# formatting and lint checks, every unit and integration test, and compiles the benches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v kill >/dev/null 2>&1 || missing+=(procps)
+if ((${#missing[@]})); then
+    echo "ci/test.sh: installing ${missing[*]}"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+bash ci/lint.sh
+cargo build --release --workspace
+cargo test --workspace --all-targets
+cargo bench --workspace --no-run
+echo "ci/test.sh: all checks passed"

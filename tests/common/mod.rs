@@ -1,0 +1,315 @@
+//! Shared helpers for the integration tests: a real `fyntr` process on loopback, local upstream
+//! servers, and raw CONNECT clients.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+pub mod targets;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+/// The success response, byte for byte.
+pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+
+/// Bound on every wait in the tests, so a bug fails a test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Which backend a test runs the proxy on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Tokio,
+}
+
+impl Backend {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Tokio => "tokio",
+        }
+    }
+}
+
+/// Generates one test per backend from one body: `name::tokio` (and the io_uring variant once
+/// that backend exists).
+#[macro_export]
+macro_rules! on_each_backend {
+    ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block $($rest:tt)*) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn body($backend: $crate::common::Backend) $body
+
+            #[test]
+            fn tokio() {
+                body($crate::common::Backend::Tokio)
+            }
+        }
+        $crate::on_each_backend! { $($rest)* }
+    };
+    () => {};
+}
+
+/// A running `fyntr` process; killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Starts fyntr on a free loopback port with loopback destinations allowed, plus `args`.
+    pub fn start(backend: Backend, args: &[&str]) -> Proxy {
+        let mut all = vec![
+            "--port",
+            "0",
+            "--allow-cidr",
+            "127.0.0.0/8",
+            "--backend",
+            backend.flag(),
+        ];
+        all.extend_from_slice(args);
+        Proxy::start_raw(&all).expect("fyntr starts")
+    }
+
+    /// Starts fyntr with exactly `args`; returns the error output if it exits before listening.
+    pub fn start_raw(args: &[&str]) -> Result<Proxy, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fyntr"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fyntr");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, address) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if !sent {
+                        if let Some(rest) = line.split("listening on ").nth(1) {
+                            let addr = rest.split_whitespace().next().unwrap().to_string();
+                            let _ = found.send(addr);
+                            sent = true;
+                        }
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        match address.recv_timeout(WAIT) {
+            Ok(addr) => Ok(Proxy {
+                child,
+                addr: addr.parse().expect("address in the start line"),
+                log,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                thread::sleep(Duration::from_millis(100));
+                Err(log.lock().unwrap().clone())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "log never contained {needle:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Open descriptors of the proxy process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
+    /// Opens a raw connection to the proxy.
+    pub fn connect_raw(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to proxy");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        stream
+    }
+
+    /// Opens a tunnel to `target` and checks the exact success response.
+    pub fn tunnel(&self, target: &str) -> TcpStream {
+        let mut stream = self.connect_raw();
+        write!(
+            stream,
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = vec![0; ESTABLISHED.len()];
+        stream.read_exact(&mut response).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&response),
+            String::from_utf8_lossy(ESTABLISHED)
+        );
+        stream
+    }
+
+    /// Sends `request` raw and returns everything the proxy answers until it closes.
+    pub fn exchange(&self, request: &[u8]) -> String {
+        let mut stream = self.connect_raw();
+        stream.write_all(request).unwrap();
+        read_until_close(&mut stream)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads until EOF (or reset) and returns what arrived, lossily as text.
+pub fn read_until_close(stream: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The status code of a response head.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+/// Asserts `response` is a complete error response with `code`.
+pub fn assert_error_response(response: &str, code: u16) {
+    assert_eq!(status_of(response), code, "response: {response:?}");
+    assert!(response.starts_with("HTTP/1.1 "), "{response:?}");
+    assert!(
+        response.contains("\r\nContent-Length: 0\r\n"),
+        "{response:?}"
+    );
+    assert!(
+        response.contains("\r\nConnection: close\r\n"),
+        "{response:?}"
+    );
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "nothing may follow: {response:?}"
+    );
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so payloads are not compressible patterns.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Sends `data` then half-closes, while reading everything back; returns what was read.
+pub fn send_and_receive(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        for chunk in data.chunks(100_000) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut reader = stream;
+    let mut received = Vec::new();
+    reader.read_to_end(&mut received).unwrap();
+    sender.join().unwrap();
+    received
+}
+
+/// Whether a program is on PATH (the test script installs what the tests need).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Fails the test with a clear message when a required tool is missing.
+pub fn require(program: &str) {
+    assert!(
+        have(program),
+        "{program} is required for this test; run ci/test.sh, which installs it"
+    );
+}
