@@ -20,7 +20,7 @@ pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 pub const MAX_HEADER_LINE: usize = 8 * 1024;
 /// Largest whole head, line endings and the final empty line included.
 pub const MAX_HEAD: usize = 32 * 1024;
-/// Most lines in a head, the request line included.
+/// Most header lines in a head (the request line not counted), as in fyntr 0.4.8.
 pub const MAX_LINES: usize = 100;
 /// Longest host name (RFC 1035: 253 characters without the trailing dot).
 const MAX_HOST: usize = 253;
@@ -94,8 +94,8 @@ pub enum RequestError {
     /// A header line exceeds [`MAX_HEADER_LINE`].
     #[error("header line longer than {MAX_HEADER_LINE} bytes")]
     HeaderLineTooLong,
-    /// More than [`MAX_LINES`] lines.
-    #[error("more than {MAX_LINES} lines in the head")]
+    /// More than [`MAX_LINES`] header lines.
+    #[error("more than {MAX_LINES} header lines")]
     TooManyLines,
     /// The head exceeds [`MAX_HEAD`].
     #[error("head larger than {MAX_HEAD} bytes")]
@@ -195,11 +195,13 @@ fn check_limits(received: &[u8]) -> Result<Option<usize>, RequestError> {
         if line.len() > limit {
             return Err(too_long(seen_request_line));
         }
-        seen_request_line = true;
-        lines += 1;
-        if lines > MAX_LINES {
-            return Err(RequestError::TooManyLines);
+        if seen_request_line {
+            lines += 1;
+            if lines > MAX_LINES {
+                return Err(RequestError::TooManyLines);
+            }
         }
+        seen_request_line = true;
     }
 }
 
