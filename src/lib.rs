@@ -12,10 +12,13 @@
 //! - [`proto`]: the sans-io CONNECT head parser and the responses.
 //! - [`policy`]: destination ports, CIDRs and domains.
 //! - [`config`], [`limits`]: the validated configuration and the file-descriptor guard.
+//! - [`backend`]: picking io_uring or Tokio once at start (with a probe), then running the
+//!   server monomorphised for it.
 //!
 //! Bytes move through the backend crate `fyntr-platform`; this crate is generic over its
 //! [`Backend`](fyntr_platform::Backend) trait and is monomorphised per backend.
 
+pub mod backend;
 pub mod config;
 pub mod dial;
 mod gate;

@@ -10,11 +10,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use fyntr::{
+    backend,
     config::{BackendChoice, Config},
     limits,
-    platform::{portable::Portable, socket, Backend},
+    platform::socket,
     policy::{Policy, PolicyConfig},
-    server,
 };
 use ipnet::IpNet;
 use tracing::{error, info, warn};
@@ -116,6 +116,11 @@ struct Cli {
     #[arg(long, env = "FYNTR_WORKERS", value_parser = clap::value_parser!(u64).range(1..1025))]
     workers: Option<u64>,
 
+    /// Size of one relay buffer (one read, one scheduled chunk), e.g. 65536, 64KiB, 256KiB.
+    #[arg(long, env = "FYNTR_BUFFER_SIZE", default_value = "64KiB", value_name = "BYTES",
+          value_parser = parse_buffer_size)]
+    buffer_size: usize,
+
     /// Not supported yet (threat feeds arrive in a later version).
     #[arg(long, env = "FYNTR_THREAT_FEED_FILE", hide = true)]
     threat_feed_file: Option<String>,
@@ -140,6 +145,16 @@ enum BackendArg {
     Tokio,
 }
 
+/// Buffer sizes from 4 KiB (below that, syscalls per byte dominate) to 1 MiB (above that, a
+/// single flow's chunk delays every other flow's turn for too long).
+fn parse_buffer_size(text: &str) -> Result<usize, String> {
+    let size = fyntr::config::parse_byte_size(text)?;
+    if !(4096..=1 << 20).contains(&size) {
+        return Err(format!("{size} bytes is outside 4KiB..=1MiB"));
+    }
+    Ok(size)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -153,13 +168,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to standard error at the level `RUST_LOG` names (`info` by default). `RUST_LOG` takes
+/// `level` or `target=level` pairs (`fyntr::tunnel=debug,info`); the filter needs no regex
+/// engine, which keeps the binary and its resident memory small.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = spec
+        .parse::<Targets>()
+        .ok()
+        .filter(|_| !spec.trim().is_empty())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry()
+        .with(format)
+        .with(filter)
         .init();
 }
 
@@ -205,7 +230,20 @@ fn run(cli: Cli) -> Result<()> {
         allowed_domains: cli.allow_domain,
     };
 
-    let (backend, reason) = choose_backend(cli.backend)?;
+    config.buffer_size = cli.buffer_size;
+    config.scheduler.quantum.max = u32::try_from(cli.buffer_size).unwrap_or(u32::MAX);
+
+    let choice_arg = match cli.backend {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::IoUring => BackendChoice::IoUring,
+        BackendArg::Tokio => BackendChoice::Tokio,
+    };
+    let choice = backend::choose(choice_arg, fixed_buffer_count(cli.buffer_size, workers))?;
+    if let Some(warning) = &choice.fallback_warning {
+        warn!("{warning}");
+    }
+    let backend = choice.backend;
+    let reason = choice.reason.as_str();
     let listeners =
         socket::bind_listeners(listen, workers).with_context(|| format!("binding {listen}"))?;
     let bound = listeners[0]
@@ -233,27 +271,34 @@ fn run(cli: Cli) -> Result<()> {
         .name("fyntr-signals".into())
         .spawn(move || wait_for_signals(stop, Duration::from_secs(cli.shutdown_grace)))
         .context("starting the signal thread")?;
-    server::run(backend, config, listeners, shutdown).context("running the workers")?;
+    backend
+        .run(config, listeners, shutdown)
+        .context("running the workers")?;
     info!("shutdown complete");
     Ok(())
 }
 
-/// Picks the backend and says why.
-fn choose_backend(choice: BackendArg) -> Result<(Portable, &'static str)> {
-    let choice = match choice {
-        BackendArg::Auto => BackendChoice::Auto,
-        BackendArg::IoUring => BackendChoice::IoUring,
-        BackendArg::Tokio => BackendChoice::Tokio,
-    };
-    match choice {
-        BackendChoice::Tokio => Ok((Portable, "requested with --backend tokio")),
-        BackendChoice::Auto => Ok((
-            Portable,
-            "auto: this build has no io_uring backend yet, so the portable backend runs",
-        )),
-        BackendChoice::IoUring => bail!(
-            "--backend io-uring: this build has no io_uring backend yet; use --backend auto or tokio"
-        ),
+/// Registered buffers per worker: the default, unless `RLIMIT_MEMLOCK` (which pinned, registered
+/// memory counts against) cannot hold it, in which case what fits in three quarters of it.
+fn fixed_buffer_count(buffer_size: usize, workers: usize) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let wanted = fyntr::platform::uring::DEFAULT_FIXED_BUFFERS;
+        let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::MEMLOCK) else {
+            return 0;
+        };
+        // Root has CAP_IPC_LOCK, which lifts the limit.
+        // Safety: geteuid has no preconditions.
+        if soft == rlimit::INFINITY || unsafe { libc::geteuid() } == 0 {
+            return wanted;
+        }
+        let per_worker = (soft / 4 * 3) / (buffer_size as u64 * workers.max(1) as u64);
+        wanted.min(usize::try_from(per_worker).unwrap_or(usize::MAX))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (buffer_size, workers);
+        0
     }
 }
 

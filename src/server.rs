@@ -153,15 +153,12 @@ async fn run_worker<B: Backend>(
     ctx.stopping.set(true);
     listener.stop();
     let grace = config.shutdown_grace;
-    let open = ctx.tunnels.get();
-    if open > 0 {
-        info!(
-            worker = worker.index,
-            open,
-            grace_ms = grace.as_millis() as u64,
-            "draining tunnels"
-        );
-    }
+    info!(
+        worker = worker.index,
+        open = ctx.tunnels.get(),
+        grace_ms = grace.as_millis() as u64,
+        "worker stopped accepting; draining its tunnels"
+    );
     let drained = tokio::time::timeout(grace, async {
         while ctx.tunnels.get() > 0 {
             ctx.all_closed.notified().await;

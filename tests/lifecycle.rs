@@ -15,7 +15,8 @@ use common::{targets, *};
 on_each_backend! {
     fn the_connection_cap_gives_503_and_recovers(backend) {
         let echo = targets::echo();
-        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--max-connections", "2"]);
+        // One worker, so connections are accepted in the order they arrive.
+        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--max-connections", "2", "--workers", "1"]);
         // Two pending CONNECTs (no head yet) fill the cap.
         let first = proxy.connect_raw();
         let second = proxy.connect_raw();
@@ -62,10 +63,11 @@ on_each_backend! {
 
     fn sigterm_stops_accepting_and_lets_open_tunnels_finish(backend) {
         let echo = targets::echo();
-        let mut proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--shutdown-grace", "20"]);
+        let mut proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--shutdown-grace", "20", "--workers", "2"]);
         let mut open = proxy.tunnel(&echo.to_string());
         proxy.signal("TERM");
-        proxy.wait_for_log("draining");
+        proxy.wait_for_log("worker=0 open=");
+        proxy.wait_for_log("worker=1 open=");
         // New connections are no longer served.
         let refused = std::net::TcpStream::connect(proxy.addr).map(|mut stream| {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

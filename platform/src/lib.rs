@@ -11,7 +11,8 @@
 //! - [`BufferPool`] and [`IoBuffer`]: bounded per-worker pools of data buffers.
 //! - [`socket`]: binding the listening sockets (one per worker with `SO_REUSEPORT` on Linux).
 //!
-//! Backends: [`portable`] (Tokio current-thread runtime per worker, epoll/kqueue) runs everywhere.
+//! Backends: [`portable`] (Tokio current-thread runtime per worker, epoll/kqueue) runs everywhere;
+//! `uring` (Linux) runs a tokio-uring ring per worker with registered buffers.
 //!
 //! Cancellation rule shared by all backends: futures returned by [`Stream::read`] and
 //! [`Stream::write_all`] must be driven to completion, never dropped mid-flight (an io_uring
@@ -25,6 +26,8 @@ use std::{future::Future, io, net::SocketAddr};
 mod pool;
 pub mod portable;
 pub mod socket;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 pub use pool::{HeapBuffer, HeapPool};
 

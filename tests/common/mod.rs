@@ -26,18 +26,31 @@ pub const WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Tokio,
+    IoUring,
 }
 
 impl Backend {
     pub fn flag(self) -> &'static str {
         match self {
             Backend::Tokio => "tokio",
+            Backend::IoUring => "io-uring",
         }
     }
 }
 
-/// Generates one test per backend from one body: `name::tokio` (and the io_uring variant once
-/// that backend exists).
+/// Whether `fyntr --backend io-uring` can run here: asked once, of the binary itself, so the
+/// tests skip exactly where the proxy's own probe fails.
+pub fn uring_unavailable() -> Option<String> {
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            Proxy::start_raw(&["--port", "0", "--workers", "1", "--backend", "io-uring"]).err()
+        })
+        .clone()
+}
+
+/// Generates one test per backend from one body: `name::tokio` and `name::uring`. The io_uring
+/// variant skips, saying why, only where the proxy's io_uring probe fails.
 #[macro_export]
 macro_rules! on_each_backend {
     ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block $($rest:tt)*) => {
@@ -51,6 +64,15 @@ macro_rules! on_each_backend {
             #[test]
             fn tokio() {
                 body($crate::common::Backend::Tokio)
+            }
+
+            #[test]
+            fn uring() {
+                if let Some(why) = $crate::common::uring_unavailable() {
+                    eprintln!("skipped: fyntr --backend io-uring cannot run here: {why}");
+                    return;
+                }
+                body($crate::common::Backend::IoUring)
             }
         }
         $crate::on_each_backend! { $($rest)* }
@@ -82,7 +104,14 @@ impl Proxy {
 
     /// Starts fyntr with exactly `args`; returns the error output if it exits before listening.
     pub fn start_raw(args: &[&str]) -> Result<Proxy, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fyntr"))
+        Proxy::start_with(args, |_| {})
+    }
+
+    /// Like [`Proxy::start_raw`], letting the caller adjust the command first.
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<Proxy, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fyntr"));
+        adjust(&mut command);
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -99,6 +128,11 @@ impl Proxy {
                 let mut sent = false;
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
                     if !sent {
                         if let Some(rest) = line.split("listening on ").nth(1) {
                             let addr = rest.split_whitespace().next().unwrap().to_string();
@@ -106,9 +140,6 @@ impl Proxy {
                             sent = true;
                         }
                     }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
         }
@@ -170,6 +201,18 @@ impl Proxy {
             thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Open io_uring instances of the proxy process.
+    pub fn io_uring_instances(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                    .filter(|target| target.to_string_lossy().contains("io_uring"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Open descriptors of the proxy process.

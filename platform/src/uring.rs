@@ -1,0 +1,558 @@
+//! The io_uring backend (Linux 5.11+): one tokio-uring runtime, ring and listener per worker.
+//!
+//! tokio-uring 0.5 has sharp edges this module works around (see DESIGN section 4):
+//!
+//! - Dropping an in-flight operation does not cancel it, so reads are only submitted once the
+//!   socket is known to be readable ([`Stream::readable`] waits for readiness with Tokio's
+//!   `AsyncFd` and confirms it with a non-blocking `MSG_PEEK`, because epoll readiness is not
+//!   cleared by reads made through the ring). A read submitted then completes at once, and an
+//!   idle tunnel holds no buffer, only its readiness registration.
+//! - Blocked operations are ended by `shutdown(2)` of the socket, never by dropping them.
+//! - Runtimes are built with `Runtime::new` and errors are returned (`start` panics); listeners
+//!   come bound from [`crate::socket`], with `SO_REUSEPORT` chosen there.
+//! - Registered buffers are pinned memory counted against `RLIMIT_MEMLOCK`: each worker registers
+//!   a small pool on first use and falls back to plain buffers (logged once) when registration
+//!   fails or the pool is exhausted.
+
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
+    sync::Arc,
+    thread,
+};
+
+use tokio::io::{unix::AsyncFd, Interest};
+use tokio_uring::buf::{fixed::FixedBuf, fixed::FixedBufPool, BoundedBuf, IoBuf, IoBufMut};
+use tracing::warn;
+
+use crate::{Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Worker};
+
+/// Submission queue entries per ring: enough for every read and write a worker has in flight
+/// at once between two submissions; tokio-uring submits early when it fills.
+const RING_ENTRIES: u32 = 256;
+
+/// Registered buffers per worker by default. They are pinned (resident) once registered, so the
+/// pool is kept small, 16 x 64 KiB = 1 MiB per worker: enough for the bulk flows a worker moves
+/// at once, while chunks beyond it use plain buffers.
+pub const DEFAULT_FIXED_BUFFERS: usize = 16;
+
+/// The io_uring backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Uring {
+    fixed_buffers: usize,
+}
+
+impl Uring {
+    /// A backend registering up to `fixed_buffers` buffers per worker (0 = plain buffers only).
+    pub fn new(fixed_buffers: usize) -> Self {
+        Self { fixed_buffers }
+    }
+}
+
+/// What the start-up probe found.
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    /// Buffer registration works (within `RLIMIT_MEMLOCK`).
+    pub registered_buffers: bool,
+    /// Why registration does not work, when it does not.
+    pub registration_error: Option<String>,
+}
+
+/// Why io_uring cannot be used here.
+#[derive(Clone, Debug)]
+pub struct Unavailable {
+    /// What failed, with the errno.
+    pub cause: String,
+    /// What the user can do about it.
+    pub advice: &'static str,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.cause, self.advice)
+    }
+}
+
+/// Checks that this process may use io_uring the way the backend does: ring setup, the opcodes
+/// used, a tokio-uring runtime, and (optionally) buffer registration.
+pub fn probe() -> Result<ProbeReport, Unavailable> {
+    if let Ok(setting) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if setting.trim() == "2" {
+            return Err(Unavailable {
+                cause: "io_uring is disabled by the sysctl kernel.io_uring_disabled=2".into(),
+                advice: "set kernel.io_uring_disabled=0, or run with --backend tokio",
+            });
+        }
+    }
+    let ring = io_uring::IoUring::new(8).map_err(|error| classify("io_uring_setup", &error))?;
+    let mut supported = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut supported)
+        .map_err(|error| classify("IORING_REGISTER_PROBE", &error))?;
+    use io_uring::opcode;
+    for (name, code) in [
+        ("ACCEPT", opcode::Accept::CODE),
+        ("READ", opcode::Read::CODE),
+        ("WRITE", opcode::Write::CODE),
+        ("READ_FIXED", opcode::ReadFixed::CODE),
+        ("WRITE_FIXED", opcode::WriteFixed::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+    ] {
+        if !supported.is_supported(code) {
+            return Err(Unavailable {
+                cause: format!("the kernel's io_uring lacks the {name} operation"),
+                advice: "io_uring needs Linux 5.11 or later; run with --backend tokio",
+            });
+        }
+    }
+    let mut page = vec![0u8; 4096];
+    let iovec = libc::iovec {
+        iov_base: page.as_mut_ptr().cast(),
+        iov_len: page.len(),
+    };
+    // Safety: the buffer outlives its registration, which ends when `ring` is dropped below.
+    let registration = unsafe { ring.submitter().register_buffers(&[iovec]) };
+    drop(ring);
+    drop(page);
+    // tokio-uring builds its own ring and reactor registration; make sure that works too.
+    let mut builder = tokio_uring::builder();
+    builder.entries(RING_ENTRIES);
+    tokio_uring::Runtime::new(&builder).map_err(|error| classify("tokio-uring runtime", &error))?;
+    Ok(ProbeReport {
+        registered_buffers: registration.is_ok(),
+        registration_error: registration
+            .err()
+            .map(|error| classify("IORING_REGISTER_BUFFERS", &error).to_string()),
+    })
+}
+
+fn classify(step: &str, error: &io::Error) -> Unavailable {
+    let (cause, advice) = match error.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => (
+            "denied (a seccomp profile such as Docker's default, or kernel.io_uring_disabled)",
+            "allow io_uring in the container's seccomp profile, or run with --backend tokio",
+        ),
+        Some(libc::ENOSYS) => (
+            "not implemented by this kernel",
+            "io_uring needs Linux 5.11 or later; run with --backend tokio",
+        ),
+        Some(libc::ENOMEM) => (
+            "out of locked memory",
+            "raise RLIMIT_MEMLOCK (ulimit -l), or run with --backend tokio",
+        ),
+        Some(libc::EINVAL) => (
+            "rejected by this kernel",
+            "io_uring needs Linux 5.11 or later; run with --backend tokio",
+        ),
+        _ => ("failed", "run with --backend tokio"),
+    };
+    Unavailable {
+        cause: format!("{step} {cause}: {error}"),
+        advice,
+    }
+}
+
+/// A listener on a worker's ring.
+pub struct UringListener {
+    inner: tokio_uring::net::TcpListener,
+}
+
+impl crate::Listener for UringListener {
+    type Stream = UringStream;
+
+    async fn accept(&self) -> io::Result<(UringStream, SocketAddr)> {
+        let (stream, peer) = self.inner.accept().await?;
+        Ok((UringStream::new(stream)?, peer))
+    }
+
+    fn stop(&self) {
+        // A pending ring accept completes with EINVAL once the listening socket is shut down.
+        // Safety: the descriptor is owned by `self.inner` and open for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.inner.as_raw_fd()) };
+        crate::socket::stop_listening(&fd);
+    }
+}
+
+/// A borrowed descriptor for the readiness registration; the stream owns and closes it.
+struct Readiness(RawFd);
+
+impl AsRawFd for Readiness {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// A connected stream on a worker's ring.
+pub struct UringStream {
+    // Declared first so it is dropped (deregistered) before `inner` closes the descriptor.
+    ready: AsyncFd<Readiness>,
+    inner: tokio_uring::net::TcpStream,
+    /// An error the readiness peek consumed (the kernel reports a socket error once); the next
+    /// read returns it instead of reading EOF from the dead socket.
+    pending_error: Cell<Option<io::Error>>,
+}
+
+impl UringStream {
+    fn new(inner: tokio_uring::net::TcpStream) -> io::Result<Self> {
+        inner.set_nodelay(true)?;
+        // Safety: the descriptor stays open and the same for the registration's whole life:
+        // `ready` is dropped before `inner`, which alone closes it.
+        let ready = unsafe {
+            AsyncFd::register_with_interest(Readiness(inner.as_raw_fd()), Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(Self {
+            ready,
+            inner,
+            pending_error: Cell::new(None),
+        })
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // Safety: the descriptor is owned by `self.inner` and open while `self` lives.
+        unsafe { BorrowedFd::borrow_raw(self.inner.as_raw_fd()) }
+    }
+
+    /// Whether a read would complete now: data, EOF or an error pending (kept for `read`).
+    fn has_input(&self) -> bool {
+        let mut byte = 0u8;
+        // Safety: a one-byte peek into a valid local buffer on an open descriptor.
+        let peeked = unsafe {
+            libc::recv(
+                self.inner.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if peeked >= 0 {
+            return true;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return false;
+        }
+        self.pending_error.set(Some(error));
+        true
+    }
+}
+
+impl crate::Stream for UringStream {
+    type Buffer = UringBuffer;
+
+    async fn readable(&self) -> io::Result<()> {
+        loop {
+            let mut guard = self.ready.readable().await?;
+            if self.has_input() {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    async fn read(&self, buf: UringBuffer) -> (io::Result<usize>, UringBuffer) {
+        if let Some(error) = self.pending_error.take() {
+            return (Err(error), buf);
+        }
+        match buf {
+            UringBuffer::Fixed { buf, .. } => {
+                let (result, buf) = self.inner.read_fixed(buf).await;
+                let len = *result.as_ref().unwrap_or(&0);
+                (result, UringBuffer::Fixed { buf, len })
+            }
+            UringBuffer::Heap(mut buf) => {
+                buf.set_len(0);
+                let (result, buf) = self.inner.read(buf).await;
+                (result, UringBuffer::Heap(buf))
+            }
+        }
+    }
+
+    async fn write_all(&self, buf: UringBuffer) -> (io::Result<()>, UringBuffer) {
+        match buf {
+            UringBuffer::Fixed { buf, len } => {
+                if len == 0 {
+                    return (Ok(()), UringBuffer::Fixed { buf, len });
+                }
+                let (result, slice) = self.inner.write_fixed_all(buf.slice(..len)).await;
+                (
+                    result,
+                    UringBuffer::Fixed {
+                        buf: slice.into_inner(),
+                        len,
+                    },
+                )
+            }
+            UringBuffer::Heap(buf) => {
+                if buf.filled().is_empty() {
+                    return (Ok(()), UringBuffer::Heap(buf));
+                }
+                let (result, buf) = self.inner.write_all(buf).await;
+                (result, UringBuffer::Heap(buf))
+            }
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        crate::socket::shutdown_write(&self.fd())
+    }
+
+    fn abort(&self) {
+        crate::socket::shutdown_both(&self.fd());
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&self.fd())
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))
+    }
+}
+
+/// A buffer of the io_uring backend: registered when one is free, plain otherwise.
+pub enum UringBuffer {
+    /// A registered buffer, read and written with READ_FIXED / WRITE_FIXED.
+    Fixed {
+        /// The registered buffer.
+        buf: FixedBuf,
+        /// Bytes filled (the buffer's own initialised length only ever grows).
+        len: usize,
+    },
+    /// A plain heap buffer.
+    Heap(HeapBuffer),
+}
+
+impl IoBuffer for UringBuffer {
+    fn filled(&self) -> &[u8] {
+        match self {
+            Self::Fixed { buf, len } => &buf[..*len],
+            Self::Heap(buf) => buf.filled(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Self::Fixed { buf, .. } => IoBuf::bytes_total(buf),
+            Self::Heap(buf) => buf.capacity(),
+        }
+    }
+
+    fn fill_from(&mut self, bytes: &[u8]) -> usize {
+        match self {
+            Self::Fixed { buf, len } => {
+                let n = bytes.len().min(IoBuf::bytes_total(buf));
+                // Safety: `n` is within the buffer's capacity, the source is a distinct slice,
+                // and the bytes written are then marked initialised.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.stable_mut_ptr(), n);
+                    buf.set_init(n);
+                }
+                *len = n;
+                n
+            }
+            Self::Heap(buf) => buf.fill_from(bytes),
+        }
+    }
+}
+
+enum FixedState {
+    /// Not registered yet: registration pins memory, so it waits until data first moves.
+    Pending,
+    Registered(FixedBufPool<Vec<u8>>, usize),
+    Unavailable,
+}
+
+/// A worker's buffers: registered ones first, plain ones beyond.
+pub struct UringPool {
+    fixed: RefCell<FixedState>,
+    fixed_count: usize,
+    buffer_size: usize,
+    heap: HeapPool,
+}
+
+impl UringPool {
+    fn fixed(&self) -> Option<FixedBuf> {
+        let mut state = self.fixed.borrow_mut();
+        if let FixedState::Pending = *state {
+            *state = self.register();
+        }
+        match &*state {
+            FixedState::Registered(pool, capacity) => pool.try_next(*capacity),
+            _ => None,
+        }
+    }
+
+    fn register(&self) -> FixedState {
+        if self.fixed_count == 0 {
+            return FixedState::Unavailable;
+        }
+        let buffers: Vec<Vec<u8>> = (0..self.fixed_count)
+            .map(|_| Vec::with_capacity(self.buffer_size))
+            .collect();
+        let capacity = buffers[0].capacity();
+        let pool = FixedBufPool::new(buffers);
+        match pool.register() {
+            Ok(()) => FixedState::Registered(pool, capacity),
+            Err(error) => {
+                warn!(
+                    %error,
+                    buffers = self.fixed_count,
+                    buffer_size = self.buffer_size,
+                    "registering io_uring buffers failed; this worker uses plain buffers (raise RLIMIT_MEMLOCK with `ulimit -l` to register them)"
+                );
+                FixedState::Unavailable
+            }
+        }
+    }
+}
+
+impl BufferPool for UringPool {
+    type Buffer = UringBuffer;
+
+    async fn take(&self) -> UringBuffer {
+        match self.fixed() {
+            Some(buf) => UringBuffer::Fixed { buf, len: 0 },
+            None => UringBuffer::Heap(self.heap.take().await),
+        }
+    }
+
+    fn allocated(&self) -> usize {
+        let fixed = match &*self.fixed.borrow() {
+            FixedState::Registered(..) => self.fixed_count,
+            _ => 0,
+        };
+        fixed + self.heap.allocated()
+    }
+}
+
+impl Backend for Uring {
+    type Buffer = UringBuffer;
+    type Stream = UringStream;
+    type Listener = UringListener;
+    type Pool = UringPool;
+
+    fn name(&self) -> &'static str {
+        "io-uring"
+    }
+
+    fn run_workers<F, Fut>(
+        self,
+        workers: usize,
+        listeners: Vec<std::net::TcpListener>,
+        worker: F,
+    ) -> io::Result<()>
+    where
+        F: Fn(Worker<UringListener>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let workers = workers.max(1);
+        if listeners.len() < workers {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the io_uring backend needs one SO_REUSEPORT listener per worker",
+            ));
+        }
+        let worker = Arc::new(worker);
+        let mut threads = Vec::with_capacity(workers);
+        for (index, listener) in listeners.into_iter().take(workers).enumerate() {
+            let worker = Arc::clone(&worker);
+            let thread = thread::Builder::new()
+                .name(format!("fyntr-uring-{index}"))
+                .spawn(move || -> io::Result<()> {
+                    let mut builder = tokio_uring::builder();
+                    builder.entries(RING_ENTRIES);
+                    let runtime = tokio_uring::Runtime::new(&builder)?;
+                    runtime.block_on(async move {
+                        let listener = UringListener {
+                            inner: tokio_uring::net::TcpListener::from_std(listener),
+                        };
+                        worker(Worker { index, listener }).await;
+                    });
+                    Ok(())
+                })?;
+            threads.push(thread);
+        }
+        let mut result = Ok(());
+        for thread in threads {
+            let outcome = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")));
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(future: F) {
+        tokio_uring::spawn(future);
+    }
+
+    fn stream_from_std(stream: std::net::TcpStream) -> io::Result<UringStream> {
+        UringStream::new(tokio_uring::net::TcpStream::from_std(stream))
+    }
+
+    fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> UringPool {
+        UringPool {
+            fixed: RefCell::new(FixedState::Pending),
+            fixed_count: self.fixed_buffers.min(max_buffers),
+            buffer_size,
+            heap: HeapPool::new(
+                buffer_size,
+                max_buffers.saturating_sub(self.fixed_buffers).max(1),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::{Listener, Stream};
+
+    #[test]
+    fn echo_over_the_ring_with_registered_and_plain_buffers() {
+        if let Err(unavailable) = probe() {
+            eprintln!("skipped: io_uring unavailable here: {unavailable}");
+            return;
+        }
+        for fixed in [4, 0] {
+            let listeners =
+                crate::socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+            let addr = listeners[0].local_addr().unwrap();
+            let server = thread::spawn(move || {
+                Uring::new(fixed)
+                    .run_workers(1, listeners, move |worker| async move {
+                        let pool = Uring::new(fixed).new_pool(1024, 8);
+                        let (stream, _) = worker.listener.accept().await.unwrap();
+                        loop {
+                            stream.readable().await.unwrap();
+                            let (read, buffer) = stream.read(pool.take().await).await;
+                            if read.unwrap() == 0 {
+                                break;
+                            }
+                            let (written, _) = stream.write_all(buffer).await;
+                            written.unwrap();
+                        }
+                        stream.shutdown_write().unwrap();
+                        worker.listener.stop();
+                        assert!(worker.listener.accept().await.is_err());
+                    })
+                    .unwrap();
+            });
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).unwrap();
+            assert_eq!(back, data, "fixed buffers: {fixed}");
+            server.join().unwrap();
+        }
+    }
+}
