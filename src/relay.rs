@@ -141,7 +141,7 @@ async fn pump<B: Backend>(
         let mut buffer = ctx.pool().take().await;
         let filled = buffer.fill_from(chunk);
         debug_assert_eq!(filled, chunk.len());
-        if !forward(tunnel, &flow, to, buffer).await {
+        if !Box::pin(forward(tunnel, &flow, to, buffer)).await {
             return written;
         }
         written += chunk.len() as u64;
@@ -158,8 +158,10 @@ async fn pump<B: Backend>(
                 return written;
             }
         }
+        // The read and the forward are boxed: they exist only while data moves, so an idle
+        // tunnel's task holds just the readiness wait above.
         let buffer = ctx.pool().take().await;
-        let (read, buffer) = tunnel.stream(from).read(buffer).await;
+        let (read, buffer) = Box::pin(tunnel.stream(from).read(buffer)).await;
         match read {
             Ok(0) => {
                 // Half-close: the other side reads EOF, the opposite direction carries on.
@@ -168,10 +170,15 @@ async fn pump<B: Backend>(
             }
             Ok(n) => {
                 tunnel.last_read.set(Instant::now());
-                if !forward(tunnel, &flow, to, buffer).await {
+                if !Box::pin(forward(tunnel, &flow, to, buffer)).await {
                     return written;
                 }
                 written += n as u64;
+                // On loopback or a fast LAN, reads and writes complete at once and a bulk flow
+                // would keep the worker for a long run of chunks (Tokio's budget allows 128
+                // operations), making every other tunnel wait. Yielding after each chunk lets
+                // the worker visit its tunnels in turn, one chunk each, as DRR intends.
+                tokio::task::yield_now().await;
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => {

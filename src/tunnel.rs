@@ -71,52 +71,76 @@ async fn run<B: Backend>(
     started: Instant,
     report: &mut Report,
 ) {
-    let (target, head, consumed) = match read_head(ctx, client, started).await {
+    // The handshake's state (head buffer, timers, resolver and dial futures) lives in its own
+    // allocation, freed once the tunnel is up: an established idle tunnel then costs only the
+    // relay's waiting state.
+    let Some((upstream, pipelined)) = Box::pin(establish(ctx, client, started, report)).await
+    else {
+        return;
+    };
+    let (traffic, end) = relay::relay(ctx, client, &upstream, &pipelined).await;
+    report.traffic = traffic;
+    report.outcome = Outcome::Relayed(end);
+}
+
+/// Handshake, policy, dial and the 200. Returns the upstream and the bytes the client pipelined
+/// after its head, or `None` when the connection ended here (the report says how).
+async fn establish<B: Backend>(
+    ctx: &WorkerContext<B>,
+    client: &B::Stream,
+    started: Instant,
+    report: &mut Report,
+) -> Option<(B::Stream, Vec<u8>)> {
+    let (target, mut head, consumed) = match read_head(ctx, client, started).await {
         Ok(parsed) => parsed,
         Err(HeadFailure::Refuse(status, reason)) => {
-            return refuse(ctx, client, status, reason, report).await
+            refuse(ctx, client, status, reason, report).await;
+            return None;
         }
         Err(HeadFailure::Gone(reason)) => {
             report.outcome = Outcome::ClientGone(reason);
-            return;
+            return None;
         }
     };
     report.target = Some(target.clone());
     let policy = ctx.policy();
-    if let Err(denied) = policy.check_port(target.port) {
-        return refuse(ctx, client, Status::Forbidden, denied.to_string(), report).await;
-    }
     let plan = ctx.config().dial;
-    let addresses = match dial::resolve(&target.host, target.port, &plan).await {
-        Ok(addresses) => addresses,
-        Err(error) => return refuse(ctx, client, error.status(), error.to_string(), report).await,
+    let connected = match policy.check_port(target.port) {
+        Err(denied) => Err((Status::Forbidden, denied.to_string())),
+        Ok(()) => match dial::resolve(&target.host, target.port, &plan).await {
+            Err(error) => Err((error.status(), error.to_string())),
+            Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
+                Err(denied) => Err((Status::Forbidden, denied.to_string())),
+                Ok(addresses) => dial::connect(&addresses, &plan)
+                    .await
+                    .map_err(|error| (error.status(), error.to_string())),
+            },
+        },
     };
-    let addresses = match policy.filter_addresses(&target.host, addresses) {
-        Ok(addresses) => addresses,
-        Err(denied) => {
-            return refuse(ctx, client, Status::Forbidden, denied.to_string(), report).await
-        }
-    };
-    let (upstream, reached) = match dial::connect(&addresses, &plan).await {
+    let (upstream, reached) = match connected {
         Ok(connected) => connected,
-        Err(error) => return refuse(ctx, client, error.status(), error.to_string(), report).await,
+        Err((status, reason)) => {
+            refuse(ctx, client, status, reason, report).await;
+            return None;
+        }
     };
     report.upstream = Some(reached);
     let upstream = match B::stream_from_std(upstream) {
         Ok(upstream) => upstream,
         Err(error) => {
             let reason = format!("internal: adopting the upstream socket failed: {error}");
-            return refuse(ctx, client, Status::BadGateway, reason, report).await;
+            refuse(ctx, client, Status::BadGateway, reason, report).await;
+            return None;
         }
     };
     if let Err(error) = send(ctx, client, ESTABLISHED).await {
         report.outcome = Outcome::ClientGone(format!("writing 200 failed: {error}"));
         upstream.abort();
-        return;
+        return None;
     }
-    let (traffic, end) = relay::relay(ctx, client, &upstream, &head[consumed..]).await;
-    report.traffic = traffic;
-    report.outcome = Outcome::Relayed(end);
+    head.drain(..consumed);
+    head.shrink_to_fit();
+    Some((upstream, head))
 }
 
 enum HeadFailure {

@@ -60,6 +60,22 @@ pub fn hashing_sink() -> SocketAddr {
     })
 }
 
+/// Reads until EOF, then answers with the number of bytes it read (no hashing: for bulk loads).
+pub fn counting_sink() -> SocketAddr {
+    serve(|mut stream| {
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(_) => return,
+            }
+        }
+        let _ = write!(stream, "{total}");
+    })
+}
+
 /// Sends `data` to every client, then closes.
 pub fn source(data: Vec<u8>) -> SocketAddr {
     let data = std::sync::Arc::new(data);
