@@ -22,4 +22,6 @@ bash ci/lint.sh
 cargo build --release --workspace
 cargo test --workspace --all-targets
 cargo bench --workspace --no-run
+# Smoke test of the load benchmark (no threshold): fyntr's own modes against direct.
+cargo bench --bench load -- --quick --modes direct,fyntr-io-uring,fyntr-tokio --out target/load-smoke
 echo "ci/test.sh: all checks passed"

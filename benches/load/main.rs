@@ -1,0 +1,117 @@
+//! The load benchmark: fyntr side by side with a direct connection and its peers, on loopback.
+//!
+//! ```text
+//! cargo bench --bench load -- [--quick] [--only SCENARIO,...] [--modes MODE,...] [--out DIR]
+//! ```
+//!
+//! Every scenario runs against each mode in the same run: `direct` (no proxy), `fyntr-io-uring`,
+//! `fyntr-tokio`, and when installed `fyntr-0.4.8` (`$FYNTR_UPSTREAM` or
+//! `/tmp/fyntr-0.4.8/bin/fyntr`), `tinyproxy` and `squid`. It prints one table of values and
+//! ratios to direct, writes `load.json`, and draws `load.svg` (ratios per scenario and mode).
+//! Each scenario is bounded in time and count; the load generator and its targets run in this
+//! process, on loopback only.
+
+#![allow(missing_docs, unreachable_pub)] // a benchmark binary, not a library
+
+mod proxies;
+mod report;
+mod scenarios;
+mod targets;
+
+use std::{path::PathBuf, time::Duration};
+
+use proxies::Mode;
+
+/// Command-line options.
+pub struct Options {
+    /// Shorter runs, for the CI smoke test.
+    pub quick: bool,
+    /// Scenarios to run (all when empty).
+    pub only: Vec<String>,
+    /// Modes to run (all available when empty).
+    pub modes: Vec<String>,
+    /// Where to write load.json and load.svg.
+    pub out: PathBuf,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut options = Options {
+            quick: false,
+            only: Vec::new(),
+            modes: Vec::new(),
+            out: PathBuf::from("target/load"),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--only" => options.only = split(args.next()),
+                "--modes" => options.modes = split(args.next()),
+                "--out" => options.out = PathBuf::from(args.next().expect("--out DIR")),
+                "--bench" => {} // added by `cargo bench`
+                other => {
+                    panic!("unknown option {other}; see the doc comment of benches/load/main.rs")
+                }
+            }
+        }
+        options
+    }
+
+    /// How long a timed scenario runs.
+    pub fn duration(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(3)
+        }
+    }
+}
+
+fn split(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn main() {
+    let options = Options::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let targets = targets::Targets::start().await;
+        let modes = proxies::available(&options.modes);
+        let mut results = report::Results::default();
+        for scenario in scenarios::ALL {
+            if !options.only.is_empty() && !options.only.iter().any(|name| name == scenario.name) {
+                continue;
+            }
+            for mode in &modes {
+                let proxy = match mode {
+                    Mode::Direct => None,
+                    other => match proxies::Running::start(other, &targets) {
+                        Ok(proxy) => Some(proxy),
+                        Err(error) => {
+                            eprintln!("{}: {} not started: {error}", scenario.name, other.name());
+                            continue;
+                        }
+                    },
+                };
+                eprintln!("running {} / {}", scenario.name, mode.name());
+                let measured = (scenario.run)(&options, &targets, proxy.as_ref()).await;
+                results.record(scenario, mode, measured);
+            }
+        }
+        results.print();
+        std::fs::create_dir_all(&options.out).expect("output directory");
+        results.write_json(&options.out.join("load.json"));
+        results.write_svg(&options.out.join("load.svg"));
+        eprintln!("wrote {}/load.json and load.svg", options.out.display());
+    });
+}
