@@ -101,9 +101,9 @@ impl Results {
             let ratio = self
                 .ratio(row)
                 .map_or("null".to_string(), |r| format!("{r:.4}"));
-            let _ = write!(
+            let _ = writeln!(
                 json,
-                "  {{\"scenario\": \"{}\", \"metric\": \"{}\", \"unit\": \"{}\", \"mode\": \"{}\", \"value\": {:.6}, \"ratio_to_direct\": {ratio}, \"higher_is_better\": {}}}{}\n",
+                "  {{\"scenario\": \"{}\", \"metric\": \"{}\", \"unit\": \"{}\", \"mode\": \"{}\", \"value\": {:.6}, \"ratio_to_direct\": {ratio}, \"higher_is_better\": {}}}{}",
                 row.scenario,
                 row.metric.name,
                 row.metric.unit,
