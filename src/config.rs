@@ -2,7 +2,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::{dial::DialPlan, policy::PolicyConfig, sched::SchedulerConfig};
+use crate::{
+    dial::DialPlan,
+    policy::PolicyConfig,
+    sched::{pacer::Rate, SchedulerConfig},
+};
 
 /// Size of a relay buffer: one read, one scheduled chunk. 64 KiB moves a bulk flow in few
 /// syscalls while an idle tunnel holds none (buffers are taken only once data is readable).
@@ -45,6 +49,32 @@ pub struct Config {
     pub dial: DialPlan,
     /// Write scheduling.
     pub scheduler: SchedulerConfig,
+    /// Pacing of the total each way and of new upstream connections.
+    pub pacing: Pacing,
+}
+
+/// Burst smoothing: total rates each way and a rate of new upstream connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pacing {
+    /// Total client-to-destination rate.
+    pub upload: Option<Rate>,
+    /// Total destination-to-client rate (paced by how fast fyntr reads from upstream).
+    pub download: Option<Rate>,
+    /// New upstream connections per second.
+    pub connects_per_second: Option<f64>,
+}
+
+impl Pacing {
+    /// How long the upstream's buffers may hold at a paced rate: a typical broadband round trip
+    /// to a cloud region. Receive buffers this small keep the remote senders' windows, and with
+    /// them the router's queue, short; one flow can still fill the rate over such a path.
+    pub const BUFFER_TIME: Duration = Duration::from_millis(20);
+
+    /// Socket buffer size for `rate`: `rate x BUFFER_TIME`, at least 8 KiB, at most 4 MiB.
+    pub fn socket_buffer(rate: Rate) -> usize {
+        let bytes = rate.bytes_per_second() * Self::BUFFER_TIME.as_secs_f64();
+        (bytes as usize).clamp(8 * 1024, 4 << 20)
+    }
 }
 
 impl Config {
@@ -62,6 +92,7 @@ impl Config {
             max_buffers_per_worker: 2048,
             dial: DialPlan::default(),
             scheduler: SchedulerConfig::default(),
+            pacing: Pacing::default(),
         }
     }
 }

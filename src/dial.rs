@@ -103,12 +103,60 @@ pub async fn resolve(
     Ok(addresses)
 }
 
+/// Socket options for upstream connections when pacing is on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketTuning {
+    /// `SO_RCVBUF`: bounds the window the destination may fill before fyntr reads.
+    pub receive_buffer: Option<usize>,
+    /// `SO_SNDBUF`: keeps the kernel's send queue short so DRR's order reaches the wire.
+    pub send_buffer: Option<usize>,
+    /// `SO_MAX_PACING_RATE` (Linux, bytes/s): the kernel spreads each socket's packets over
+    /// time instead of sending a whole chunk back to back.
+    pub max_pacing_rate: Option<u64>,
+}
+
+/// One connection attempt with the tuning applied before `connect` (so the window scale
+/// matches the receive buffer).
+async fn attempt(address: SocketAddr, tuning: &SocketTuning) -> io::Result<tokio::net::TcpStream> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(size) = tuning.receive_buffer {
+        socket.set_recv_buffer_size(u32::try_from(size).unwrap_or(u32::MAX))?;
+    }
+    if let Some(size) = tuning.send_buffer {
+        socket.set_send_buffer_size(u32::try_from(size).unwrap_or(u32::MAX))?;
+    }
+    let stream = socket.connect(address).await?;
+    #[cfg(target_os = "linux")]
+    if let Some(rate) = tuning.max_pacing_rate {
+        use std::os::fd::AsRawFd;
+        let rate = rate.min(u64::from(u32::MAX)) as u32;
+        // Safety: a plain setsockopt with a valid descriptor and a correctly sized value.
+        let result = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MAX_PACING_RATE,
+                (&rate as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "SO_MAX_PACING_RATE not applied");
+        }
+    }
+    Ok(stream)
+}
+
 /// Connects to the first address that answers, trying each in turn for `plan.rounds` rounds.
 ///
 /// Returns a non-blocking std socket (for the backend to adopt) and the address it reached.
 pub async fn connect(
     addresses: &[SocketAddr],
     plan: &DialPlan,
+    tuning: &SocketTuning,
 ) -> Result<(std::net::TcpStream, SocketAddr), DialError> {
     let deadline = Instant::now() + plan.total_timeout;
     let mut backoff = plan.first_backoff;
@@ -128,7 +176,7 @@ pub async fn connect(
                 timed_out = true;
                 break;
             }
-            let attempt = tokio::net::TcpStream::connect(address);
+            let attempt = attempt(address, tuning);
             match tokio::time::timeout(plan.attempt_timeout.min(remaining), attempt).await {
                 Ok(Ok(stream)) => {
                     let stream = stream.into_std().map_err(DialError::Refused)?;
@@ -162,7 +210,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed = listener.local_addr().unwrap();
         drop(listener);
-        let error = connect(&[closed], &fast_plan()).await.unwrap_err();
+        let error = connect(&[closed], &fast_plan(), &SocketTuning::default())
+            .await
+            .unwrap_err();
         assert_eq!(error.status(), Status::BadGateway, "{error}");
     }
 
@@ -174,7 +224,9 @@ mod tests {
             let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             other.local_addr().unwrap()
         };
-        let (_, reached) = connect(&[closed, open], &fast_plan()).await.unwrap();
+        let (_, reached) = connect(&[closed, open], &fast_plan(), &SocketTuning::default())
+            .await
+            .unwrap();
         assert_eq!(reached, open);
     }
 

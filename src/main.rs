@@ -11,10 +11,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use fyntr::{
     backend,
-    config::{BackendChoice, Config},
+    config::{BackendChoice, Config, Pacing},
     limits,
     platform::socket,
     policy::{Policy, PolicyConfig},
+    sched::pacer::Rate,
 };
 use ipnet::IpNet;
 use tracing::{error, info, warn};
@@ -121,6 +122,22 @@ struct Cli {
           value_parser = parse_buffer_size)]
     buffer_size: usize,
 
+    /// Total upload rate (client to destination), e.g. 19mbit, 2.5MB, 500KiB (per second).
+    /// Paces all tunnels together, in small bursts, sharing the rate fairly with DRR. Set it a
+    /// little below the uplink (95 %) to keep the router's queue short. Default: off.
+    #[arg(long, env = "FYNTR_UPLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
+    upload_rate: Option<Rate>,
+
+    /// Total download rate (destination to client), like --upload-rate; paced by how fast fyntr
+    /// reads from upstream, with small upstream receive buffers. Default: off.
+    #[arg(long, env = "FYNTR_DOWNLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
+    download_rate: Option<Rate>,
+
+    /// New upstream connections per second (a small burst allowed). Requests over the rate wait
+    /// their turn in order, within the handshake timeout (503 if none comes). Default: off.
+    #[arg(long, env = "FYNTR_CONNECT_RATE", value_name = "PER_SECOND", value_parser = parse_connect_rate)]
+    connect_rate: Option<f64>,
+
     /// Not supported yet (threat feeds arrive in a later version).
     #[arg(long, env = "FYNTR_THREAT_FEED_FILE", hide = true)]
     threat_feed_file: Option<String>,
@@ -153,6 +170,19 @@ fn parse_buffer_size(text: &str) -> Result<usize, String> {
         return Err(format!("{size} bytes is outside 4KiB..=1MiB"));
     }
     Ok(size)
+}
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    Rate::parse(text)
+}
+
+fn parse_connect_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of connections per second"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -231,6 +261,11 @@ fn run(cli: Cli) -> Result<()> {
     };
 
     config.buffer_size = cli.buffer_size;
+    config.pacing = Pacing {
+        upload: cli.upload_rate,
+        download: cli.download_rate,
+        connects_per_second: cli.connect_rate,
+    };
     return_buffers_to_the_system(cli.buffer_size);
     config.scheduler.quantum.max = u32::try_from(cli.buffer_size).unwrap_or(u32::MAX);
 
@@ -264,6 +299,9 @@ fn run(cli: Cli) -> Result<()> {
         idle_timeout_s = cli.idle_timeout,
         handshake_timeout_s = cli.handshake_timeout,
         allowed_ports = %ports.join(","),
+        upload_rate = %describe_rate(config.pacing.upload),
+        download_rate = %describe_rate(config.pacing.download),
+        connect_rate = %config.pacing.connects_per_second.map_or("off".to_string(), |r| format!("{r}/s")),
         "fyntr listening on {bound}"
     );
 
@@ -277,6 +315,16 @@ fn run(cli: Cli) -> Result<()> {
         .context("running the workers")?;
     info!("shutdown complete");
     Ok(())
+}
+
+fn describe_rate(rate: Option<Rate>) -> String {
+    rate.map_or("off".to_string(), |rate| {
+        format!(
+            "{:.2}mbit (socket buffers {} KiB)",
+            rate.megabits(),
+            Pacing::socket_buffer(rate) / 1024
+        )
+    })
 }
 
 /// Makes glibc serve relay-sized allocations with mmap, so buffers freed after a burst go back

@@ -14,7 +14,10 @@ use std::{
 
 use fyntr_platform::{Backend, BufferPool, IoBuffer, Stream};
 
-use crate::{gate::FlowHandle, server::WorkerContext};
+use crate::{
+    gate::{Direction, FlowHandle},
+    server::WorkerContext,
+};
 
 /// Which side of the tunnel an event concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,13 +50,17 @@ impl std::fmt::Display for RelayEnd {
     }
 }
 
-/// Bytes moved by a tunnel.
+/// Bytes moved by a tunnel, and how long its chunks waited for their turn.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Traffic {
     /// Client to destination, pipelined bytes included.
     pub upload: u64,
     /// Destination to client.
     pub download: u64,
+    /// Time upload chunks waited for grants (window, DRR turn, pacing).
+    pub upload_wait: Duration,
+    /// Time download chunks waited for grants.
+    pub download_wait: Duration,
 }
 
 /// State both directions of one tunnel share.
@@ -116,32 +123,51 @@ pub(crate) async fn relay<B: Backend>(
         last_read: Cell::new(Instant::now()),
         end: RefCell::new(None),
     };
-    let (upload, download) = tokio::join!(
+    let ((upload, upload_wait), (download, download_wait)) = tokio::join!(
         pump(ctx, &tunnel, Side::Downstream, pipelined),
         pump(ctx, &tunnel, Side::Upstream, &[]),
     );
     let end = tunnel.end.take().unwrap_or(RelayEnd::Closed);
-    (Traffic { upload, download }, end)
+    let traffic = Traffic {
+        upload,
+        download,
+        upload_wait,
+        download_wait,
+    };
+    (traffic, end)
 }
 
-/// One direction: reads from `from` and writes to the other side. Returns bytes written.
+/// One direction: reads from `from` and writes to the other side. Returns bytes written and the
+/// time spent waiting for grants.
 async fn pump<B: Backend>(
     ctx: &WorkerContext<B>,
     tunnel: &Tunnel<'_, B::Stream>,
     from: Side,
     pipelined: &[u8],
-) -> u64 {
-    let to = match from {
-        Side::Downstream => Side::Upstream,
-        Side::Upstream => Side::Downstream,
+) -> (u64, Duration) {
+    let (to, direction) = match from {
+        Side::Downstream => (Side::Upstream, Direction::Upload),
+        Side::Upstream => (Side::Downstream, Direction::Download),
     };
-    let flow = ctx.gate().open_flow();
+    let flow = ctx.gate().open_flow(direction);
+    let written = pump_chunks(ctx, tunnel, from, to, &flow, pipelined).await;
+    (written, flow.waited())
+}
+
+async fn pump_chunks<B: Backend>(
+    ctx: &WorkerContext<B>,
+    tunnel: &Tunnel<'_, B::Stream>,
+    from: Side,
+    to: Side,
+    flow: &FlowHandle,
+    pipelined: &[u8],
+) -> u64 {
     let mut written = 0;
     for chunk in pipelined.chunks(ctx.config().buffer_size.max(1)) {
         let mut buffer = ctx.pool().take().await;
         let filled = buffer.fill_from(chunk);
         debug_assert_eq!(filled, chunk.len());
-        if !Box::pin(forward(tunnel, &flow, to, buffer)).await {
+        if !Box::pin(forward(tunnel, flow, to, buffer)).await {
             return written;
         }
         written += chunk.len() as u64;
@@ -170,7 +196,7 @@ async fn pump<B: Backend>(
             }
             Ok(n) => {
                 tunnel.last_read.set(Instant::now());
-                if !Box::pin(forward(tunnel, &flow, to, buffer)).await {
+                if !Box::pin(forward(tunnel, flow, to, buffer)).await {
                     return written;
                 }
                 written += n as u64;

@@ -18,7 +18,15 @@ use fyntr_platform::{Backend, Listener, Worker};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::{config::Config, gate::Gate, policy::Policy, proto::Status, tunnel};
+use crate::{
+    config::{Config, Pacing},
+    dial::SocketTuning,
+    gate::Gate,
+    policy::Policy,
+    proto::Status,
+    sched::pacer::{Pacer, Rate},
+    tunnel,
+};
 
 /// Connections being refused with 503 at once, per worker; beyond this they are closed at once,
 /// so a flood past the cap cannot pile up descriptors.
@@ -75,6 +83,49 @@ struct Shared {
     config: Config,
     policy: Policy,
     admission: Arc<Admission>,
+    upload_pacer: Option<Arc<Pacer>>,
+    download_pacer: Option<Arc<Pacer>>,
+    connect_pacer: Option<Arc<Pacer>>,
+    tuning: SocketTuning,
+}
+
+impl Shared {
+    fn new(config: Config) -> Shared {
+        let epoch = Instant::now();
+        // A byte pacer's burst must admit one whole chunk; beyond that, 5 ms of the rate.
+        let byte_pacer = |rate: Option<Rate>| {
+            rate.map(|rate| {
+                let burst = (rate.bytes_per_second() * 0.005) as u64;
+                Arc::new(Pacer::new(
+                    rate,
+                    burst.max(config.buffer_size as u64),
+                    epoch,
+                ))
+            })
+        };
+        // Connections: a burst of a tenth of a second's worth, at least one.
+        let connect_pacer = config.pacing.connects_per_second.map(|per_second| {
+            let burst = (per_second / 10.0).floor().max(1.0) as u64;
+            Arc::new(Pacer::new(Rate(per_second), burst, epoch))
+        });
+        let tuning = SocketTuning {
+            receive_buffer: config.pacing.download.map(Pacing::socket_buffer),
+            send_buffer: config.pacing.upload.map(Pacing::socket_buffer),
+            max_pacing_rate: config
+                .pacing
+                .upload
+                .map(|rate| rate.bytes_per_second() as u64),
+        };
+        Shared {
+            policy: Policy::new(&config.policy),
+            admission: Arc::new(Admission::new(config.connection_cap)),
+            upload_pacer: byte_pacer(config.pacing.upload),
+            download_pacer: byte_pacer(config.pacing.download),
+            connect_pacer,
+            tuning,
+            config,
+        }
+    }
 }
 
 /// What one worker's tasks share. Single-threaded.
@@ -104,6 +155,16 @@ impl<B: Backend> WorkerContext<B> {
     pub(crate) fn gate(&self) -> &Rc<Gate> {
         &self.gate
     }
+
+    /// The shared pacer of new upstream connections, if `--connect-rate` is set.
+    pub(crate) fn connect_pacer(&self) -> Option<&Pacer> {
+        self.shared.connect_pacer.as_deref()
+    }
+
+    /// Socket options for upstream connections.
+    pub(crate) fn socket_tuning(&self) -> &SocketTuning {
+        &self.shared.tuning
+    }
 }
 
 /// A way to ask a running server to stop: send `true`, or drop the sender.
@@ -118,11 +179,7 @@ pub fn run<B: Backend>(
     shutdown: ShutdownSignal,
 ) -> io::Result<()> {
     let workers = config.workers.max(1);
-    let shared = Arc::new(Shared {
-        policy: Policy::new(&config.policy),
-        admission: Arc::new(Admission::new(config.connection_cap)),
-        config,
-    });
+    let shared = Arc::new(Shared::new(config));
     backend.run_workers(workers, listeners, move |worker| {
         run_worker(backend, worker, Arc::clone(&shared), shutdown.clone())
     })
@@ -137,7 +194,11 @@ async fn run_worker<B: Backend>(
     let config = &shared.config;
     let ctx = Rc::new(WorkerContext::<B> {
         pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
-        gate: Gate::new(config.scheduler),
+        gate: Gate::new(
+            config.scheduler,
+            shared.upload_pacer.clone(),
+            shared.download_pacer.clone(),
+        ),
         tunnels: Cell::new(0),
         refusing: Cell::new(0),
         stopping: Cell::new(false),

@@ -37,6 +37,8 @@ struct Report {
     target: Option<Target>,
     upstream: Option<SocketAddr>,
     traffic: Traffic,
+    /// Time waited for a `--connect-rate` slot.
+    connect_wait: Duration,
     outcome: Outcome,
 }
 
@@ -46,6 +48,7 @@ impl Report {
             target: None,
             upstream: None,
             traffic: Traffic::default(),
+            connect_wait: Duration::ZERO,
             outcome: Outcome::ClientGone(String::new()),
         }
     }
@@ -103,6 +106,29 @@ async fn establish<B: Backend>(
         }
     };
     report.target = Some(target.clone());
+    if let Some(pacer) = ctx.connect_pacer() {
+        // Connection storms wait their turn in arrival order, within the handshake deadline.
+        let now = Instant::now();
+        let deadline = started + ctx.config().handshake_timeout;
+        match pacer.reserve(1, now, deadline) {
+            Some(turn) => {
+                tokio::time::sleep_until(turn.into()).await;
+                report.connect_wait = turn.saturating_duration_since(now);
+            }
+            None => {
+                let reason = "--connect-rate: no connection slot before the handshake deadline";
+                refuse(
+                    ctx,
+                    client,
+                    Status::ServiceUnavailable,
+                    reason.into(),
+                    report,
+                )
+                .await;
+                return None;
+            }
+        }
+    }
     let policy = ctx.policy();
     let plan = ctx.config().dial;
     let connected = match policy.check_port(target.port) {
@@ -111,7 +137,7 @@ async fn establish<B: Backend>(
             Err(error) => Err((error.status(), error.to_string())),
             Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
                 Err(denied) => Err((Status::Forbidden, denied.to_string())),
-                Ok(addresses) => dial::connect(&addresses, &plan)
+                Ok(addresses) => dial::connect(&addresses, &plan, ctx.socket_tuning())
                     .await
                     .map_err(|error| (error.status(), error.to_string())),
             },
@@ -274,6 +300,9 @@ fn log(peer: SocketAddr, duration: Duration, report: &Report) {
             up_bytes = report.traffic.upload,
             down_bytes = report.traffic.download,
             duration_ms,
+            up_wait_ms = report.traffic.upload_wait.as_millis() as u64,
+            down_wait_ms = report.traffic.download_wait.as_millis() as u64,
+            connect_wait_ms = report.connect_wait.as_millis() as u64,
             outcome = %end,
             "tunnel closed"
         ),

@@ -2,10 +2,14 @@
 
 use std::{
     collections::VecDeque,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::quantum::{AdaptiveQuantum, QuantumBounds};
+use super::{
+    pacer::Pacer,
+    quantum::{AdaptiveQuantum, QuantumBounds},
+};
 
 /// Tuning of one worker's scheduler.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +95,10 @@ pub struct Scheduler {
     by_age: VecDeque<(Instant, FlowId, u64)>,
     next_sequence: u64,
     stalled_grants: u64,
+    /// The shared rate limit, if any; consulted for every grant.
+    pacer: Option<Arc<Pacer>>,
+    /// When the pacer allows the chunk it last refused.
+    pacer_retry: Option<Instant>,
 }
 
 impl Scheduler {
@@ -105,7 +113,14 @@ impl Scheduler {
             by_age: VecDeque::new(),
             next_sequence: 0,
             stalled_grants: 0,
+            pacer: None,
+            pacer_retry: None,
         }
+    }
+
+    /// Paces every grant through `pacer` (shared with the other workers' schedulers).
+    pub fn set_pacer(&mut self, pacer: Arc<Pacer>) {
+        self.pacer = Some(pacer);
     }
 
     /// Registers a new flow.
@@ -184,6 +199,8 @@ impl Scheduler {
     /// The next grant in DRR order, if the window allows one at `now`.
     pub fn poll_grant(&mut self, now: Instant) -> Option<Grant> {
         self.release_stalled(now);
+        self.pacer_retry = None;
+        let pacer = self.pacer.clone();
         loop {
             let id = *self.round.front()?;
             let in_flight = self.in_flight;
@@ -207,6 +224,13 @@ impl Scheduler {
             // A chunk larger than the whole window may still go alone.
             if in_flight > 0 && in_flight + u64::from(head) > window {
                 return None;
+            }
+            if let Some(pacer) = &pacer {
+                if let Err(retry_at) = pacer.try_admit(u64::from(head), now) {
+                    // The visit goes on when the pacer allows: DRR still picks who goes next.
+                    self.pacer_retry = Some(retry_at);
+                    return None;
+                }
             }
             flow.queue.pop_front();
             flow.deficit -= u64::from(head);
@@ -232,15 +256,21 @@ impl Scheduler {
         }
     }
 
-    /// When [`Scheduler::poll_grant`] should be called again even if nothing else happens: the
-    /// moment the oldest outstanding grant counts as stalled, if a flow is waiting for the window.
+    /// When [`Scheduler::poll_grant`] should be called again even if nothing else happens, if a
+    /// flow is waiting: the moment the oldest outstanding grant counts as stalled, or the pacer
+    /// allows the next chunk, whichever is first.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.round.is_empty() {
             return None;
         }
-        self.by_age
+        let stall = self
+            .by_age
             .front()
-            .map(|(granted_at, _, _)| *granted_at + self.config.stall_after)
+            .map(|(granted_at, _, _)| *granted_at + self.config.stall_after);
+        match (stall, self.pacer_retry) {
+            (Some(stall), Some(retry)) => Some(stall.min(retry)),
+            (stall, retry) => stall.or(retry),
+        }
     }
 
     /// Bytes granted but not yet written (excluding stalled writes).

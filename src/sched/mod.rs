@@ -16,10 +16,15 @@
 //!   by its own peer (a client that stopped reading), not by the shared path, so its bytes leave
 //!   the window. One stuck peer can never hold up the other flows.
 //!
+//! - **Pacing** ([`pacer`]): with `--upload-rate` / `--download-rate`, a grant also needs the
+//!   shared pacer's admission, so the total leaves at the rate, in small bursts, and DRR decides
+//!   which flow's chunk uses each slot.
+//!
 //! No I/O and no clock inside: time comes in as `now`, so the behaviour is tested with a virtual
 //! clock (see the simulation tests).
 
 mod drr;
+pub mod pacer;
 pub mod quantum;
 
 pub use drr::{FlowId, Grant, Scheduler, SchedulerConfig};
