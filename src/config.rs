@@ -66,14 +66,38 @@ pub struct Pacing {
 
 impl Pacing {
     /// How long the upstream's buffers may hold at a paced rate: a typical broadband round trip
-    /// to a cloud region. Receive buffers this small keep the remote senders' windows, and with
-    /// them the router's queue, short; one flow can still fill the rate over such a path.
+    /// to a cloud region. A lone flow gets `rate x BUFFER_TIME` of receive buffer, enough to fill
+    /// the rate over such a path.
     pub const BUFFER_TIME: Duration = Duration::from_millis(20);
 
-    /// Socket buffer size for `rate`: `rate x BUFFER_TIME`, at least 8 KiB, at most 4 MiB.
-    pub fn socket_buffer(rate: Rate) -> usize {
-        let bytes = rate.bytes_per_second() * Self::BUFFER_TIME.as_secs_f64();
-        (bytes as usize).clamp(8 * 1024, 4 << 20)
+    /// Longest run of bytes sent back to back when paced: 4 ms of the rate. The router's queue
+    /// (tens of KiB on consumer routers, 13 ms at 20 Mbit/s for 32 KiB) absorbs that.
+    pub const CHUNK_TIME: Duration = Duration::from_millis(4);
+
+    /// Receive (or send) buffer for a new upstream connection at `rate` while `tunnels` are
+    /// open: the whole `rate x BUFFER_TIME` for a lone tunnel, an equal share of it otherwise,
+    /// so that all remote senders together can put at most about one round trip of data in
+    /// flight and the router's queue stays short. At least 4 KiB, at most 4 MiB.
+    pub fn socket_buffer(rate: Rate, tunnels: usize) -> usize {
+        let whole = rate.bytes_per_second() * Self::BUFFER_TIME.as_secs_f64();
+        let share = whole / tunnels.max(1) as f64;
+        (share as usize).clamp(4 * 1024, 4 << 20)
+    }
+
+    /// The relay buffer size to use with these rates: `buffer_size`, or less when a rate is
+    /// set, so that one chunk is at most [`Pacing::CHUNK_TIME`] of the slower rate (at least
+    /// 4 KiB).
+    pub fn chunk_size(&self, buffer_size: usize) -> usize {
+        let slowest = [self.upload, self.download]
+            .into_iter()
+            .flatten()
+            .map(Rate::bytes_per_second)
+            .fold(f64::INFINITY, f64::min);
+        if slowest.is_infinite() {
+            return buffer_size;
+        }
+        let chunk = (slowest * Self::CHUNK_TIME.as_secs_f64()) as usize;
+        chunk.clamp(4096, buffer_size.max(4096))
     }
 }
 

@@ -129,23 +129,8 @@ async fn attempt(address: SocketAddr, tuning: &SocketTuning) -> io::Result<tokio
         socket.set_send_buffer_size(u32::try_from(size).unwrap_or(u32::MAX))?;
     }
     let stream = socket.connect(address).await?;
-    #[cfg(target_os = "linux")]
     if let Some(rate) = tuning.max_pacing_rate {
-        use std::os::fd::AsRawFd;
-        let rate = rate.min(u64::from(u32::MAX)) as u32;
-        // Safety: a plain setsockopt with a valid descriptor and a correctly sized value.
-        let result = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_MAX_PACING_RATE,
-                (&rate as *const u32).cast(),
-                std::mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if result != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "SO_MAX_PACING_RATE not applied");
-        }
+        fyntr_platform::socket::set_max_pacing_rate(&stream, rate);
     }
     Ok(stream)
 }

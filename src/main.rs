@@ -266,8 +266,9 @@ fn run(cli: Cli) -> Result<()> {
         download: cli.download_rate,
         connects_per_second: cli.connect_rate,
     };
+    config.buffer_size = config.pacing.chunk_size(cli.buffer_size);
     return_buffers_to_the_system(cli.buffer_size);
-    config.scheduler.quantum.max = u32::try_from(cli.buffer_size).unwrap_or(u32::MAX);
+    config.scheduler.quantum.max = u32::try_from(config.buffer_size).unwrap_or(u32::MAX);
 
     let choice_arg = match cli.backend {
         BackendArg::Auto => BackendChoice::Auto,
@@ -298,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
         unlimited = cli.max_connections == 0,
         idle_timeout_s = cli.idle_timeout,
         handshake_timeout_s = cli.handshake_timeout,
+        buffer_size = config.buffer_size,
         allowed_ports = %ports.join(","),
         upload_rate = %describe_rate(config.pacing.upload),
         download_rate = %describe_rate(config.pacing.download),
@@ -320,9 +322,9 @@ fn run(cli: Cli) -> Result<()> {
 fn describe_rate(rate: Option<Rate>) -> String {
     rate.map_or("off".to_string(), |rate| {
         format!(
-            "{:.2}mbit (socket buffers {} KiB)",
+            "{:.2}mbit on the wire (upstream socket buffers up to {} KiB)",
             rate.megabits(),
-            Pacing::socket_buffer(rate) / 1024
+            Pacing::socket_buffer(rate, 1) / 1024
         )
     })
 }

@@ -16,7 +16,7 @@ use fyntr_platform::{Backend, BufferPool, IoBuffer, Stream};
 
 use crate::{
     gate::{Direction, FlowHandle},
-    server::WorkerContext,
+    server::{WorkerContext, ACTIVE_UPLOAD_WINDOW},
 };
 
 /// Which side of the tunnel an event concerns.
@@ -172,7 +172,18 @@ async fn pump_chunks<B: Backend>(
         }
         written += chunk.len() as u64;
     }
+    // With --upload-rate, an upload flow counts as active while it keeps having data.
+    let mut active = None;
     loop {
+        if active.is_some() {
+            let stream = tunnel.stream(from);
+            if tokio::time::timeout(ACTIVE_UPLOAD_WINDOW, stream.readable())
+                .await
+                .is_err()
+            {
+                active = None;
+            }
+        }
         match tunnel.readable(from).await {
             Ok(()) => {}
             Err(None) => {
@@ -196,6 +207,12 @@ async fn pump_chunks<B: Backend>(
             }
             Ok(n) => {
                 tunnel.last_read.set(Instant::now());
+                if to == Side::Upstream && ctx.uploads_paced() {
+                    active.get_or_insert_with(|| ctx.upload_active());
+                    if let Some(rate) = ctx.upload_socket_rate() {
+                        tunnel.stream(to).set_max_pacing_rate(rate);
+                    }
+                }
                 if !Box::pin(forward(tunnel, flow, to, buffer)).await {
                     return written;
                 }

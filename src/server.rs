@@ -86,7 +86,8 @@ struct Shared {
     upload_pacer: Option<Arc<Pacer>>,
     download_pacer: Option<Arc<Pacer>>,
     connect_pacer: Option<Arc<Pacer>>,
-    tuning: SocketTuning,
+    /// Upload flows, across all workers, that sent data within [`ACTIVE_UPLOAD_WINDOW`].
+    active_uploads: AtomicUsize,
 }
 
 impl Shared {
@@ -108,21 +109,13 @@ impl Shared {
             let burst = (per_second / 10.0).floor().max(1.0) as u64;
             Arc::new(Pacer::new(Rate(per_second), burst, epoch))
         });
-        let tuning = SocketTuning {
-            receive_buffer: config.pacing.download.map(Pacing::socket_buffer),
-            send_buffer: config.pacing.upload.map(Pacing::socket_buffer),
-            max_pacing_rate: config
-                .pacing
-                .upload
-                .map(|rate| rate.bytes_per_second() as u64),
-        };
         Shared {
             policy: Policy::new(&config.policy),
             admission: Arc::new(Admission::new(config.connection_cap)),
             upload_pacer: byte_pacer(config.pacing.upload),
             download_pacer: byte_pacer(config.pacing.download),
             connect_pacer,
-            tuning,
+            active_uploads: AtomicUsize::new(0),
             config,
         }
     }
@@ -161,9 +154,55 @@ impl<B: Backend> WorkerContext<B> {
         self.shared.connect_pacer.as_deref()
     }
 
-    /// Socket options for upstream connections.
-    pub(crate) fn socket_tuning(&self) -> &SocketTuning {
-        &self.shared.tuning
+    /// Whether uploads are paced (`--upload-rate`).
+    pub(crate) fn uploads_paced(&self) -> bool {
+        self.shared.config.pacing.upload.is_some()
+    }
+
+    /// The kernel pacing rate for one upload write: the upload rate shared by the active upload
+    /// flows, so that sockets whose data overlaps in the kernel never together send faster than
+    /// the rate (each write's packets are spread out instead of leaving back to back).
+    pub(crate) fn upload_socket_rate(&self) -> Option<u64> {
+        let rate = self.shared.config.pacing.upload?;
+        let active = self.shared.active_uploads.load(Ordering::Relaxed).max(1);
+        Some((rate.bytes_per_second() / active as f64) as u64)
+    }
+
+    /// Counts an upload flow as active until the returned guard drops.
+    pub(crate) fn upload_active(&self) -> ActiveUpload<'_> {
+        self.shared.active_uploads.fetch_add(1, Ordering::Relaxed);
+        ActiveUpload(&self.shared.active_uploads)
+    }
+
+    /// Socket options for a new upstream connection, with buffers shared out among the tunnels
+    /// open now.
+    pub(crate) fn socket_tuning(&self) -> SocketTuning {
+        let tunnels = self.shared.admission.active();
+        let pacing = &self.shared.config.pacing;
+        SocketTuning {
+            receive_buffer: pacing
+                .download
+                .map(|rate| Pacing::socket_buffer(rate, tunnels)),
+            send_buffer: pacing
+                .upload
+                .map(|rate| Pacing::socket_buffer(rate, tunnels)),
+            max_pacing_rate: pacing
+                .upload
+                .map(|rate| (rate.bytes_per_second() / tunnels.max(1) as f64) as u64),
+        }
+    }
+}
+
+/// How long an upload flow counts as active after it last had data: about one round trip, the
+/// time its data may still be leaving the kernel.
+pub(crate) const ACTIVE_UPLOAD_WINDOW: Duration = Duration::from_millis(200);
+
+/// Keeps an upload flow counted as active while alive.
+pub(crate) struct ActiveUpload<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveUpload<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

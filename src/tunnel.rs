@@ -137,7 +137,7 @@ async fn establish<B: Backend>(
             Err(error) => Err((error.status(), error.to_string())),
             Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
                 Err(denied) => Err((Status::Forbidden, denied.to_string())),
-                Ok(addresses) => dial::connect(&addresses, &plan, ctx.socket_tuning())
+                Ok(addresses) => dial::connect(&addresses, &plan, &ctx.socket_tuning())
                     .await
                     .map_err(|error| (error.status(), error.to_string())),
             },

@@ -136,6 +136,10 @@ impl crate::Stream for PortableStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.peer_addr()
     }
+
+    fn set_max_pacing_rate(&self, bytes_per_second: u64) {
+        socket::set_max_pacing_rate(&self.inner, bytes_per_second);
+    }
 }
 
 impl Backend for Portable {

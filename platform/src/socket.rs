@@ -60,6 +60,28 @@ pub fn stop_listening<S: std::os::fd::AsFd>(socket: &S) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
 }
 
+/// Sets `SO_MAX_PACING_RATE` (Linux); elsewhere does nothing. Errors are ignored: pacing is a
+/// refinement, and the rate limiter above it still holds the total.
+pub fn set_max_pacing_rate<S: std::os::fd::AsFd>(socket: &S, bytes_per_second: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let rate = bytes_per_second.min(u64::from(u32::MAX)) as u32;
+        // Safety: a plain setsockopt with a valid descriptor and a correctly sized value.
+        unsafe {
+            libc::setsockopt(
+                socket.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MAX_PACING_RATE,
+                (&rate as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (socket, bytes_per_second);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,6 +310,10 @@ impl crate::Stream for UringStream {
             .as_socket()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))
     }
+
+    fn set_max_pacing_rate(&self, bytes_per_second: u64) {
+        crate::socket::set_max_pacing_rate(&self.fd(), bytes_per_second);
+    }
 }
 
 /// A buffer of the io_uring backend: registered when one is free, plain otherwise.

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    pacer::Pacer,
+    pacer::{on_the_wire, Pacer},
     quantum::{AdaptiveQuantum, QuantumBounds},
 };
 
@@ -226,7 +226,7 @@ impl Scheduler {
                 return None;
             }
             if let Some(pacer) = &pacer {
-                if let Err(retry_at) = pacer.try_admit(u64::from(head), now) {
+                if let Err(retry_at) = pacer.try_admit(on_the_wire(u64::from(head)), now) {
                     // The visit goes on when the pacer allows: DRR still picks who goes next.
                     self.pacer_retry = Some(retry_at);
                     return None;

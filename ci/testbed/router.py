@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""An emulated home router between two network namespaces, in user space.
+
+This kernel has tbf and htb but neither netem (delay) nor fq_codel, so the whole bottleneck is
+emulated here instead: two TUN devices (one moved into the client namespace, one into the server
+namespace) joined by this process, which forwards IP packets each way through
+
+    drop-tail queue (QUEUE_BYTES) -> serialisation at RATE_BITS -> propagation delay (DELAY)
+
+like a consumer router whose uplink and downlink are the bottleneck. Counters (packets, bytes,
+drops, peak queue) are written as JSON to STATS_FILE every 100 ms.
+
+Usage: router.py TUN_CLIENT TUN_SERVER RATE_BITS QUEUE_BYTES DELAY_MS STATS_FILE
+It prints "ready" once both devices exist, and runs until SIGTERM.
+"""
+import fcntl
+import heapq
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import time
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+
+
+def open_tun(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+class Link:
+    """One direction of the bottleneck."""
+
+    def __init__(self, name, out_fd, rate_bits, queue_bytes, delay):
+        self.name = name
+        self.out_fd = out_fd
+        self.seconds_per_byte = 8.0 / rate_bits
+        self.queue_limit = queue_bytes
+        self.delay = delay
+        self.queue = []  # packets waiting for the link
+        self.queued_bytes = 0
+        self.busy_until = 0.0  # when the packet on the wire finishes serialising
+        self.in_flight = []  # heap of (deliver_at, seq, packet): propagating
+        self.seq = 0
+        self.stats = {"packets": 0, "bytes": 0, "drops": 0, "dropped_bytes": 0, "peak_queue": 0}
+
+    def arrive(self, packet, now):
+        if self.queued_bytes + len(packet) > self.queue_limit:
+            self.stats["drops"] += 1
+            self.stats["dropped_bytes"] += len(packet)
+            return
+        self.queue.append(packet)
+        self.queued_bytes += len(packet)
+        self.stats["peak_queue"] = max(self.stats["peak_queue"], self.queued_bytes)
+        self.pump(now)
+
+    def pump(self, now):
+        # Start serialising queued packets whenever the link is free.
+        while self.queue and self.busy_until <= now:
+            packet = self.queue.pop(0)
+            self.queued_bytes -= len(packet)
+            start = max(self.busy_until, now)
+            self.busy_until = start + len(packet) * self.seconds_per_byte
+            self.seq += 1
+            heapq.heappush(self.in_flight, (self.busy_until + self.delay, self.seq, packet))
+        while self.in_flight and self.in_flight[0][0] <= now:
+            _, _, packet = heapq.heappop(self.in_flight)
+            try:
+                os.write(self.out_fd, packet)
+                self.stats["packets"] += 1
+                self.stats["bytes"] += len(packet)
+            except OSError:  # the device is full, or not up yet
+                self.stats["drops"] += 1
+
+    def next_event(self):
+        times = []
+        if self.queue:
+            times.append(self.busy_until)
+        if self.in_flight:
+            times.append(self.in_flight[0][0])
+        return min(times) if times else None
+
+
+def main():
+    tun_client, tun_server, rate_bits, queue_bytes, delay_ms, stats_file = sys.argv[1:7]
+    client_fd = open_tun(tun_client)
+    server_fd = open_tun(tun_server)
+    rate, queue, delay = float(rate_bits), int(queue_bytes), float(delay_ms) / 1000.0
+    uplink = Link("uplink", server_fd, rate, queue, delay)
+    downlink = Link("downlink", client_fd, rate, queue, delay)
+    running = [True]
+    signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+    print("ready", flush=True)
+    last_stats = 0.0
+    while running[0]:
+        now = time.monotonic()
+        events = [t for t in (uplink.next_event(), downlink.next_event()) if t is not None]
+        timeout = max(0.0, min(events) - now) if events else 0.1
+        try:
+            readable, _, _ = select.select([client_fd, server_fd], [], [], min(timeout, 0.1))
+        except InterruptedError:
+            continue
+        now = time.monotonic()
+        for fd, link in ((client_fd, uplink), (server_fd, downlink)):
+            if fd in readable:
+                for _ in range(64):
+                    try:
+                        packet = os.read(fd, 65536)
+                    except BlockingIOError:
+                        break
+                    link.arrive(packet, now)
+        uplink.pump(now)
+        downlink.pump(now)
+        if now - last_stats >= 0.1:
+            last_stats = now
+            with open(stats_file + ".tmp", "w") as out:
+                json.dump({"uplink": uplink.stats, "downlink": downlink.stats}, out)
+            os.replace(stats_file + ".tmp", stats_file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""The burst-smoothing testbed: does fyntr keep a small router's queue short?
+
+    sudo python3 ci/testbed/run.py [--quick] [--out DIR]
+
+Two network namespaces (client, server) are joined by an emulated home router (router.py:
+20 Mbit/s each way, 32 KiB drop-tail queue, 10 ms each way). In the client namespace a
+Terraform-like burst (200 short tunnels, 30 at a time, 128 KiB up and 256 KiB down each, plus 2
+bulk uploads) runs while a probe sends a UDP ping every 10 ms straight to the server (a video
+call or ssh beside the burst). Modes: direct connections, fyntr with defaults, and fyntr paced at
+95 % of the link (--upload-rate/--download-rate 19mbit). Reported per mode: probe RTT p50/p99 and
+loss, idle and during the burst; router drops; burst completion; per-tunnel completion p99;
+Jain's fairness of per-tunnel throughput; and a chart of probe RTT over time (testbed.svg).
+
+Root only (namespaces, TUN); without root it prints why and exits 0. Traffic stays inside the
+namespaces (198.18.0.0/15, the benchmarking range); everything is removed at the end.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+RATE_BITS = 20_000_000
+QUEUE_BYTES = 32 * 1024
+DELAY_MS = 10
+CLIENT_ADDR, SERVER_ADDR = "198.18.1.2", "198.18.2.2"
+BURST_PORT, SINK_PORT, PROBE_PORT = 8443, 8444, 8445
+PROXY = "127.0.0.1:9999"
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class Testbed:
+    def __init__(self, out):
+        self.out = out
+        suffix = str(os.getpid())
+        self.client_ns, self.server_ns = f"fyntr-c{suffix}", f"fyntr-s{suffix}"
+        self.tun_client, self.tun_server = f"fyc{suffix}"[:15], f"fys{suffix}"[:15]
+        self.stats_file = f"/tmp/fyntr-router-{suffix}.json"
+        self.processes = []
+
+    def __enter__(self):
+        for ns in (self.client_ns, self.server_ns):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        router = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "router.py"), self.tun_client, self.tun_server,
+             str(RATE_BITS), str(QUEUE_BYTES), str(DELAY_MS), self.stats_file],
+            stdout=subprocess.PIPE, text=True)
+        self.processes.append(router)
+        assert router.stdout.readline().strip() == "ready", "router did not start"
+        for tun, ns, addr, peer in ((self.tun_client, self.client_ns, CLIENT_ADDR, "198.18.2.0/24"),
+                                    (self.tun_server, self.server_ns, SERVER_ADDR, "198.18.1.0/24")):
+            sh("ip", "link", "set", tun, "netns", ns)
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", tun)
+            sh("ip", "-n", ns, "link", "set", tun, "mtu", "1500", "up")
+            sh("ip", "-n", ns, "route", "add", peer, "dev", tun)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.server_ns, sys.executable, os.path.join(HERE, "server.py"),
+             SERVER_ADDR, str(BURST_PORT), str(SINK_PORT), str(PROBE_PORT)],
+            stdout=subprocess.PIPE, text=True)
+        self.processes.append(server)
+        assert server.stdout.readline().strip() == "ready", "server did not start"
+        return self
+
+    def __exit__(self, *_):
+        for process in reversed(self.processes):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for ns in (self.client_ns, self.server_ns):
+            sh("ip", "netns", "pids", ns, check=False)
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        if os.path.exists(self.stats_file):
+            os.remove(self.stats_file)
+
+    def router_stats(self):
+        with open(self.stats_file) as stats:
+            return json.load(stats)
+
+    def run_mode(self, name, fyntr_args, config):
+        fyntr = None
+        if fyntr_args is not None:
+            log_path = os.path.join(self.out, f"fyntr-{name}.log")
+            log = open(log_path, "w")
+            fyntr = subprocess.Popen(
+                ["ip", "netns", "exec", self.client_ns, os.path.join(ROOT, "target/release/fyntr"),
+                 "--allow-port", f"{BURST_PORT},{SINK_PORT}", *fyntr_args],
+                stdout=subprocess.DEVNULL, stderr=log, text=True)
+            deadline = time.monotonic() + 10
+            while "listening on" not in open(log_path).read():
+                assert time.monotonic() < deadline and fyntr.poll() is None, open(log_path).read()
+                time.sleep(0.05)
+        time.sleep(0.5)
+        before = self.router_stats()
+        config = dict(config, proxy=None if fyntr is None else PROXY)
+        client = sh("ip", "netns", "exec", self.client_ns, sys.executable,
+                    os.path.join(HERE, "client.py"), json.dumps(config))
+        after = self.router_stats()
+        if fyntr is not None:
+            fyntr.send_signal(signal.SIGTERM)
+            fyntr.wait(timeout=15)
+        if client.stderr.strip():
+            print(f"{name}: {client.stderr.strip()[:500]}", file=sys.stderr)
+        result = json.loads(client.stdout)
+        result["drops"] = sum(after[d]["drops"] - before[d]["drops"] for d in ("uplink", "downlink"))
+        result["uplink_drops"] = after["uplink"]["drops"] - before["uplink"]["drops"]
+        result["downlink_drops"] = after["downlink"]["drops"] - before["downlink"]["drops"]
+        result["peak_queue"] = max(after[d]["peak_queue"] for d in ("uplink", "downlink"))
+        return result
+
+
+def percentile(values, fraction):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(len(values) * fraction))]
+
+
+def summarize(result):
+    idle = [s["rtt_ms"] for s in result["idle_samples"] if s["rtt_ms"] is not None]
+    burst = [s for s in result["burst_samples"] if s["t"] <= result["burst_ended"]]
+    burst_rtts = [s["rtt_ms"] for s in burst if s["rtt_ms"] is not None]
+    tunnels = result["tunnels"]
+    ok = [t for t in tunnels if t["ok"]]
+    durations = [t["end"] - t["start"] for t in ok]
+    rates = [t["bytes"] / (t["end"] - t["start"]) for t in ok if t["end"] > t["start"]]
+    jain = sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates)) if rates else 0.0
+    return {
+        "probe_idle_p50_ms": percentile(idle, 0.5),
+        "probe_idle_p99_ms": percentile(idle, 0.99),
+        "probe_burst_p50_ms": percentile(burst_rtts, 0.5),
+        "probe_burst_p99_ms": percentile(burst_rtts, 0.99),
+        "probe_p99_inflation_ms": percentile(burst_rtts, 0.99) - percentile(idle, 0.99),
+        "probe_loss_pct": 100.0 * (len(burst) - len(burst_rtts)) / max(1, len(burst)),
+        "router_drops": result["drops"],
+        "uplink_drops": result["uplink_drops"],
+        "downlink_drops": result["downlink_drops"],
+        "router_peak_queue_bytes": result["peak_queue"],
+        "burst_completion_s": result["burst_ended"] - result["burst_began"],
+        "tunnel_completion_p99_s": percentile(durations, 0.99),
+        "failed_tunnels": len(tunnels) - len(ok),
+        "jain": jain,
+        "bulk_upload_mb": sum(result["bulk_bytes"]) / 1e6,
+    }
+
+
+def svg_chart(results, path):
+    colours = {"direct": "#d95f02", "fyntr": "#7570b3", "fyntr-paced-95": "#1b9e77"}
+    width, height, left, top = 900, 420, 60, 40
+    t_max = max(max((s["t"] for s in r["burst_samples"]), default=1) for r in results.values())
+    rtt_max = max(max((s["rtt_ms"] or 0 for s in r["idle_samples"] + r["burst_samples"]), default=1)
+                  for r in results.values())
+    rtt_max = max(rtt_max, 30)
+    x = lambda t: left + (width - left - 20) * t / t_max
+    y = lambda v: top + (height - top - 40) * (1 - v / rtt_max)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{left}" y="20" font-size="14">Probe RTT over time (idle, then burst) on a '
+             f'20 Mbit/s router with a 32 KiB queue</text>']
+    for tick in range(0, int(rtt_max) + 1, max(5, int(rtt_max / 8) // 5 * 5 or 5)):
+        parts.append(f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - 20}" y2="{y(tick):.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick} ms</text>')
+    for i, (mode, result) in enumerate(results.items()):
+        samples = sorted(result["idle_samples"] + result["burst_samples"], key=lambda s: s["t"])
+        points = " ".join(f"{x(s['t']):.1f},{y(s['rtt_ms']):.1f}" for s in samples if s["rtt_ms"] is not None)
+        colour = colours.get(mode, "#666")
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1" points="{points}"/>')
+        losses = [s for s in samples if s["rtt_ms"] is None]
+        for s in losses:
+            parts.append(f'<circle cx="{x(s["t"]):.1f}" cy="{top}" r="2" fill="{colour}"/>')
+        parts.append(f'<rect x="{left + 10 + 170 * i}" y="{height - 22}" width="12" height="12" fill="{colour}"/>'
+                     f'<text x="{left + 28 + 170 * i}" y="{height - 12}">{mode}</text>')
+    parts.append(f'<text x="{width - 20}" y="{height - 28}" text-anchor="end">time (s); dots on top: lost probes</text>')
+    parts.append("</svg>")
+    with open(path, "w") as out:
+        out.write("\n".join(parts))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller burst (smoke test)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "target", "testbed"))
+    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("testbed skipped: it needs root (network namespaces and TUN devices)")
+        return 0
+    for tool in ("ip",):
+        if shutil.which(tool) is None:
+            print(f"testbed skipped: {tool} (iproute2) is not installed")
+            return 0
+    if not os.path.exists(os.path.join(ROOT, "target/release/fyntr")):
+        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+    config = {
+        "server": SERVER_ADDR, "burst_port": BURST_PORT, "sink_port": SINK_PORT, "probe_port": PROBE_PORT,
+        "tunnels": 40 if args.quick else 200, "parallel": 30, "up_bytes": 128 * 1024,
+        "down_bytes": 256 * 1024, "bulk_uploads": 2, "idle_seconds": 1.0 if args.quick else 2.0,
+        "probe_interval": 0.01, "timeout_seconds": 120,
+    }
+    modes = {
+        "direct": None,
+        "fyntr": ["--backend", "auto"],
+        "fyntr-tokio": ["--backend", "tokio"],
+        "fyntr-paced-95": ["--backend", "auto", "--upload-rate", "19mbit", "--download-rate", "19mbit"],
+    }
+    wanted = [m for m in args.modes.split(",") if m] or ["direct", "fyntr", "fyntr-paced-95"]
+    modes = {name: modes[name] for name in wanted}
+    results = {}
+    os.makedirs(args.out, exist_ok=True)
+    with Testbed(args.out) as bed:
+        for name, fyntr_args in modes.items():
+            print(f"testbed: running {name}", file=sys.stderr)
+            results[name] = bed.run_mode(name, fyntr_args, config)
+    summary = {name: summarize(result) for name, result in results.items()}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "testbed.json"), "w") as out:
+        json.dump({"summary": summary, "config": config}, out, indent=2)
+    svg_chart(results, os.path.join(args.out, "testbed.svg"))
+    keys = list(next(iter(summary.values())).keys())
+    print("| metric | " + " | ".join(summary) + " |")
+    print("|---" * (len(summary) + 1) + "|")
+    for key in keys:
+        print(f"| {key} | " + " | ".join(f"{summary[m][key]:.2f}" for m in summary) + " |")
+    print(f"wrote {args.out}/testbed.json and testbed.svg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
