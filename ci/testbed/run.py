@@ -162,7 +162,8 @@ def summarize(result):
 
 
 def svg_chart(results, path):
-    colours = {"direct": "#d95f02", "fyntr": "#7570b3", "fyntr-paced-95": "#1b9e77"}
+    colours = {"direct": "#d95f02", "fyntr": "#7570b3", "fyntr-paced-95": "#1b9e77",
+               "fyntr-tokio": "#e7298a", "fyntr-paced-85": "#66a61e"}
     width, height, left, top = 900, 420, 60, 40
     t_max = max(max((s["t"] for s in r["burst_samples"]), default=1) for r in results.values())
     rtt_max = max(max((s["rtt_ms"] or 0 for s in r["idle_samples"] + r["burst_samples"]), default=1)
@@ -197,7 +198,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller burst (smoke test)")
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "testbed"))
-    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95")
+    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95, fyntr-paced-85")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("testbed skipped: it needs root (network namespaces and TUN devices)")
@@ -219,6 +220,7 @@ def main():
         "fyntr": ["--backend", "auto"],
         "fyntr-tokio": ["--backend", "tokio"],
         "fyntr-paced-95": ["--backend", "auto", "--upload-rate", "19mbit", "--download-rate", "19mbit"],
+        "fyntr-paced-85": ["--backend", "auto", "--upload-rate", "17mbit", "--download-rate", "17mbit"],
     }
     wanted = [m for m in args.modes.split(",") if m] or ["direct", "fyntr", "fyntr-paced-95"]
     modes = {name: modes[name] for name in wanted}
