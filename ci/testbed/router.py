@@ -98,6 +98,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
     print("ready", flush=True)
     last_stats = 0.0
+    last_sample = 0.0
+    samples = []  # (time, uplink queue bytes, downlink queue bytes) every 10 ms, last 60 s
     while running[0]:
         now = time.monotonic()
         events = [t for t in (uplink.next_event(), downlink.next_event()) if t is not None]
@@ -117,10 +119,15 @@ def main():
                     link.arrive(packet, now)
         uplink.pump(now)
         downlink.pump(now)
+        if now - last_sample >= 0.01:
+            last_sample = now
+            samples.append((round(now, 3), uplink.queued_bytes, downlink.queued_bytes))
+            del samples[:-6000]
         if now - last_stats >= 0.1:
             last_stats = now
             with open(stats_file + ".tmp", "w") as out:
-                json.dump({"uplink": uplink.stats, "downlink": downlink.stats}, out)
+                json.dump({"uplink": uplink.stats, "downlink": downlink.stats,
+                           "queue_samples": samples}, out)
             os.replace(stats_file + ".tmp", stats_file)
 
 

@@ -108,6 +108,7 @@ class Testbed:
                 assert time.monotonic() < deadline and fyntr.poll() is None, open(log_path).read()
                 time.sleep(0.05)
         time.sleep(0.5)
+        mode_started = time.monotonic()
         before = self.router_stats()
         config = dict(config, proxy=None if fyntr is None else PROXY)
         client = sh("ip", "netns", "exec", self.client_ns, sys.executable,
@@ -121,6 +122,10 @@ class Testbed:
         result = json.loads(client.stdout)
         result["drops"] = sum(after[d]["drops"] - before[d]["drops"] for d in ("uplink", "downlink"))
         result["uplink_drops"] = after["uplink"]["drops"] - before["uplink"]["drops"]
+        # The router's samples use the same monotonic clock (idle phase included).
+        samples = [s for s in after.get("queue_samples", []) if s[0] >= mode_started]
+        result["uplink_queue_mean"] = statistics.mean([s[1] for s in samples]) if samples else 0
+        result["downlink_queue_mean"] = statistics.mean([s[2] for s in samples]) if samples else 0
         result["downlink_drops"] = after["downlink"]["drops"] - before["downlink"]["drops"]
         result["peak_queue"] = max(after[d]["peak_queue"] for d in ("uplink", "downlink"))
         return result
@@ -150,6 +155,8 @@ def summarize(result):
         "probe_p99_inflation_ms": percentile(burst_rtts, 0.99) - percentile(idle, 0.99),
         "probe_loss_pct": 100.0 * (len(burst) - len(burst_rtts)) / max(1, len(burst)),
         "router_drops": result["drops"],
+        "uplink_queue_mean_bytes": result["uplink_queue_mean"],
+        "downlink_queue_mean_bytes": result["downlink_queue_mean"],
         "uplink_drops": result["uplink_drops"],
         "downlink_drops": result["downlink_drops"],
         "router_peak_queue_bytes": result["peak_queue"],
