@@ -174,7 +174,46 @@ async fn pump_chunks<B: Backend>(
     }
     // With --upload-rate, an upload flow counts as active while it keeps having data.
     let mut active = None;
+    // After a read that filled the whole buffer more data is almost surely waiting, so the next
+    // read goes straight to the socket without a readiness round trip (on io_uring that saves
+    // an epoll wake-up and a peek per chunk). Only a short read sends the flow back to waiting
+    // for readiness, where an idle tunnel holds no buffer.
+    let mut streaming = false;
     loop {
+        if streaming {
+            let buffer = ctx.pool().take().await;
+            let (read, buffer) = Box::pin(read_while_streaming(tunnel, from, buffer)).await;
+            match read {
+                Ok(0) => {
+                    let _ = tunnel.stream(to).shutdown_write();
+                    return written;
+                }
+                Ok(n) => {
+                    streaming = n == buffer.capacity();
+                    tunnel.last_read.set(Instant::now());
+                    if to == Side::Upstream && ctx.uploads_paced() {
+                        active.get_or_insert_with(|| ctx.upload_active());
+                        if let Some(rate) = ctx.upload_socket_rate() {
+                            tunnel.stream(to).set_max_pacing_rate(rate);
+                        }
+                    }
+                    if !Box::pin(forward(tunnel, flow, to, buffer)).await {
+                        return written;
+                    }
+                    written += n as u64;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    streaming = false;
+                    continue;
+                }
+                Err(error) => {
+                    tunnel.fail(RelayEnd::Failed(from, error));
+                    return written;
+                }
+            }
+        }
         if active.is_some() {
             let stream = tunnel.stream(from);
             if tokio::time::timeout(ACTIVE_UPLOAD_WINDOW, stream.readable())
@@ -206,6 +245,7 @@ async fn pump_chunks<B: Backend>(
                 return written;
             }
             Ok(n) => {
+                streaming = n == buffer.capacity();
                 tunnel.last_read.set(Instant::now());
                 if to == Side::Upstream && ctx.uploads_paced() {
                     active.get_or_insert_with(|| ctx.upload_active());
@@ -227,6 +267,33 @@ async fn pump_chunks<B: Backend>(
             Err(error) => {
                 tunnel.fail(RelayEnd::Failed(from, error));
                 return written;
+            }
+        }
+    }
+}
+
+/// Reads from `from` without waiting for readiness first. The read is never dropped mid-flight:
+/// if the whole tunnel stays silent for the idle timeout, the sockets are shut down, which
+/// completes it.
+async fn read_while_streaming<S: Stream>(
+    tunnel: &Tunnel<'_, S>,
+    from: Side,
+    buffer: S::Buffer,
+) -> (io::Result<usize>, S::Buffer) {
+    let read = tunnel.stream(from).read(buffer);
+    let Some(idle) = tunnel.idle_timeout else {
+        return read.await;
+    };
+    tokio::pin!(read);
+    loop {
+        let deadline = tunnel.last_read.get() + idle;
+        tokio::select! {
+            result = &mut read => return result,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if tunnel.last_read.get() + idle <= Instant::now() {
+                    tunnel.fail(RelayEnd::IdleTimeout);
+                    return read.await;
+                }
             }
         }
     }

@@ -61,6 +61,28 @@ on_each_backend! {
         assert_eq!(&byte, b"y");
     }
 
+    fn a_tunnel_that_goes_quiet_after_bulk_data_is_closed_when_idle(backend) {
+        // Full-buffer reads make the relay read again without waiting for readiness; the idle
+        // timeout must still end a tunnel whose peers then fall silent.
+        let echo = targets::echo();
+        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--idle-timeout", "2"]);
+        let mut stream = proxy.tunnel(&echo.to_string());
+        let data = payload(8 << 20, 12);
+        let mut writer = stream.try_clone().unwrap();
+        let sender = {
+            let data = data.clone();
+            thread::spawn(move || writer.write_all(&data).unwrap())
+        };
+        let mut back = vec![0u8; data.len()];
+        stream.read_exact(&mut back).unwrap();
+        sender.join().unwrap();
+        assert_eq!(sha256(&back), sha256(&data));
+        // Now both sides are silent: the proxy closes the tunnel.
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap_or(0), 0);
+        proxy.wait_for_log("outcome=idle timeout");
+    }
+
     fn sigterm_stops_accepting_and_lets_open_tunnels_finish(backend) {
         let echo = targets::echo();
         let mut proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--shutdown-grace", "20", "--workers", "2"]);
