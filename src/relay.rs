@@ -180,64 +180,36 @@ async fn pump_chunks<B: Backend>(
     // for readiness, where an idle tunnel holds no buffer.
     let mut streaming = false;
     loop {
-        if streaming {
-            let buffer = ctx.pool().take().await;
-            let (read, buffer) = Box::pin(read_while_streaming(tunnel, from, buffer)).await;
-            match read {
-                Ok(0) => {
-                    let _ = tunnel.stream(to).shutdown_write();
+        if !streaming {
+            if active.is_some() {
+                let stream = tunnel.stream(from);
+                if tokio::time::timeout(ACTIVE_UPLOAD_WINDOW, stream.readable())
+                    .await
+                    .is_err()
+                {
+                    active = None;
+                }
+            }
+            match tunnel.readable(from).await {
+                Ok(()) => {}
+                Err(None) => {
+                    tunnel.fail(RelayEnd::IdleTimeout);
                     return written;
                 }
-                Ok(n) => {
-                    streaming = n == buffer.capacity();
-                    tunnel.last_read.set(Instant::now());
-                    if to == Side::Upstream && ctx.uploads_paced() {
-                        active.get_or_insert_with(|| ctx.upload_active());
-                        if let Some(rate) = ctx.upload_socket_rate() {
-                            tunnel.stream(to).set_max_pacing_rate(rate);
-                        }
-                    }
-                    if !Box::pin(forward(tunnel, flow, to, buffer)).await {
-                        return written;
-                    }
-                    written += n as u64;
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    streaming = false;
-                    continue;
-                }
-                Err(error) => {
+                Err(Some(error)) => {
                     tunnel.fail(RelayEnd::Failed(from, error));
                     return written;
                 }
             }
         }
-        if active.is_some() {
-            let stream = tunnel.stream(from);
-            if tokio::time::timeout(ACTIVE_UPLOAD_WINDOW, stream.readable())
-                .await
-                .is_err()
-            {
-                active = None;
-            }
-        }
-        match tunnel.readable(from).await {
-            Ok(()) => {}
-            Err(None) => {
-                tunnel.fail(RelayEnd::IdleTimeout);
-                return written;
-            }
-            Err(Some(error)) => {
-                tunnel.fail(RelayEnd::Failed(from, error));
-                return written;
-            }
-        }
         // The read and the forward are boxed: they exist only while data moves, so an idle
         // tunnel's task holds just the readiness wait above.
         let buffer = ctx.pool().take().await;
-        let (read, buffer) = Box::pin(tunnel.stream(from).read(buffer)).await;
+        let (read, buffer) = if streaming {
+            Box::pin(read_while_streaming(tunnel, from, buffer)).await
+        } else {
+            Box::pin(tunnel.stream(from).read(buffer)).await
+        };
         match read {
             Ok(0) => {
                 // Half-close: the other side reads EOF, the opposite direction carries on.
@@ -263,7 +235,7 @@ async fn pump_chunks<B: Backend>(
                 // the worker visit its tunnels in turn, one chunk each, as DRR intends.
                 tokio::task::yield_now().await;
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => streaming = false,
             Err(error) => {
                 tunnel.fail(RelayEnd::Failed(from, error));
                 return written;

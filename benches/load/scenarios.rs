@@ -109,33 +109,7 @@ pub async fn open(
     proxy: Option<&Running>,
     target: SocketAddr,
 ) -> std::io::Result<(TcpStream, usize)> {
-    let Some(proxy) = proxy else {
-        let stream = TcpStream::connect(target).await?;
-        stream.set_nodelay(true)?;
-        return Ok((stream, 0));
-    };
-    let mut stream = TcpStream::connect(proxy.addr).await?;
-    stream.set_nodelay(true)?;
-    stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await?;
-    let mut head = Vec::with_capacity(128);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::other("proxy closed during the handshake"));
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
-                return Err(std::io::Error::other(
-                    String::from_utf8_lossy(&head).into_owned(),
-                ));
-            }
-            return Ok((stream, head.len() - end - 4));
-        }
-    }
+    open_addr(proxy.map(|proxy| proxy.addr), target).await
 }
 
 fn cpu(proxy: Option<&Running>) -> f64 {
@@ -298,40 +272,37 @@ async fn churn(options: &Options, targets: &Targets, proxy: Option<&Running>) ->
     ]
 }
 
-/// `open` for tasks that cannot borrow the proxy handle.
+/// Opens a connection to `target`, through the proxy at `proxy` when there is one. Returns the
+/// stream and how many tunnel bytes arrived with the proxy's response head.
 async fn open_addr(
     proxy: Option<SocketAddr>,
     target: SocketAddr,
 ) -> std::io::Result<(TcpStream, usize)> {
-    match proxy {
-        None => {
-            let stream = TcpStream::connect(target).await?;
-            stream.set_nodelay(true)?;
-            Ok((stream, 0))
+    let Some(proxy) = proxy else {
+        let stream = TcpStream::connect(target).await?;
+        stream.set_nodelay(true)?;
+        return Ok((stream, 0));
+    };
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream.set_nodelay(true)?;
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::with_capacity(128);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("proxy closed during the handshake"));
         }
-        Some(addr) => {
-            let mut stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            stream
-                .write_all(
-                    format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
-                )
-                .await?;
-            let mut head = Vec::with_capacity(128);
-            let mut byte = [0u8; 256];
-            loop {
-                let n = stream.read(&mut byte).await?;
-                if n == 0 {
-                    return Err(std::io::Error::other("closed during the handshake"));
-                }
-                head.extend_from_slice(&byte[..n]);
-                if head.ends_with(b"\r\n\r\n") {
-                    if !head.windows(4).any(|w| w == b" 200") {
-                        return Err(std::io::Error::other("not 200"));
-                    }
-                    return Ok((stream, 0));
-                }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+                return Err(std::io::Error::other(
+                    String::from_utf8_lossy(&head).into_owned(),
+                ));
             }
+            return Ok((stream, head.len() - end - 4));
         }
     }
 }

@@ -147,3 +147,33 @@ pub trait Backend: Copy + Send + Sync + 'static {
     /// `max_buffers` of them allocated at once.
     fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> Self::Pool;
 }
+
+/// Runs `body(index, source)` on one named thread per source and waits for all of them.
+///
+/// Returns the first error, counting a panicking thread as one. Each backend's `run_workers`
+/// builds its runtime inside `body`.
+pub(crate) fn run_worker_threads<S: Send + 'static>(
+    name: &str,
+    sources: Vec<S>,
+    body: impl Fn(usize, S) -> io::Result<()> + Send + Sync + 'static,
+) -> io::Result<()> {
+    let body = std::sync::Arc::new(body);
+    let mut threads = Vec::with_capacity(sources.len());
+    for (index, source) in sources.into_iter().enumerate() {
+        let body = std::sync::Arc::clone(&body);
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{index}"))
+            .spawn(move || body(index, source))?;
+        threads.push(thread);
+    }
+    let mut result = Ok(());
+    for thread in threads {
+        let outcome = thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")));
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    result
+}

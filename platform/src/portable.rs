@@ -6,7 +6,6 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    sync::Arc,
     thread,
 };
 
@@ -162,37 +161,18 @@ impl Backend for Portable {
         F: Fn(Worker<PortableListener>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let workers = workers.max(1);
-        let sources = listener_sources(workers, listeners)?;
-        let worker = Arc::new(worker);
-        let mut threads = Vec::with_capacity(workers);
-        for (index, source) in sources.into_iter().enumerate() {
-            let worker = Arc::clone(&worker);
-            let thread = thread::Builder::new()
-                .name(format!("fyntr-worker-{index}"))
-                .spawn(move || -> io::Result<()> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, async move {
-                        let listener = source.into_listener()?;
-                        worker(Worker { index, listener }).await;
-                        Ok(())
-                    })
-                })?;
-            threads.push(thread);
-        }
-        let mut result = Ok(());
-        for thread in threads {
-            let outcome = thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")));
-            if result.is_ok() {
-                result = outcome;
-            }
-        }
-        result
+        let sources = listener_sources(workers.max(1), listeners)?;
+        crate::run_worker_threads("fyntr-worker", sources, move |index, source| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async {
+                let listener = source.into_listener()?;
+                worker(Worker { index, listener }).await;
+                Ok(())
+            })
+        })
     }
 
     fn spawn<F: Future<Output = ()> + 'static>(future: F) {

@@ -20,8 +20,6 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsRawFd, BorrowedFd, RawFd},
-    sync::Arc,
-    thread,
 };
 
 use tokio::io::{unix::AsyncFd, Interest};
@@ -445,7 +443,7 @@ impl Backend for Uring {
     fn run_workers<F, Fut>(
         self,
         workers: usize,
-        listeners: Vec<std::net::TcpListener>,
+        mut listeners: Vec<std::net::TcpListener>,
         worker: F,
     ) -> io::Result<()>
     where
@@ -459,36 +457,19 @@ impl Backend for Uring {
                 "the io_uring backend needs one SO_REUSEPORT listener per worker",
             ));
         }
-        let worker = Arc::new(worker);
-        let mut threads = Vec::with_capacity(workers);
-        for (index, listener) in listeners.into_iter().take(workers).enumerate() {
-            let worker = Arc::clone(&worker);
-            let thread = thread::Builder::new()
-                .name(format!("fyntr-uring-{index}"))
-                .spawn(move || -> io::Result<()> {
-                    let mut builder = tokio_uring::builder();
-                    builder.entries(RING_ENTRIES);
-                    let runtime = tokio_uring::Runtime::new(&builder)?;
-                    runtime.block_on(async move {
-                        let listener = UringListener {
-                            inner: tokio_uring::net::TcpListener::from_std(listener),
-                        };
-                        worker(Worker { index, listener }).await;
-                    });
-                    Ok(())
-                })?;
-            threads.push(thread);
-        }
-        let mut result = Ok(());
-        for thread in threads {
-            let outcome = thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")));
-            if result.is_ok() {
-                result = outcome;
-            }
-        }
-        result
+        listeners.truncate(workers);
+        crate::run_worker_threads("fyntr-uring", listeners, move |index, listener| {
+            let mut builder = tokio_uring::builder();
+            builder.entries(RING_ENTRIES);
+            let runtime = tokio_uring::Runtime::new(&builder)?;
+            runtime.block_on(async {
+                let listener = UringListener {
+                    inner: tokio_uring::net::TcpListener::from_std(listener),
+                };
+                worker(Worker { index, listener }).await;
+            });
+            Ok(())
+        })
     }
 
     fn spawn<F: Future<Output = ()> + 'static>(future: F) {
@@ -514,7 +495,10 @@ impl Backend for Uring {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::{
+        io::{Read, Write},
+        thread,
+    };
 
     use super::*;
     use crate::{Listener, Stream};
