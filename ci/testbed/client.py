@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The near side of the testbed, run in the client namespace: a Terraform-like burst plus a
-latency probe that does not go through the proxy.
+"""The near side of the testbed, run in the client namespace: a Terraform-like burst (the
+latency probe runs beside it in its own process, probe.py).
 
 Usage: client.py CONFIG_JSON   (prints a JSON result on stdout)
 """
@@ -67,71 +67,35 @@ async def bulk_upload(config, stop, totals, index):
         print(f"bulk {index}: {error}", file=sys.stderr)
 
 
-class Probe(asyncio.DatagramProtocol):
-    def __init__(self):
-        self.replies = {}
-
-    def datagram_received(self, data, addr):
-        seq, sent = struct.unpack("!Id", data[:12])
-        self.replies[seq] = time.monotonic() - sent
-
-
-async def probe(config, stop, samples, started_at):
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        Probe, remote_addr=(config["server"], config["probe_port"]))
-    seq = 0
-    sent = {}
-    interval = config["probe_interval"]
-    next_at = time.monotonic()
-    while not stop.is_set():
-        now = time.monotonic()
-        sent[seq] = now - started_at
-        transport.sendto(struct.pack("!Id", seq, now) + bytes(52))
-        seq += 1
-        next_at += interval
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    await asyncio.sleep(1.0)  # late replies still count; later ones are losses
-    transport.close()
-    for number, at in sent.items():
-        rtt = protocol.replies.get(number)
-        samples.append({"t": at, "rtt_ms": None if rtt is None else rtt * 1000.0})
-
-
 async def main():
     config = json.loads(sys.argv[1])
-    started_at = time.monotonic()
-    # Idle: the probe alone.
-    idle_samples = []
-    stop_idle = asyncio.Event()
-    idle_task = asyncio.create_task(probe(config, stop_idle, idle_samples, started_at))
+    # Idle: the probe (a separate process) runs alone.
+    idle_began = time.monotonic()
     await asyncio.sleep(config["idle_seconds"])
-    stop_idle.set()
-    await idle_task
-    # Burst: tunnels, bulk uploads and the probe together.
-    burst_samples, results = [], []
+    idle_ended = time.monotonic()
+    # Burst: tunnels and bulk uploads together.
+    results = []
     stop = asyncio.Event()
-    burst_began = time.monotonic() - started_at
-    probe_task = asyncio.create_task(probe(config, stop, burst_samples, started_at))
+    burst_began = time.monotonic()
     totals = [0] * config["bulk_uploads"]
     bulk = [asyncio.create_task(bulk_upload(config, stop, totals, i)) for i in range(config["bulk_uploads"])]
     limit = asyncio.Semaphore(config["parallel"])
 
     async def limited(index):
         async with limit:
-            await tunnel(config, index, results, started_at)
+            await tunnel(config, index, results, burst_began)
 
     try:
         await asyncio.wait_for(asyncio.gather(*(limited(i) for i in range(config["tunnels"]))),
                                timeout=config["timeout_seconds"])
     except asyncio.TimeoutError:
         print("burst timed out", file=sys.stderr)
-    burst_ended = time.monotonic() - started_at
+    burst_ended = time.monotonic()
     stop.set()
-    await asyncio.gather(probe_task, *bulk)
+    await asyncio.gather(*bulk)
     print(json.dumps({
-        "idle_samples": idle_samples,
-        "burst_samples": burst_samples,
+        "idle_began": idle_began,
+        "idle_ended": idle_ended,
         "tunnels": results,
         "burst_began": burst_began,
         "burst_ended": burst_ended,

@@ -40,8 +40,9 @@ def sh(*args, check=True):
 
 
 class Testbed:
-    def __init__(self, out):
+    def __init__(self, out, realtime_priority):
         self.out = out
+        self.realtime_priority = realtime_priority
         suffix = str(os.getpid())
         self.client_ns, self.server_ns = f"fyntr-c{suffix}", f"fyntr-s{suffix}"
         self.tun_client, self.tun_server = f"fyc{suffix}"[:15], f"fys{suffix}"[:15]
@@ -52,8 +53,12 @@ class Testbed:
         for ns in (self.client_ns, self.server_ns):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # With --realtime the router runs at real-time priority: on a small machine shared with
+        # the burst's clients, servers and the proxy, a router descheduled for a few milliseconds
+        # leaves the link idle and then sees queued packets arrive at once.
+        realtime = ["chrt", "-f", "50"] if self.realtime_priority and shutil.which("chrt") else []
         router = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "router.py"), self.tun_client, self.tun_server,
+            [*realtime, sys.executable, os.path.join(HERE, "router.py"), self.tun_client, self.tun_server,
              str(RATE_BITS), str(QUEUE_BYTES), str(DELAY_MS), self.stats_file],
             stdout=subprocess.PIPE, text=True)
         self.processes.append(router)
@@ -66,10 +71,17 @@ class Testbed:
             sh("ip", "-n", ns, "route", "add", peer, "dev", tun)
         server = subprocess.Popen(
             ["ip", "netns", "exec", self.server_ns, sys.executable, os.path.join(HERE, "server.py"),
-             SERVER_ADDR, str(BURST_PORT), str(SINK_PORT), str(PROBE_PORT)],
+             SERVER_ADDR, str(BURST_PORT), str(SINK_PORT)],
             stdout=subprocess.PIPE, text=True)
         self.processes.append(server)
         assert server.stdout.readline().strip() == "ready", "server did not start"
+        self.realtime = realtime
+        echo = subprocess.Popen(
+            ["ip", "netns", "exec", self.server_ns, *realtime, sys.executable,
+             os.path.join(HERE, "probe.py"), "echo", SERVER_ADDR, str(PROBE_PORT)],
+            stdout=subprocess.PIPE, text=True)
+        self.processes.append(echo)
+        assert echo.stdout.readline().strip() == "ready", "probe echo did not start"
         return self
 
     def __exit__(self, *_):
@@ -94,7 +106,33 @@ class Testbed:
         with open(self.stats_file) as stats:
             return json.load(stats)
 
+    def open_connections(self):
+        """TCP connections still alive in either namespace (closed sockets drain their send
+        queues for a while, with retransmission back-off pauses of seconds)."""
+        count = 0
+        for ns in (self.client_ns, self.server_ns):
+            lines = sh("ip", "netns", "exec", ns, "ss", "-Htan", check=False).stdout.splitlines()
+            count += sum(1 for line in lines if line.split()[0] not in ("LISTEN", "TIME-WAIT"))
+        return count
+
+    def wait_quiet(self, limit=90.0):
+        """Waits until no connection of a previous mode is left and nothing crosses the router
+        for a second, so that its leftovers do not leak into this mode's measurements."""
+        deadline = time.monotonic() + limit
+        last = None
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            stats = self.router_stats()
+            counters = (stats["uplink"]["bytes"], stats["downlink"]["bytes"])
+            if counters != last:
+                last, quiet_since = counters, time.monotonic()
+            elif time.monotonic() - quiet_since >= 1.0 and self.open_connections() == 0:
+                return
+            time.sleep(0.2)
+        print("testbed: the link never went quiet; measuring anyway", file=sys.stderr)
+
     def run_mode(self, name, fyntr_args, config):
+        self.wait_quiet()
         fyntr = None
         if fyntr_args is not None:
             log_path = os.path.join(self.out, f"fyntr-{name}.log")
@@ -111,8 +149,17 @@ class Testbed:
         mode_started = time.monotonic()
         before = self.router_stats()
         config = dict(config, proxy=None if fyntr is None else PROXY)
+        probe = subprocess.Popen(
+            ["ip", "netns", "exec", self.client_ns, *self.realtime, sys.executable,
+             os.path.join(HERE, "probe.py"), "send", SERVER_ADDR, str(PROBE_PORT),
+             str(config["probe_interval"])],
+            stdout=subprocess.PIPE, text=True)
+        assert probe.stdout.readline().strip() == "ready", "probe did not start"
         client = sh("ip", "netns", "exec", self.client_ns, sys.executable,
                     os.path.join(HERE, "client.py"), json.dumps(config))
+        probe.send_signal(signal.SIGTERM)
+        samples = json.loads(probe.stdout.readline())
+        probe.wait(timeout=10)
         after = self.router_stats()
         if fyntr is not None:
             fyntr.send_signal(signal.SIGTERM)
@@ -120,12 +167,23 @@ class Testbed:
         if client.stderr.strip():
             print(f"{name}: {client.stderr.strip()[:500]}", file=sys.stderr)
         result = json.loads(client.stdout)
+        origin = result["idle_began"]
+        result["idle_samples"] = [{"t": at - origin, "rtt_ms": rtt} for at, rtt in samples
+                                  if result["idle_began"] <= at < result["idle_ended"]]
+        result["burst_samples"] = [{"t": at - origin, "rtt_ms": rtt} for at, rtt in samples
+                                   if result["burst_began"] <= at]
+        result["burst_ended"] -= origin
+        result["burst_began"] -= origin
         result["drops"] = sum(after[d]["drops"] - before[d]["drops"] for d in ("uplink", "downlink"))
         result["uplink_drops"] = after["uplink"]["drops"] - before["uplink"]["drops"]
-        # The router's samples use the same monotonic clock (idle phase included).
-        samples = [s for s in after.get("queue_samples", []) if s[0] >= mode_started]
-        result["uplink_queue_mean"] = statistics.mean([s[1] for s in samples]) if samples else 0
-        result["downlink_queue_mean"] = statistics.mean([s[2] for s in samples]) if samples else 0
+        elapsed = time.monotonic() - mode_started
+        for direction in ("uplink", "downlink"):
+            sent = after[direction]["bytes"] - before[direction]["bytes"]
+            result[f"{direction}_mbit"] = sent * 8 / elapsed / 1e6
+        samples = after["occupancy"]["samples"] - before["occupancy"]["samples"]
+        for direction in ("uplink", "downlink"):
+            total = after["occupancy"][f"{direction}_sum"] - before["occupancy"][f"{direction}_sum"]
+            result[f"{direction}_queue_mean"] = total / samples if samples else 0
         result["downlink_drops"] = after["downlink"]["drops"] - before["downlink"]["drops"]
         result["peak_queue"] = max(after[d]["peak_queue"] for d in ("uplink", "downlink"))
         return result
@@ -155,6 +213,8 @@ def summarize(result):
         "probe_p99_inflation_ms": percentile(burst_rtts, 0.99) - percentile(idle, 0.99),
         "probe_loss_pct": 100.0 * (len(burst) - len(burst_rtts)) / max(1, len(burst)),
         "router_drops": result["drops"],
+        "uplink_mbit_per_s": result["uplink_mbit"],
+        "downlink_mbit_per_s": result["downlink_mbit"],
         "uplink_queue_mean_bytes": result["uplink_queue_mean"],
         "downlink_queue_mean_bytes": result["downlink_queue_mean"],
         "uplink_drops": result["uplink_drops"],
@@ -170,7 +230,7 @@ def summarize(result):
 
 def svg_chart(results, path):
     colours = {"direct": "#d95f02", "fyntr": "#7570b3", "fyntr-paced-95": "#1b9e77",
-               "fyntr-tokio": "#e7298a", "fyntr-paced-85": "#66a61e"}
+               "fyntr-tokio": "#e7298a", "fyntr-paced-85": "#66a61e", "fyntr-paced-95-connect-10": "#e6ab02"}
     width, height, left, top = 900, 420, 60, 40
     t_max = max(max((s["t"] for s in r["burst_samples"]), default=1) for r in results.values())
     rtt_max = max(max((s["rtt_ms"] or 0 for s in r["idle_samples"] + r["burst_samples"]), default=1)
@@ -204,8 +264,10 @@ def svg_chart(results, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller burst (smoke test)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="run the router and the probe at real-time priority (experimental)")
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "testbed"))
-    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95, fyntr-paced-85")
+    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95, fyntr-paced-85, fyntr-paced-95-connect-10")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("testbed skipped: it needs root (network namespaces and TUN devices)")
@@ -228,12 +290,14 @@ def main():
         "fyntr-tokio": ["--backend", "tokio"],
         "fyntr-paced-95": ["--backend", "auto", "--upload-rate", "19mbit", "--download-rate", "19mbit"],
         "fyntr-paced-85": ["--backend", "auto", "--upload-rate", "17mbit", "--download-rate", "17mbit"],
+        "fyntr-paced-95-connect-10": ["--backend", "auto", "--upload-rate", "19mbit", "--download-rate", "19mbit",
+                                      "--connect-rate", "10"],
     }
     wanted = [m for m in args.modes.split(",") if m] or ["direct", "fyntr", "fyntr-paced-95"]
     modes = {name: modes[name] for name in wanted}
     results = {}
     os.makedirs(args.out, exist_ok=True)
-    with Testbed(args.out) as bed:
+    with Testbed(args.out, args.realtime) as bed:
         for name, fyntr_args in modes.items():
             print(f"testbed: running {name}", file=sys.stderr)
             results[name] = bed.run_mode(name, fyntr_args, config)

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The far side of the testbed, run in the server namespace.
 
-Usage: server.py ADDRESS BURST_PORT SINK_PORT PROBE_PORT
+Usage: server.py ADDRESS BURST_PORT SINK_PORT
 - BURST_PORT: reads UP bytes (8-byte big-endian header: UP, DOWN), then sends DOWN bytes, closes.
 - SINK_PORT: reads and discards until EOF.
-- PROBE_PORT (UDP): echoes every datagram.
+(The probe's UDP echo runs in its own process: probe.py echo.)
 """
 import asyncio
 import struct
@@ -43,20 +43,10 @@ async def sink(reader, writer):
     writer.close()
 
 
-class Echo(asyncio.DatagramProtocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def datagram_received(self, data, addr):
-        self.transport.sendto(data, addr)
-
-
 async def main():
-    address, burst_port, sink_port, probe_port = sys.argv[1], *map(int, sys.argv[2:5])
+    address, burst_port, sink_port = sys.argv[1], *map(int, sys.argv[2:4])
     await asyncio.start_server(burst, address, burst_port, backlog=1024)
     await asyncio.start_server(sink, address, sink_port, backlog=64)
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(Echo, local_addr=(address, probe_port))
     print("ready", flush=True)
     await asyncio.Event().wait()
 
