@@ -219,9 +219,8 @@ async fn pump_chunks<B: Backend>(
             Ok(n) => {
                 streaming = n == buffer.capacity();
                 tunnel.last_read.set(Instant::now());
-                if to == Side::Upstream && ctx.uploads_paced() {
-                    active.get_or_insert_with(|| ctx.upload_active());
-                    if let Some(rate) = ctx.upload_socket_rate() {
+                if to == Side::Upstream {
+                    if let Some(rate) = ctx.pace_upload(&mut active) {
                         tunnel.stream(to).set_max_pacing_rate(rate);
                     }
                 }

@@ -154,24 +154,19 @@ impl<B: Backend> WorkerContext<B> {
         self.shared.connect_pacer.as_deref()
     }
 
-    /// Whether uploads are paced (`--upload-rate`).
-    pub(crate) fn uploads_paced(&self) -> bool {
-        self.shared.config.pacing.upload.is_some()
-    }
-
-    /// The kernel pacing rate for one upload write: the upload rate shared by the active upload
-    /// flows, so that sockets whose data overlaps in the kernel never together send faster than
-    /// the rate (each write's packets are spread out instead of leaving back to back).
-    pub(crate) fn upload_socket_rate(&self) -> Option<u64> {
+    /// With `--upload-rate`, counts the calling upload flow as active (in `active`, until the
+    /// guard is dropped) and returns the kernel pacing rate for its next write: the upload rate
+    /// shared by the active upload flows, so that sockets whose data overlaps in the kernel never
+    /// together send faster than the rate. `None` when uploads are not paced.
+    pub(crate) fn pace_upload<'a>(&'a self, active: &mut Option<ActiveUpload<'a>>) -> Option<u64> {
         let rate = self.shared.config.pacing.upload?;
-        let active = self.shared.active_uploads.load(Ordering::Relaxed).max(1);
-        Some((rate.bytes_per_second() / active as f64) as u64)
-    }
-
-    /// Counts an upload flow as active until the returned guard drops.
-    pub(crate) fn upload_active(&self) -> ActiveUpload<'_> {
-        self.shared.active_uploads.fetch_add(1, Ordering::Relaxed);
-        ActiveUpload(&self.shared.active_uploads)
+        let counter = &self.shared.active_uploads;
+        active.get_or_insert_with(|| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            ActiveUpload(counter)
+        });
+        let sharing = counter.load(Ordering::Relaxed).max(1);
+        Some((rate.bytes_per_second() / sharing as f64) as u64)
     }
 
     /// Socket options for a new upstream connection, with buffers shared out among the tunnels
@@ -301,7 +296,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::List
                     None => refuse_over_cap(&ctx, stream, peer),
                 }
             }
-            Err(error) if is_resource_exhaustion(&error) => {
+            Err(error) if fyntr_platform::socket::is_resource_exhaustion(&error) => {
                 // Out of descriptors or memory: accepting again at once would spin. Back off
                 // while tunnels close; warn at most once a second.
                 if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
@@ -333,21 +328,6 @@ fn refuse_over_cap<B: Backend>(
         tunnel::respond_and_close::<B>(ctx.pool(), &stream, Status::ServiceUnavailable).await;
         ctx.refusing.set(ctx.refusing.get() - 1);
     });
-}
-
-fn is_resource_exhaustion(error: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM: transient, and retrying at once cannot succeed.
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOMEM: i32 = 12;
-    #[cfg(target_os = "linux")]
-    const ENOBUFS: i32 = 105;
-    #[cfg(not(target_os = "linux"))]
-    const ENOBUFS: i32 = 55;
-    matches!(
-        error.raw_os_error(),
-        Some(EMFILE | ENFILE | ENOMEM | ENOBUFS)
-    )
 }
 
 #[cfg(test)]

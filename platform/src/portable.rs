@@ -255,17 +255,12 @@ fn hand_out_connections(
                 }
                 next += 1;
             }
-            Err(error) if is_transient_accept_error(&error) => {
+            Err(error) if socket::is_resource_exhaustion(&error) => {
                 thread::sleep(std::time::Duration::from_millis(100));
             }
             Err(_) => continue,
         }
     }
-}
-
-fn is_transient_accept_error(error: &io::Error) -> bool {
-    // Out of descriptors or memory: wait for some to be released instead of spinning.
-    matches!(error.raw_os_error(), Some(code) if code == 23 || code == 24 || code == 12 || code == 105)
 }
 
 #[cfg(test)]

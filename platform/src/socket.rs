@@ -60,6 +60,16 @@ pub fn stop_listening<S: std::os::fd::AsFd>(socket: &S) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
 }
 
+/// Whether an `accept` error means the process or system is out of descriptors or memory
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM): transient, and accepting again at once cannot succeed, so
+/// the caller backs off instead of spinning.
+pub fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Sets `SO_MAX_PACING_RATE` (Linux); elsewhere does nothing. Errors are ignored: pacing is a
 /// refinement, and the rate limiter above it still holds the total.
 pub fn set_max_pacing_rate<S: std::os::fd::AsFd>(socket: &S, bytes_per_second: u64) {
