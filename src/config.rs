@@ -45,6 +45,9 @@ pub struct Config {
     pub buffer_size: usize,
     /// Most buffers one worker may hold at once (backpressure beyond).
     pub max_buffers_per_worker: usize,
+    /// Pipes one worker may hold open for zero-copy relaying (`splice`, Linux); 0 = copy every
+    /// chunk through a buffer.
+    pub pipes_per_worker: usize,
     /// Upstream dialling.
     pub dial: DialPlan,
     /// Write scheduling.
@@ -114,6 +117,7 @@ impl Config {
             policy: PolicyConfig::default(),
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_buffers_per_worker: 2048,
+            pipes_per_worker: crate::limits::PIPES_PER_WORKER,
             dial: DialPlan::default(),
             scheduler: SchedulerConfig::default(),
             pacing: Pacing::default(),

@@ -10,10 +10,15 @@ use std::io;
 /// Descriptors per admitted connection: the client and the upstream.
 pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
 
-/// Descriptors kept for everything else: listeners, rings, logs, resolver, connections
-/// being refused with 503.
+/// Pipes a worker keeps open at most for zero-copy relaying (two descriptors each). A pipe is
+/// held only while one chunk crosses the proxy, so 32 cover the flows a worker moves at once;
+/// beyond them chunks are copied.
+pub const PIPES_PER_WORKER: usize = 32;
+
+/// Descriptors kept for everything else: listeners, rings, relay pipes, logs, resolver,
+/// connections being refused with 503.
 pub fn headroom(workers: usize) -> u64 {
-    64 + 8 * workers as u64
+    64 + (8 + 2 * PIPES_PER_WORKER as u64) * workers as u64
 }
 
 /// What the guard decided.

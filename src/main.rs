@@ -122,6 +122,11 @@ struct Cli {
           value_parser = parse_buffer_size)]
     buffer_size: usize,
 
+    /// Relay bulk data without copying it (splice through kernel pipes, Linux): on or off.
+    /// Off copies every chunk through a buffer (and, on io-uring, through the ring).
+    #[arg(long, env = "FYNTR_ZERO_COPY", value_enum, default_value_t = Switch::On)]
+    zero_copy: Switch,
+
     /// Total upload rate (client to destination), e.g. 19mbit, 2.5MB, 500KiB (per second).
     /// Paces all tunnels together, in small bursts, sharing the rate fairly with DRR. Set it a
     /// little below the uplink (95 %) to keep the router's queue short. Default: off.
@@ -153,6 +158,12 @@ struct Cli {
     /// Not supported yet (the SOCKS5 listener arrives in a later version).
     #[arg(long, env = "FYNTR_SOCKS5_BIND", hide = true)]
     socks5_bind: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -261,6 +272,9 @@ fn run(cli: Cli) -> Result<()> {
     };
 
     config.buffer_size = cli.buffer_size;
+    if cli.zero_copy == Switch::Off {
+        config.pipes_per_worker = 0;
+    }
     config.pacing = Pacing {
         upload: cli.upload_rate,
         download: cli.download_rate,
@@ -300,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
         idle_timeout_s = cli.idle_timeout,
         handshake_timeout_s = cli.handshake_timeout,
         buffer_size = config.buffer_size,
+        zero_copy = zero_copy_state(config.pipes_per_worker),
         allowed_ports = %ports.join(","),
         upload_rate = %describe_rate(config.pacing.upload),
         download_rate = %describe_rate(config.pacing.download),
@@ -332,6 +347,15 @@ fn describe_rate(rate: Option<Rate>) -> String {
 /// Makes glibc serve relay-sized allocations with mmap, so buffers freed after a burst go back
 /// to the system instead of staying in a fragmented heap (measured: 2000 idle io_uring tunnels
 /// kept 45 MiB resident after their opening burst without this, 14 MiB with it).
+/// What the start line says about zero-copy relaying.
+fn zero_copy_state(pipes_per_worker: usize) -> &'static str {
+    match (cfg!(target_os = "linux"), pipes_per_worker) {
+        (false, _) => "off (splice is Linux-only)",
+        (true, 0) => "off",
+        (true, _) => "splice",
+    }
+}
+
 fn return_buffers_to_the_system(buffer_size: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fyntr_platform::{Backend, BufferPool, IoBuffer, Stream};
+use fyntr_platform::{Backend, BufferPool, IoBuffer, PooledPipe, Stream};
 
 use crate::{
     gate::{Direction, FlowHandle},
@@ -167,17 +167,17 @@ async fn pump_chunks<B: Backend>(
         let mut buffer = ctx.pool().take().await;
         let filled = buffer.fill_from(chunk);
         debug_assert_eq!(filled, chunk.len());
-        if !Box::pin(forward(tunnel, flow, to, buffer)).await {
+        if !Box::pin(forward(tunnel, flow, to, Chunk::Copied(buffer))).await {
             return written;
         }
         written += chunk.len() as u64;
     }
     // With --upload-rate, an upload flow counts as active while it keeps having data.
     let mut active = None;
-    // After a read that filled the whole buffer more data is almost surely waiting, so the next
+    // After a read that filled the whole chunk more data is almost surely waiting, so the next
     // read goes straight to the socket without a readiness round trip (on io_uring that saves
     // an epoll wake-up and a peek per chunk). Only a short read sends the flow back to waiting
-    // for readiness, where an idle tunnel holds no buffer.
+    // for readiness, where an idle tunnel holds no buffer and no pipe.
     let mut streaming = false;
     loop {
         if !streaming {
@@ -204,12 +204,7 @@ async fn pump_chunks<B: Backend>(
         }
         // The read and the forward are boxed: they exist only while data moves, so an idle
         // tunnel's task holds just the readiness wait above.
-        let buffer = ctx.pool().take().await;
-        let (read, buffer) = if streaming {
-            Box::pin(read_while_streaming(tunnel, from, buffer)).await
-        } else {
-            Box::pin(tunnel.stream(from).read(buffer)).await
-        };
+        let (read, chunk) = Box::pin(read_chunk(ctx, tunnel, from, streaming)).await;
         match read {
             Ok(0) => {
                 // Half-close: the other side reads EOF, the opposite direction carries on.
@@ -217,14 +212,14 @@ async fn pump_chunks<B: Backend>(
                 return written;
             }
             Ok(n) => {
-                streaming = n == buffer.capacity();
+                streaming = n == chunk.limit(ctx);
                 tunnel.last_read.set(Instant::now());
                 if to == Side::Upstream {
                     if let Some(rate) = ctx.pace_upload(&mut active) {
                         tunnel.stream(to).set_max_pacing_rate(rate);
                     }
                 }
-                if !Box::pin(forward(tunnel, flow, to, buffer)).await {
+                if !Box::pin(forward(tunnel, flow, to, chunk)).await {
                     return written;
                 }
                 written += n as u64;
@@ -241,6 +236,54 @@ async fn pump_chunks<B: Backend>(
             }
         }
     }
+}
+
+/// One chunk on its way through the proxy.
+enum Chunk<B> {
+    /// Spliced into a kernel pipe: never copied to user space (Linux).
+    Spliced(PooledPipe),
+    /// Copied into a pool buffer: where pipes cannot be had, and for pipelined bytes.
+    Copied(B),
+}
+
+impl<B: IoBuffer> Chunk<B> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Spliced(pipe) => pipe.held(),
+            Self::Copied(buffer) => buffer.filled().len(),
+        }
+    }
+
+    /// The most one read could have put in this chunk.
+    fn limit<Ba: Backend>(&self, ctx: &WorkerContext<Ba>) -> usize {
+        match self {
+            Self::Spliced(pipe) => pipe.capacity().min(ctx.config().buffer_size),
+            Self::Copied(buffer) => buffer.capacity(),
+        }
+    }
+}
+
+/// Reads one chunk from `from`: spliced into a pipe when the worker has one, copied otherwise.
+async fn read_chunk<B: Backend>(
+    ctx: &WorkerContext<B>,
+    tunnel: &Tunnel<'_, B::Stream>,
+    from: Side,
+    streaming: bool,
+) -> (io::Result<usize>, Chunk<B::Buffer>) {
+    let stream = tunnel.stream(from);
+    if let Some(mut pipe) = ctx.pipes().take() {
+        // A splice never blocks: with nothing to read it says WouldBlock, and the caller goes
+        // back to waiting for readiness without holding the pipe.
+        let read = stream.try_splice_in(&mut pipe, ctx.config().buffer_size);
+        return (read, Chunk::Spliced(pipe));
+    }
+    let buffer = ctx.pool().take().await;
+    let (read, buffer) = if streaming {
+        read_while_streaming(tunnel, from, buffer).await
+    } else {
+        stream.read(buffer).await
+    };
+    (read, Chunk::Copied(buffer))
 }
 
 /// Reads from `from` without waiting for readiness first. The read is never dropped mid-flight:
@@ -275,29 +318,50 @@ async fn forward<S: Stream>(
     tunnel: &Tunnel<'_, S>,
     flow: &FlowHandle,
     to: Side,
-    buffer: S::Buffer,
+    chunk: Chunk<S::Buffer>,
 ) -> bool {
-    flow.acquire(buffer.filled().len()).await;
-    let write = tunnel.stream(to).write_all(buffer);
-    let (written, _buffer) = match tunnel.idle_timeout {
-        None => write.await,
-        Some(idle) => {
-            // A write is never dropped mid-flight (io_uring would carry on with it); a peer that
-            // accepts nothing for the idle timeout is cut off by shutting the sockets down, which
-            // completes the write with an error.
-            tokio::pin!(write);
-            tokio::select! {
-                result = &mut write => result,
-                () = tokio::time::sleep(idle) => {
-                    tunnel.fail(RelayEnd::IdleTimeout);
-                    write.await
-                }
+    flow.acquire(chunk.len()).await;
+    let stream = tunnel.stream(to);
+    let written = match chunk {
+        Chunk::Spliced(mut pipe) => {
+            // Splicing out may be abandoned at any point (what was not moved stays in the
+            // pipe, which is then closed), so the idle timeout is a plain deadline here.
+            let splice = stream.splice_out(&mut pipe);
+            match tunnel.idle_timeout {
+                None => splice.await,
+                Some(idle) => match tokio::time::timeout(idle, splice).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tunnel.fail(RelayEnd::IdleTimeout);
+                        Ok(())
+                    }
+                },
             }
+        }
+        Chunk::Copied(buffer) => {
+            let write = stream.write_all(buffer);
+            let (written, _buffer) = match tunnel.idle_timeout {
+                None => write.await,
+                Some(idle) => {
+                    // A write is never dropped mid-flight (io_uring would carry on with it); a
+                    // peer that accepts nothing for the idle timeout is cut off by shutting the
+                    // sockets down, which completes the write with an error.
+                    tokio::pin!(write);
+                    tokio::select! {
+                        result = &mut write => result,
+                        () = tokio::time::sleep(idle) => {
+                            tunnel.fail(RelayEnd::IdleTimeout);
+                            write.await
+                        }
+                    }
+                }
+            };
+            written
         }
     };
     flow.complete();
     match written {
-        Ok(()) => true,
+        Ok(()) => tunnel.end.borrow().is_none(),
         Err(error) => {
             tunnel.fail(RelayEnd::Failed(to, error));
             false

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fyntr_platform::{Backend, Listener, Worker};
+use fyntr_platform::{Backend, Listener, PipePool, Worker};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
@@ -125,6 +125,7 @@ impl Shared {
 pub(crate) struct WorkerContext<B: Backend> {
     shared: Arc<Shared>,
     pool: B::Pool,
+    pipes: PipePool,
     gate: Rc<Gate>,
     tunnels: Cell<usize>,
     refusing: Cell<usize>,
@@ -143,6 +144,11 @@ impl<B: Backend> WorkerContext<B> {
 
     pub(crate) fn pool(&self) -> &B::Pool {
         &self.pool
+    }
+
+    /// The worker's pipes for zero-copy relaying; empty-handed off Linux or when disabled.
+    pub(crate) fn pipes(&self) -> &PipePool {
+        &self.pipes
     }
 
     pub(crate) fn gate(&self) -> &Rc<Gate> {
@@ -228,6 +234,7 @@ async fn run_worker<B: Backend>(
     let config = &shared.config;
     let ctx = Rc::new(WorkerContext::<B> {
         pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
+        pipes: PipePool::new(config.buffer_size, config.pipes_per_worker),
         gate: Gate::new(
             config.scheduler,
             shared.upload_pacer.clone(),
@@ -289,6 +296,8 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::List
                             let left = tunnel_ctx.tunnels.get() - 1;
                             tunnel_ctx.tunnels.set(left);
                             if left == 0 {
+                                // A worker without tunnels keeps no descriptors for them.
+                                tunnel_ctx.pipes.close_free();
                                 tunnel_ctx.all_closed.notify_waiters();
                             }
                         });

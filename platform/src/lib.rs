@@ -26,10 +26,12 @@ use std::{future::Future, io, net::SocketAddr};
 mod pool;
 pub mod portable;
 pub mod socket;
+pub mod splice;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
 pub use pool::{HeapBuffer, HeapPool};
+pub use splice::{Pipe, PipePool, PooledPipe};
 
 /// An owned data buffer that crosses the backend boundary.
 ///
@@ -75,6 +77,13 @@ pub trait Stream: Sized + 'static {
     fn read(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<usize>, Self::Buffer)>;
     /// Writes the whole filled part of `buf`.
     fn write_all(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<()>, Self::Buffer)>;
+    /// One non-blocking attempt to move up to `max` bytes from the socket into the empty `pipe`
+    /// without copying them (see [`splice`]). `Ok(0)` is EOF; [`io::ErrorKind::WouldBlock`]
+    /// means nothing is pending: wait for [`Stream::readable`]. `Unsupported` off Linux.
+    fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize>;
+    /// Moves everything `pipe` holds into the socket, waiting for room as needed. Unlike
+    /// `write_all` this future may be dropped at any time; bytes not yet moved stay in the pipe.
+    fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
     /// Sends FIN: the peer reads EOF, while reading from it continues.
     fn shutdown_write(&self) -> io::Result<()>;
     /// Shuts the socket down both ways so that any pending read or write completes promptly.

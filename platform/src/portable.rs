@@ -9,9 +9,9 @@ use std::{
     thread,
 };
 
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{io::Interest, net::TcpListener, sync::mpsc};
 
-use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Worker};
+use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker};
 
 /// The portable (Tokio) backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,6 +122,44 @@ impl crate::Stream for PortableStream {
             }
         }
         (Ok(()), buf)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // Tokio clears its readiness when the attempt would block, so `readable` then waits.
+        let fd = self.inner.as_raw_fd();
+        self.inner
+            .try_io(Interest::READABLE, || pipe.fill_from(fd, max))
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn splice_out(&self, pipe: &mut Pipe) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.inner.as_raw_fd();
+        while pipe.held() > 0 {
+            match self
+                .inner
+                .try_io(Interest::WRITABLE, || pipe.drain_into(fd))
+            {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.inner.writable().await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn try_splice_in(&self, _pipe: &mut Pipe, _max: usize) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    async fn splice_out(&self, _pipe: &mut Pipe) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 
     fn shutdown_write(&self) -> io::Result<()> {

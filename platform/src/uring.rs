@@ -26,7 +26,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tokio_uring::buf::{fixed::FixedBuf, fixed::FixedBufPool, BoundedBuf, IoBuf, IoBufMut};
 use tracing::warn;
 
-use crate::{Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Worker};
+use crate::{Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker};
 
 /// Submission queue entries per ring: enough for every read and write a worker has in flight
 /// at once between two submissions; tokio-uring submits early when it fills.
@@ -191,27 +191,90 @@ pub struct UringStream {
     /// An error the readiness peek consumed (the kernel reports a socket error once); the next
     /// read returns it instead of reading EOF from the dead socket.
     pending_error: Cell<Option<io::Error>>,
+    /// A ring read happened since the last splice: ring reads do not clear Tokio's readiness,
+    /// so `readable` must confirm it with a peek.
+    ring_reads: Cell<bool>,
 }
 
 impl UringStream {
     fn new(inner: tokio_uring::net::TcpStream) -> io::Result<Self> {
         inner.set_nodelay(true)?;
+        // Non-blocking, so that a splice after stale readiness returns EAGAIN instead of
+        // blocking the worker (splice follows the socket's own flag, not SPLICE_F_NONBLOCK).
+        // Ring writes then may answer EAGAIN too; `write_all` waits for room and carries on.
+        // Safety: the descriptor is owned by `inner` and open for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(inner.as_raw_fd()) };
+        socket2::SockRef::from(&fd).set_nonblocking(true)?;
         // Safety: the descriptor stays open and the same for the registration's whole life:
         // `ready` is dropped before `inner`, which alone closes it.
         let ready = unsafe {
-            AsyncFd::register_with_interest(Readiness(inner.as_raw_fd()), Interest::READABLE)
+            AsyncFd::register_with_interest(
+                Readiness(inner.as_raw_fd()),
+                Interest::READABLE | Interest::WRITABLE,
+            )
         }
         .map_err(io::Error::from)?;
         Ok(Self {
             ready,
             inner,
             pending_error: Cell::new(None),
+            ring_reads: Cell::new(false),
         })
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
         // Safety: the descriptor is owned by `self.inner` and open while `self` lives.
         unsafe { BorrowedFd::borrow_raw(self.inner.as_raw_fd()) }
+    }
+
+    /// One ring write of `buf[from..to]`.
+    async fn write_once(
+        &self,
+        buf: UringBuffer,
+        from: usize,
+        to: usize,
+    ) -> (io::Result<usize>, UringBuffer) {
+        match buf {
+            UringBuffer::Fixed { buf, len } => {
+                let (result, slice) = self.inner.write_fixed(buf.slice(from..to)).await;
+                let buf = slice.into_inner();
+                (result, UringBuffer::Fixed { buf, len })
+            }
+            UringBuffer::Heap(buf) => {
+                let (result, slice) = self.inner.write(buf.slice(from..to)).submit().await;
+                (result, UringBuffer::Heap(slice.into_inner()))
+            }
+        }
+    }
+
+    /// Waits until the socket has room again after a write answered EAGAIN.
+    async fn wait_writable(&self) -> io::Result<()> {
+        loop {
+            let mut guard = self.ready.writable().await?;
+            // Checked after taking the guard, so only readiness seen before the check is
+            // cleared and a fresh edge is never lost.
+            if guard.try_io(|_| self.has_room()).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the send buffer has room now (`WouldBlock` if not).
+    fn has_room(&self) -> io::Result<()> {
+        let mut poll = libc::pollfd {
+            fd: self.inner.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // Safety: one valid pollfd, zero timeout.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
     }
 
     /// Whether a read would complete now: data, EOF or an error pending (kept for `read`).
@@ -242,6 +305,12 @@ impl crate::Stream for UringStream {
     type Buffer = UringBuffer;
 
     async fn readable(&self) -> io::Result<()> {
+        if !self.ring_reads.get() {
+            // Only splices read this socket, and they keep Tokio's readiness true (a splice
+            // that would block clears it), so readiness needs no confirming peek.
+            drop(self.ready.readable().await?);
+            return Ok(());
+        }
         loop {
             let mut guard = self.ready.readable().await?;
             if self.has_input() {
@@ -255,6 +324,7 @@ impl crate::Stream for UringStream {
         if let Some(error) = self.pending_error.take() {
             return (Err(error), buf);
         }
+        self.ring_reads.set(true);
         match buf {
             UringBuffer::Fixed { buf, .. } => {
                 let (result, buf) = self.inner.read_fixed(buf).await;
@@ -270,28 +340,62 @@ impl crate::Stream for UringStream {
     }
 
     async fn write_all(&self, buf: UringBuffer) -> (io::Result<()>, UringBuffer) {
-        match buf {
-            UringBuffer::Fixed { buf, len } => {
-                if len == 0 {
-                    return (Ok(()), UringBuffer::Fixed { buf, len });
+        let len = buf.filled().len();
+        let mut buf = buf;
+        let mut written = 0;
+        while written < len {
+            let result;
+            (result, buf) = self.write_once(buf, written, len).await;
+            match result {
+                Ok(0) => {
+                    let error = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no data");
+                    return (Err(error), buf);
                 }
-                let (result, slice) = self.inner.write_fixed_all(buf.slice(..len)).await;
-                (
-                    result,
-                    UringBuffer::Fixed {
-                        buf: slice.into_inner(),
-                        len,
-                    },
-                )
-            }
-            UringBuffer::Heap(buf) => {
-                if buf.filled().is_empty() {
-                    return (Ok(()), UringBuffer::Heap(buf));
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(error) = self.wait_writable().await {
+                        return (Err(error), buf);
+                    }
                 }
-                let (result, buf) = self.inner.write_all(buf).await;
-                (result, UringBuffer::Heap(buf))
+                Err(error) => return (Err(error), buf),
             }
         }
+        (Ok(()), buf)
+    }
+
+    fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
+        if let Some(error) = self.pending_error.take() {
+            return Err(error);
+        }
+        let fd = self.inner.as_raw_fd();
+        // From here on a WouldBlock clears any readiness that ring reads left stale.
+        self.ring_reads.set(false);
+        // Take Tokio's readiness guard before the attempt, so that a WouldBlock clears exactly
+        // the readiness it saw (an edge arriving meanwhile is kept). Without readiness recorded
+        // the attempt is made all the same: ring reads do not feed Tokio's readiness.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match self.ready.poll_read_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(mut guard)) => guard
+                .try_io(|_| pipe.fill_from(fd, max))
+                .unwrap_or_else(|_| Err(io::ErrorKind::WouldBlock.into())),
+            std::task::Poll::Ready(Err(error)) => Err(error),
+            std::task::Poll::Pending => pipe.fill_from(fd, max),
+        }
+    }
+
+    async fn splice_out(&self, pipe: &mut Pipe) -> io::Result<()> {
+        let fd = self.inner.as_raw_fd();
+        while pipe.held() > 0 {
+            let mut guard = self.ready.writable().await?;
+            match guard.try_io(|_| pipe.drain_into(fd)) {
+                Ok(result) => {
+                    result?;
+                }
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
