@@ -207,6 +207,22 @@ impl Drop for ActiveUpload<'_> {
     }
 }
 
+/// How long a worker without tunnels keeps its spare relay pipes: long enough that back-to-back
+/// short tunnels (a Terraform run) reuse them, short enough that an idle proxy holds no
+/// descriptors beyond its listeners.
+const PIPE_LINGER: Duration = Duration::from_secs(1);
+
+/// Closes the worker's spare pipes once it has had no tunnel for [`PIPE_LINGER`].
+async fn close_pipes_when_idle<B: Backend>(ctx: Rc<WorkerContext<B>>) {
+    loop {
+        ctx.all_closed.notified().await;
+        tokio::time::sleep(PIPE_LINGER).await;
+        if ctx.tunnels.get() == 0 {
+            ctx.pipes.close_free();
+        }
+    }
+}
+
 /// A way to ask a running server to stop: send `true`, or drop the sender.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
@@ -247,6 +263,7 @@ async fn run_worker<B: Backend>(
         shared: Arc::clone(&shared),
     });
     B::spawn(Rc::clone(ctx.gate()).run_timer());
+    B::spawn(close_pipes_when_idle(Rc::clone(&ctx)));
     let listener = Rc::new(worker.listener);
     B::spawn(accept_loop(Rc::clone(&ctx), Rc::clone(&listener)));
 
@@ -296,8 +313,6 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::List
                             let left = tunnel_ctx.tunnels.get() - 1;
                             tunnel_ctx.tunnels.set(left);
                             if left == 0 {
-                                // A worker without tunnels keeps no descriptors for them.
-                                tunnel_ctx.pipes.close_free();
                                 tunnel_ctx.all_closed.notify_waiters();
                             }
                         });

@@ -31,6 +31,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// Pipes kept open for reuse per worker; beyond them a finished chunk closes its pipe.
 const KEEP_FREE: usize = 16;
 
+/// What a new pipe holds on Linux (16 pages).
+#[cfg(target_os = "linux")]
+const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
+
 /// A kernel pipe used as one relay chunk.
 pub struct Pipe {
     #[cfg(target_os = "linux")]
@@ -64,14 +68,17 @@ impl Pipe {
         // Safety: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read_end, write_end) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let wanted = libc::c_int::try_from(wanted_capacity).unwrap_or(libc::c_int::MAX);
-        // Safety: fcntl on an open descriptor. The default size (64 KiB) stays when the kernel
-        // refuses a bigger one (above /proc/sys/fs/pipe-max-size for unprivileged users).
-        let capacity = unsafe {
-            libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, wanted);
-            libc::fcntl(write_end.as_raw_fd(), libc::F_GETPIPE_SZ)
-        };
-        let capacity = usize::try_from(capacity).map_err(|_| io::Error::last_os_error())?;
+        // A new pipe holds 64 KiB (16 pages); only bigger chunks need resizing. Should the
+        // kernel have given less (a user over pipe-user-pages-soft gets one page), splices are
+        // merely shorter: the capacity here bounds a chunk, it is not relied on otherwise.
+        let mut capacity = DEFAULT_PIPE_CAPACITY;
+        if wanted_capacity > DEFAULT_PIPE_CAPACITY {
+            let wanted = libc::c_int::try_from(wanted_capacity).unwrap_or(libc::c_int::MAX);
+            // Safety: fcntl on an open descriptor. The default size stays when the kernel
+            // refuses a bigger one (above /proc/sys/fs/pipe-max-size for unprivileged users).
+            let resized = unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, wanted) };
+            capacity = usize::try_from(resized).unwrap_or(DEFAULT_PIPE_CAPACITY);
+        }
         Ok(Self {
             read_end,
             write_end,

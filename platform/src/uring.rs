@@ -202,9 +202,12 @@ impl UringStream {
         // Non-blocking, so that a splice after stale readiness returns EAGAIN instead of
         // blocking the worker (splice follows the socket's own flag, not SPLICE_F_NONBLOCK).
         // Ring writes then may answer EAGAIN too; `write_all` waits for room and carries on.
-        // Safety: the descriptor is owned by `inner` and open for this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(inner.as_raw_fd()) };
-        socket2::SockRef::from(&fd).set_nonblocking(true)?;
+        let mut on: libc::c_int = 1;
+        // Safety: FIONBIO on the open descriptor `inner` owns, with a valid int argument (one
+        // syscall, where F_GETFL + F_SETFL take two).
+        if unsafe { libc::ioctl(inner.as_raw_fd(), libc::FIONBIO, &mut on) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         // Safety: the descriptor stays open and the same for the registration's whole life:
         // `ready` is dropped before `inner`, which alone closes it.
         let ready = unsafe {
