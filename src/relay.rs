@@ -225,9 +225,12 @@ async fn pump_chunks<B: Backend>(
                 written += n as u64;
                 // On loopback or a fast LAN, reads and writes complete at once and a bulk flow
                 // would keep the worker for a long run of chunks (Tokio's budget allows 128
-                // operations), making every other tunnel wait. Yielding after each chunk lets
-                // the worker visit its tunnels in turn, one chunk each, as DRR intends.
-                tokio::task::yield_now().await;
+                // operations), making every other tunnel wait. Yielding after each full chunk
+                // lets the worker visit its tunnels in turn, one chunk each, as DRR intends. A
+                // short chunk needs no yield: the flow goes back to waiting for readiness.
+                if streaming {
+                    tokio::task::yield_now().await;
+                }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => streaming = false,
             Err(error) => {
