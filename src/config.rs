@@ -12,6 +12,16 @@ use crate::{
 /// syscalls while an idle tunnel holds none (buffers are taken only once data is readable).
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 
+/// How many copy buffers' worth one spliced chunk may hold when not paced. A spliced chunk only
+/// references the kernel's pages, so holding a bigger one costs no memory, and each chunk costs
+/// two syscalls and a grant: 4 x 64 KiB moved loopback bulk 10-20 % faster at 25 % less CPU per
+/// byte than 64 KiB chunks (README, Performance). Fairness is unchanged: DRR counts bytes, so a
+/// flow with big chunks waits more rounds for each.
+pub const SPLICE_CHUNK_FACTOR: usize = 4;
+
+/// The largest pipe an unprivileged process may create by default (`/proc/sys/fs/pipe-max-size`).
+pub const MAX_SPLICE_CHUNK: usize = 1 << 20;
+
 /// Which I/O backend to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -41,8 +51,10 @@ pub struct Config {
     pub workers: usize,
     /// Destination policy.
     pub policy: PolicyConfig,
-    /// Relay buffer size in bytes.
+    /// Relay buffer size in bytes: one copied chunk.
     pub buffer_size: usize,
+    /// Most bytes one spliced chunk holds (see [`SPLICE_CHUNK_FACTOR`]).
+    pub splice_chunk: usize,
     /// Most buffers one worker may hold at once (backpressure beyond).
     pub max_buffers_per_worker: usize,
     /// Pipes one worker may hold open for zero-copy relaying (`splice`, Linux); 0 = copy every
@@ -77,6 +89,22 @@ impl Pacing {
     /// (tens of KiB on consumer routers, 13 ms at 20 Mbit/s for 32 KiB) absorbs that.
     pub const CHUNK_TIME: Duration = Duration::from_millis(4);
 
+    /// Whether a byte rate is set either way.
+    pub fn paces_bytes(&self) -> bool {
+        self.upload.is_some() || self.download.is_some()
+    }
+
+    /// The spliced chunk for relay buffers of `buffer_size`: bigger when not paced, the same
+    /// when paced (a chunk is then a few milliseconds of the rate, see [`Pacing::CHUNK_TIME`]).
+    pub fn splice_chunk(&self, buffer_size: usize) -> usize {
+        if self.paces_bytes() {
+            buffer_size
+        } else {
+            (buffer_size * SPLICE_CHUNK_FACTOR)
+                .clamp(buffer_size, MAX_SPLICE_CHUNK.max(buffer_size))
+        }
+    }
+
     /// Receive (or send) buffer for a new upstream connection at `rate` while `tunnels` are
     /// open: the whole `rate x BUFFER_TIME` for a lone tunnel, an equal share of it otherwise,
     /// so that all remote senders together can put at most about one round trip of data in
@@ -91,6 +119,9 @@ impl Pacing {
     /// set, so that one chunk is at most [`Pacing::CHUNK_TIME`] of the slower rate (at least
     /// 4 KiB).
     pub fn chunk_size(&self, buffer_size: usize) -> usize {
+        if !self.paces_bytes() {
+            return buffer_size;
+        }
         let slowest = [self.upload, self.download]
             .into_iter()
             .flatten()
@@ -116,6 +147,7 @@ impl Config {
             workers: 1,
             policy: PolicyConfig::default(),
             buffer_size: DEFAULT_BUFFER_SIZE,
+            splice_chunk: DEFAULT_BUFFER_SIZE * SPLICE_CHUNK_FACTOR,
             max_buffers_per_worker: 2048,
             pipes_per_worker: crate::limits::PIPES_PER_WORKER,
             dial: DialPlan::default(),
@@ -150,6 +182,25 @@ pub fn parse_byte_size(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spliced_chunks_are_bigger_only_when_not_paced() {
+        let unpaced = Pacing::default();
+        assert_eq!(unpaced.splice_chunk(64 * 1024), 256 * 1024);
+        assert_eq!(unpaced.splice_chunk(512 * 1024), MAX_SPLICE_CHUNK);
+        assert_eq!(
+            unpaced.splice_chunk(4 << 20),
+            4 << 20,
+            "never below the buffer size"
+        );
+        let paced = Pacing {
+            upload: Some(Rate::parse("19mbit").unwrap()),
+            ..Pacing::default()
+        };
+        let chunk = paced.chunk_size(64 * 1024);
+        assert!(chunk < 64 * 1024);
+        assert_eq!(paced.splice_chunk(chunk), chunk);
+    }
 
     #[test]
     fn byte_sizes_parse_with_binary_units() {

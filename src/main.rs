@@ -281,6 +281,7 @@ fn run(cli: Cli) -> Result<()> {
         connects_per_second: cli.connect_rate,
     };
     config.buffer_size = config.pacing.chunk_size(cli.buffer_size);
+    config.splice_chunk = config.pacing.splice_chunk(config.buffer_size);
     return_buffers_to_the_system(cli.buffer_size);
     config.scheduler.quantum.max = u32::try_from(config.buffer_size).unwrap_or(u32::MAX);
 
@@ -315,6 +316,7 @@ fn run(cli: Cli) -> Result<()> {
         handshake_timeout_s = cli.handshake_timeout,
         buffer_size = config.buffer_size,
         zero_copy = zero_copy_state(config.pipes_per_worker),
+        splice_chunk = config.splice_chunk,
         allowed_ports = %ports.join(","),
         upload_rate = %describe_rate(config.pacing.upload),
         download_rate = %describe_rate(config.pacing.download),

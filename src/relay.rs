@@ -260,7 +260,7 @@ impl<B: IoBuffer> Chunk<B> {
     /// The most one read could have put in this chunk.
     fn limit<Ba: Backend>(&self, ctx: &WorkerContext<Ba>) -> usize {
         match self {
-            Self::Spliced(pipe) => pipe.capacity().min(ctx.config().buffer_size),
+            Self::Spliced(pipe) => pipe.capacity().min(ctx.config().splice_chunk),
             Self::Copied(buffer) => buffer.capacity(),
         }
     }
@@ -277,7 +277,7 @@ async fn read_chunk<B: Backend>(
     if let Some(mut pipe) = ctx.pipes().take() {
         // A splice never blocks: with nothing to read it says WouldBlock, and the caller goes
         // back to waiting for readiness without holding the pipe.
-        let read = stream.try_splice_in(&mut pipe, ctx.config().buffer_size);
+        let read = stream.try_splice_in(&mut pipe, ctx.config().splice_chunk);
         return (read, Chunk::Spliced(pipe));
     }
     let buffer = ctx.pool().take().await;

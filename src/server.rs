@@ -250,7 +250,7 @@ async fn run_worker<B: Backend>(
     let config = &shared.config;
     let ctx = Rc::new(WorkerContext::<B> {
         pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
-        pipes: PipePool::new(config.buffer_size, config.pipes_per_worker),
+        pipes: PipePool::new(config.splice_chunk, config.pipes_per_worker),
         gate: Gate::new(
             config.scheduler,
             shared.upload_pacer.clone(),

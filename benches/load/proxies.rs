@@ -15,6 +15,8 @@ pub enum Mode {
     Direct,
     FyntrUring,
     FyntrTokio,
+    /// io_uring with `--zero-copy off`: the copying relay, for before/after comparisons.
+    FyntrUringCopy,
     FyntrUpstream(PathBuf),
     Tinyproxy(PathBuf),
     Squid(PathBuf),
@@ -26,6 +28,7 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::FyntrUring => "fyntr-io-uring",
             Mode::FyntrTokio => "fyntr-tokio",
+            Mode::FyntrUringCopy => "fyntr-io-uring-copy",
             Mode::FyntrUpstream(_) => "fyntr-0.4.8",
             Mode::Tinyproxy(_) => "tinyproxy",
             Mode::Squid(_) => "squid",
@@ -54,7 +57,12 @@ pub fn available(wanted: &[String]) -> Vec<Mode> {
             }
         }
     }
-    modes.retain(|mode| wanted.is_empty() || wanted.iter().any(|name| name == mode.name()));
+    // Opt-in: only when asked for by name.
+    modes.push(Mode::FyntrUringCopy);
+    modes.retain(|mode| {
+        let named = wanted.iter().any(|name| name == mode.name());
+        named || (wanted.is_empty() && *mode != Mode::FyntrUringCopy)
+    });
     modes
 }
 
@@ -92,16 +100,19 @@ impl Running {
         let mut config_dir = None;
         let mut command = match mode {
             Mode::Direct => return Err("direct has no proxy".into()),
-            Mode::FyntrUring | Mode::FyntrTokio => {
-                let backend = if *mode == Mode::FyntrUring {
-                    "io-uring"
-                } else {
+            Mode::FyntrUring | Mode::FyntrTokio | Mode::FyntrUringCopy => {
+                let backend = if *mode == Mode::FyntrTokio {
                     "tokio"
+                } else {
+                    "io-uring"
                 };
                 let mut command = Command::new(env!("CARGO_BIN_EXE_fyntr"));
                 command
                     .args(fyntr_args(Some(backend)))
                     .env("RUST_LOG", "warn");
+                if *mode == Mode::FyntrUringCopy {
+                    command.args(["--zero-copy", "off"]);
+                }
                 command
             }
             Mode::FyntrUpstream(path) => {
