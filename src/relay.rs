@@ -1,7 +1,9 @@
 //! Moving bytes both ways once a tunnel is established.
 //!
-//! Each direction loops: wait until readable (an idle tunnel holds no buffer), take a pool buffer,
-//! read, ask the worker's gate for a grant, write, release. EOF on one side becomes
+//! Each direction loops: wait until readable (an idle tunnel holds no buffer and no pipe), take a
+//! pipe from the worker's pool and splice a chunk into it (on Linux; otherwise, or when no pipe is
+//! to be had, read into a pool buffer), ask the worker's gate for a grant of exactly that chunk,
+//! splice (or write) it out, release. EOF on one side becomes
 //! `shutdown(Write)` on the other, and the tunnel ends when both directions are done, on the first
 //! error (both sockets are then shut down so the other direction ends too), or when both
 //! directions were silent for the idle timeout.

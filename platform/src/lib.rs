@@ -9,6 +9,8 @@
 //!   (`read(buf) -> (io::Result<usize>, buf)`), the shape io_uring needs, which a readiness-based
 //!   backend adapts easily.
 //! - [`BufferPool`] and [`IoBuffer`]: bounded per-worker pools of data buffers.
+//! - [`splice`]: zero-copy relaying through kernel pipes ([`PipePool`], Linux), which both
+//!   backends offer through [`Stream::try_splice_in`] and [`Stream::splice_out`].
 //! - [`socket`]: binding the listening sockets (one per worker with `SO_REUSEPORT` on Linux).
 //!
 //! Backends: [`portable`] (Tokio current-thread runtime per worker, epoll/kqueue) runs everywhere;
@@ -17,9 +19,9 @@
 //! Cancellation rule shared by all backends: futures returned by [`Stream::read`] and
 //! [`Stream::write_all`] must be driven to completion, never dropped mid-flight (an io_uring
 //! operation keeps running after its future is dropped). To end a blocked operation, call
-//! [`Stream::abort`], which makes it complete with EOF or an error. [`Stream::readable`] is the one
-//! wait that may be raced against a timer; a `read` after it completes promptly (see
-//! [`Stream::read`]).
+//! [`Stream::abort`], which makes it complete with EOF or an error. [`Stream::readable`] and
+//! [`Stream::splice_out`] may be raced against a timer (they leave no operation in flight); a
+//! `read` after `readable` completes promptly (see [`Stream::read`]).
 
 use std::{future::Future, io, net::SocketAddr};
 
