@@ -3,13 +3,16 @@
 //! tokio-uring 0.5 has sharp edges this module works around (see DESIGN section 4):
 //!
 //! - Dropping an in-flight operation does not cancel it, so reads are only submitted once the
-//!   socket is known to be readable ([`Stream::readable`] waits for readiness with Tokio's
+//!   socket is known to be readable ([`crate::Stream::readable`] waits for readiness with Tokio's
 //!   `AsyncFd` and confirms it with a non-blocking `MSG_PEEK`, because epoll readiness is not
 //!   cleared by reads made through the ring). A read submitted then completes at once, and an
 //!   idle tunnel holds no buffer, only its readiness registration.
 //! - Blocked operations are ended by `shutdown(2)` of the socket, never by dropping them.
 //! - Runtimes are built with `Runtime::new` and errors are returned (`start` panics); listeners
 //!   come bound from [`crate::socket`], with `SO_REUSEPORT` chosen there.
+//! - Relayed data is spliced with plain non-blocking syscalls after readiness (see
+//!   [`crate::splice`] for why not `IORING_OP_SPLICE`), so sockets are non-blocking, and a ring
+//!   write that answers EAGAIN waits for room and carries on.
 //! - Registered buffers are pinned memory counted against `RLIMIT_MEMLOCK`: each worker registers
 //!   a small pool on first use and falls back to plain buffers (logged once) when registration
 //!   fails or the pool is exhausted.
