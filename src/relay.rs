@@ -231,7 +231,7 @@ async fn pump_chunks<B: Backend>(
                 // lets the worker visit its tunnels in turn, one chunk each, as DRR intends. A
                 // short chunk needs no yield: the flow goes back to waiting for readiness.
                 if streaming {
-                    tokio::task::yield_now().await;
+                    B::yield_to_others().await;
                 }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => streaming = false,

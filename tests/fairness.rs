@@ -37,8 +37,9 @@ on_each_backend! {
                 let mut stream = proxy.tunnel(&sink.to_string());
                 let chunk = payload(1 << 20, i);
                 let mut sent = Vec::new();
-                // Bounded: at most 1 GiB per tunnel, or until the chatty flow is done.
-                for _ in 0..1024 {
+                // Bounded: at most 4 GiB per tunnel (spliced, a tunnel moves over 1 GiB/s
+                // here), or until the chatty flow is done.
+                for _ in 0..4096 {
                     if stop_bulk.load(Ordering::Relaxed) {
                         break;
                     }

@@ -31,6 +31,8 @@ pub mod socket;
 pub mod splice;
 #[cfg(target_os = "linux")]
 pub mod uring;
+#[cfg(target_os = "linux")]
+mod uring_flush;
 
 pub use pool::{HeapBuffer, HeapPool};
 pub use splice::{Pipe, PipePool, PooledPipe};
@@ -150,6 +152,12 @@ pub trait Backend: Copy + Send + Sync + 'static {
 
     /// Spawns a task on the current worker. Must be called from inside a worker.
     fn spawn<F: Future<Output = ()> + 'static>(future: F);
+
+    /// Lets the worker's other tasks run before the caller continues. A task that always has
+    /// work (a bulk relay) calls it after each chunk; on io_uring it also submits the ring
+    /// operations other tasks queued meanwhile, which would otherwise wait until the worker
+    /// parks.
+    fn yield_to_others() -> impl Future<Output = ()>;
 
     /// Adopts a connected (non-blocking) std socket into the current worker.
     fn stream_from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;

@@ -217,6 +217,10 @@ impl Backend for Portable {
         tokio::task::spawn_local(future);
     }
 
+    async fn yield_to_others() {
+        tokio::task::yield_now().await;
+    }
+
     fn stream_from_std(stream: std::net::TcpStream) -> io::Result<PortableStream> {
         stream.set_nonblocking(true)?;
         PortableStream::new(tokio::net::TcpStream::from_std(stream)?)

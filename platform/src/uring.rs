@@ -29,11 +29,14 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tokio_uring::buf::{fixed::FixedBuf, fixed::FixedBufPool, BoundedBuf, IoBuf, IoBufMut};
 use tracing::warn;
 
-use crate::{Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker};
+use crate::{
+    uring_flush::{create_runtime, submit_queued},
+    Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker,
+};
 
 /// Submission queue entries per ring: enough for every read and write a worker has in flight
 /// at once between two submissions; tokio-uring submits early when it fills.
-const RING_ENTRIES: u32 = 256;
+pub(crate) const RING_ENTRIES: u32 = 256;
 
 /// Registered buffers per worker by default. They are pinned (resident) once registered, so the
 /// pool is kept small, 16 x 64 KiB = 1 MiB per worker: enough for the bulk flows a worker moves
@@ -571,7 +574,7 @@ impl Backend for Uring {
         crate::run_worker_threads("fyntr-uring", listeners, move |index, listener| {
             let mut builder = tokio_uring::builder();
             builder.entries(RING_ENTRIES);
-            let runtime = tokio_uring::Runtime::new(&builder)?;
+            let runtime = create_runtime(|| tokio_uring::Runtime::new(&builder))?;
             runtime.block_on(async {
                 let listener = UringListener {
                     inner: tokio_uring::net::TcpListener::from_std(listener),
@@ -584,6 +587,12 @@ impl Backend for Uring {
 
     fn spawn<F: Future<Output = ()> + 'static>(future: F) {
         tokio_uring::spawn(future);
+    }
+
+    async fn yield_to_others() {
+        // A busy worker never parks, and tokio-uring submits only when it parks.
+        submit_queued();
+        tokio::task::yield_now().await;
     }
 
     fn stream_from_std(stream: std::net::TcpStream) -> io::Result<UringStream> {
