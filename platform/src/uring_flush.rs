@@ -22,7 +22,15 @@ use std::{cell::Cell, collections::HashSet, io, os::fd::RawFd, sync::Mutex};
 thread_local! {
     /// This worker's ring, once found.
     static RING: Cell<Option<RawFd>> = const { Cell::new(None) };
+    /// When [`submit_queued`] last submitted.
+    static LAST_SUBMIT: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
 }
+
+/// Submitting at most this often keeps the operations queued by a round of yielding tasks
+/// together in one submission, as a park would: submitting on every yield let the copying relay's
+/// ring reads and writes complete in an order that favoured some flows (Jain's index of 100
+/// uploads fell from 0.996 to 0.88-0.97). Short next to a tunnel's set-up time.
+const SUBMIT_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Serialises runtime creation, so that each worker sees only its own new ring.
 static CREATING: Mutex<()> = Mutex::new(());
@@ -66,6 +74,14 @@ pub(crate) fn submit_queued() {
     let Some(ring) = RING.with(Cell::get) else {
         return;
     };
+    let now = std::time::Instant::now();
+    if LAST_SUBMIT
+        .with(Cell::get)
+        .is_some_and(|last| now - last < SUBMIT_INTERVAL)
+    {
+        return;
+    }
+    LAST_SUBMIT.with(|cell| cell.set(Some(now)));
     // Safety: io_uring_enter on this thread's own ring with no wait and no signal mask; the
     // kernel submits at most the entries published in the queue (at most its size).
     unsafe {
