@@ -297,6 +297,9 @@ def main():
     modes = {name: modes[name] for name in wanted}
     results = {}
     os.makedirs(args.out, exist_ok=True)
+    # A SIGTERM (say, from `timeout`) unwinds like Ctrl-C, so the namespaces and processes below
+    # are removed instead of left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Testbed(args.out, args.realtime) as bed:
         for name, fyntr_args in modes.items():
             print(f"testbed: running {name}", file=sys.stderr)
