@@ -9,7 +9,7 @@ use std::{
     thread,
 };
 
-use tokio::{io::Interest, net::TcpListener, sync::mpsc};
+use tokio::{net::TcpListener, sync::mpsc};
 
 use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker};
 
@@ -127,6 +127,7 @@ impl crate::Stream for PortableStream {
     #[cfg(target_os = "linux")]
     fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
         // Tokio clears its readiness when the attempt would block, so `readable` then waits.
         let fd = self.inner.as_raw_fd();
         self.inner
@@ -136,6 +137,7 @@ impl crate::Stream for PortableStream {
     #[cfg(target_os = "linux")]
     async fn splice_out(&self, pipe: &mut Pipe) -> io::Result<()> {
         use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
         let fd = self.inner.as_raw_fd();
         while pipe.held() > 0 {
             match self
