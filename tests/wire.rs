@@ -40,23 +40,7 @@ on_each_backend! {
     }
 
     fn a_hundred_concurrent_tunnels_are_byte_exact_when_copying(backend) {
-        let echo = targets::echo();
-        let port = echo.port().to_string();
-        let proxy = std::sync::Arc::new(Proxy::start(backend, &["--allow-port", &port, "--zero-copy", "off"]));
-        let clients: Vec<_> = (0..100u64)
-            .map(|i| {
-                let proxy = std::sync::Arc::clone(&proxy);
-                thread::spawn(move || {
-                    let data = payload(256 * 1024 + i as usize * 991, i + 500);
-                    let expected = sha256(&data);
-                    let received = send_and_receive(proxy.tunnel(&echo.to_string()), data);
-                    assert_eq!(sha256(&received), expected, "tunnel {i}");
-                })
-            })
-            .collect();
-        for client in clients {
-            client.join().unwrap();
-        }
+        a_hundred_concurrent_tunnels(backend, &["--zero-copy", "off"]);
     }
 
     fn pipelined_bytes_after_the_head_are_relayed(backend) {
@@ -118,22 +102,7 @@ on_each_backend! {
     }
 
     fn a_hundred_concurrent_tunnels_are_all_byte_exact(backend) {
-        let echo = targets::echo();
-        let proxy = std::sync::Arc::new(Proxy::start(backend, &["--allow-port", &echo.port().to_string()]));
-        let clients: Vec<_> = (0..100u64)
-            .map(|i| {
-                let proxy = std::sync::Arc::clone(&proxy);
-                thread::spawn(move || {
-                    let data = payload(256 * 1024 + i as usize * 997, i);
-                    let expected = sha256(&data);
-                    let received = send_and_receive(proxy.tunnel(&echo.to_string()), data);
-                    assert_eq!(sha256(&received), expected, "tunnel {i}");
-                })
-            })
-            .collect();
-        for client in clients {
-            client.join().unwrap();
-        }
+        a_hundred_concurrent_tunnels(backend, &[]);
     }
 
     fn an_ipv6_literal_target_is_tunnelled(backend) {
@@ -311,6 +280,29 @@ on_each_backend! {
         let mut response = vec![0; ESTABLISHED.len()];
         stream.read_exact(&mut response).unwrap();
         assert_eq!(response, ESTABLISHED);
+    }
+}
+
+/// 100 clients at once, each echoing a payload of its own length and content.
+fn a_hundred_concurrent_tunnels(backend: Backend, extra_args: &[&str]) {
+    let echo = targets::echo();
+    let port = echo.port().to_string();
+    let mut args = vec!["--allow-port", &port];
+    args.extend_from_slice(extra_args);
+    let proxy = std::sync::Arc::new(Proxy::start(backend, &args));
+    let clients: Vec<_> = (0..100u64)
+        .map(|i| {
+            let proxy = std::sync::Arc::clone(&proxy);
+            thread::spawn(move || {
+                let data = payload(256 * 1024 + i as usize * 997, i);
+                let expected = sha256(&data);
+                let received = send_and_receive(proxy.tunnel(&echo.to_string()), data);
+                assert_eq!(sha256(&received), expected, "tunnel {i}");
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
     }
 }
 
