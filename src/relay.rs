@@ -204,9 +204,18 @@ async fn pump_chunks<B: Backend>(
                 }
             }
         }
-        // The read and the forward are boxed: they exist only while data moves, so an idle
-        // tunnel's task holds just the readiness wait above.
-        let (read, chunk) = Box::pin(read_chunk(ctx, tunnel, from, streaming)).await;
+        // A splice never blocks: with nothing to read it says WouldBlock, and the flow goes
+        // back to waiting for readiness without holding the pipe. A copying read and the
+        // forward are boxed: they exist only while data moves, so an idle tunnel's task holds
+        // just the readiness wait above.
+        let splice_chunk = ctx.config().splice_chunk;
+        let (read, chunk) = match ctx.pipes().take() {
+            Some(mut pipe) => {
+                let read = tunnel.stream(from).try_splice_in(&mut pipe, splice_chunk);
+                (read, Chunk::Spliced(pipe))
+            }
+            None => Box::pin(read_copied(ctx, tunnel, from, streaming)).await,
+        };
         match read {
             Ok(0) => {
                 // Half-close: the other side reads EOF, the opposite direction carries on.
@@ -214,7 +223,7 @@ async fn pump_chunks<B: Backend>(
                 return written;
             }
             Ok(n) => {
-                streaming = n == chunk.limit(ctx);
+                streaming = n == chunk.limit(splice_chunk);
                 tunnel.last_read.set(Instant::now());
                 if to == Side::Upstream {
                     if let Some(rate) = ctx.pace_upload(&mut active) {
@@ -260,28 +269,22 @@ impl<B: IoBuffer> Chunk<B> {
     }
 
     /// The most one read could have put in this chunk.
-    fn limit<Ba: Backend>(&self, ctx: &WorkerContext<Ba>) -> usize {
+    fn limit(&self, splice_chunk: usize) -> usize {
         match self {
-            Self::Spliced(pipe) => pipe.capacity().min(ctx.config().splice_chunk),
+            Self::Spliced(pipe) => pipe.capacity().min(splice_chunk),
             Self::Copied(buffer) => buffer.capacity(),
         }
     }
 }
 
-/// Reads one chunk from `from`: spliced into a pipe when the worker has one, copied otherwise.
-async fn read_chunk<B: Backend>(
+/// Reads one chunk from `from` into a pool buffer (where no pipe is to be had).
+async fn read_copied<B: Backend>(
     ctx: &WorkerContext<B>,
     tunnel: &Tunnel<'_, B::Stream>,
     from: Side,
     streaming: bool,
 ) -> (io::Result<usize>, Chunk<B::Buffer>) {
     let stream = tunnel.stream(from);
-    if let Some(mut pipe) = ctx.pipes().take() {
-        // A splice never blocks: with nothing to read it says WouldBlock, and the caller goes
-        // back to waiting for readiness without holding the pipe.
-        let read = stream.try_splice_in(&mut pipe, ctx.config().splice_chunk);
-        return (read, Chunk::Spliced(pipe));
-    }
     let buffer = ctx.pool().take().await;
     let (read, buffer) = if streaming {
         read_while_streaming(tunnel, from, buffer).await
