@@ -5,7 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 use crate::{
     dial::DialPlan,
     policy::PolicyConfig,
-    sched::{pacer::Rate, SchedulerConfig},
+    sched::{
+        pacer::{Rate, SEGMENT_PAYLOAD},
+        SchedulerConfig,
+    },
 };
 
 /// Size of a relay buffer: one read, one scheduled chunk. 64 KiB moves a bulk flow in few
@@ -85,9 +88,12 @@ impl Pacing {
     /// the rate over such a path.
     pub const BUFFER_TIME: Duration = Duration::from_millis(20);
 
-    /// Longest run of bytes sent back to back when paced: 4 ms of the rate. The router's queue
-    /// (tens of KiB on consumer routers, 13 ms at 20 Mbit/s for 32 KiB) absorbs that.
-    pub const CHUNK_TIME: Duration = Duration::from_millis(4);
+    /// Longest run of bytes one paced write puts on the wire: about 1 ms of the rate, in whole
+    /// segments. The shared pacer spaces these writes, so the total leaves as an even stream of
+    /// small runs. With 4 ms chunks each socket needed kernel pacing at its share of the rate
+    /// to spread them, and 30 sockets paced alike fell into step: all sent at once, every 20 ms,
+    /// 45 KB in a burst, more than a 32 KiB router queue holds (testbed capture).
+    pub const CHUNK_TIME: Duration = Duration::from_millis(1);
 
     /// Whether a byte rate is set either way.
     pub fn paces_bytes(&self) -> bool {
@@ -116,8 +122,8 @@ impl Pacing {
     }
 
     /// The relay buffer size to use with these rates: `buffer_size`, or less when a rate is
-    /// set, so that one chunk is at most [`Pacing::CHUNK_TIME`] of the slower rate (at least
-    /// 4 KiB).
+    /// set, so that one chunk is [`Pacing::CHUNK_TIME`] of the slower rate rounded to whole
+    /// segments (at least one).
     pub fn chunk_size(&self, buffer_size: usize) -> usize {
         if !self.paces_bytes() {
             return buffer_size;
@@ -130,8 +136,10 @@ impl Pacing {
         if slowest.is_infinite() {
             return buffer_size;
         }
-        let chunk = (slowest * Self::CHUNK_TIME.as_secs_f64()) as usize;
-        chunk.clamp(4096, buffer_size.max(4096))
+        let segment = SEGMENT_PAYLOAD as usize;
+        let segments = (slowest * Self::CHUNK_TIME.as_secs_f64() / segment as f64).round();
+        let chunk = (segments as usize).max(1) * segment;
+        chunk.min(buffer_size.max(segment))
     }
 }
 
@@ -200,6 +208,23 @@ mod tests {
         let chunk = paced.chunk_size(64 * 1024);
         assert!(chunk < 64 * 1024);
         assert_eq!(paced.splice_chunk(chunk), chunk);
+    }
+
+    #[test]
+    fn paced_chunks_are_about_a_millisecond_of_whole_segments() {
+        let paced = |rate: &str| Pacing {
+            download: Some(Rate::parse(rate).unwrap()),
+            ..Pacing::default()
+        };
+        // 19 Mbit/s is 2375 bytes per ms: two segments.
+        assert_eq!(paced("19mbit").chunk_size(64 * 1024), 2 * 1448);
+        assert_eq!(paced("100kbit").chunk_size(64 * 1024), 1448, "at least one");
+        assert_eq!(
+            paced("10gbit").chunk_size(64 * 1024),
+            64 * 1024,
+            "at most a buffer"
+        );
+        assert_eq!(Pacing::default().chunk_size(64 * 1024), 64 * 1024);
     }
 
     #[test]

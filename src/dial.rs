@@ -110,9 +110,6 @@ pub struct SocketTuning {
     pub receive_buffer: Option<usize>,
     /// `SO_SNDBUF`: keeps the kernel's send queue short so DRR's order reaches the wire.
     pub send_buffer: Option<usize>,
-    /// `SO_MAX_PACING_RATE` (Linux, bytes/s): the kernel spreads each socket's packets over
-    /// time instead of sending a whole chunk back to back.
-    pub max_pacing_rate: Option<u64>,
 }
 
 /// One connection attempt with the tuning applied before `connect` (so the window scale
@@ -129,9 +126,6 @@ async fn attempt(address: SocketAddr, tuning: &SocketTuning) -> io::Result<tokio
         socket.set_send_buffer_size(u32::try_from(size).unwrap_or(u32::MAX))?;
     }
     let stream = socket.connect(address).await?;
-    if let Some(rate) = tuning.max_pacing_rate {
-        fyntr_platform::socket::set_max_pacing_rate(&stream, rate);
-    }
     Ok(stream)
 }
 

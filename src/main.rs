@@ -283,7 +283,12 @@ fn run(cli: Cli) -> Result<()> {
     config.buffer_size = config.pacing.chunk_size(cli.buffer_size);
     config.splice_chunk = config.pacing.splice_chunk(config.buffer_size);
     return_buffers_to_the_system(cli.buffer_size);
-    config.scheduler.quantum.max = u32::try_from(config.buffer_size).unwrap_or(u32::MAX);
+    // A paced chunk may be a single segment, below the smallest quantum: the cap never goes
+    // under the floor.
+    let quantum = &mut config.scheduler.quantum;
+    quantum.max = u32::try_from(config.buffer_size)
+        .unwrap_or(u32::MAX)
+        .max(quantum.min);
 
     let choice_arg = match cli.backend {
         BackendArg::Auto => BackendChoice::Auto,

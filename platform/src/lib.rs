@@ -94,9 +94,8 @@ pub trait Stream: Sized + 'static {
     fn abort(&self);
     /// The address of the peer.
     fn peer_addr(&self) -> io::Result<SocketAddr>;
-    /// Caps how fast the kernel sends this socket's data (`SO_MAX_PACING_RATE`, bytes per
-    /// second), spreading each write's packets over time. A no-op where unsupported.
-    fn set_max_pacing_rate(&self, bytes_per_second: u64);
+    /// Bytes the kernel holds ready to read now (`FIONREAD`); 0 at EOF or with nothing pending.
+    fn queued_to_read(&self) -> io::Result<usize>;
 }
 
 /// A listening socket on the current worker.

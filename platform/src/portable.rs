@@ -176,8 +176,8 @@ impl crate::Stream for PortableStream {
         self.inner.peer_addr()
     }
 
-    fn set_max_pacing_rate(&self, bytes_per_second: u64) {
-        socket::set_max_pacing_rate(&self.inner, bytes_per_second);
+    fn queued_to_read(&self) -> io::Result<usize> {
+        socket::queued_to_read(&self.inner)
     }
 }
 

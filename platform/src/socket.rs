@@ -70,26 +70,17 @@ pub fn is_resource_exhaustion(error: &io::Error) -> bool {
     )
 }
 
-/// Sets `SO_MAX_PACING_RATE` (Linux); elsewhere does nothing. Errors are ignored: pacing is a
-/// refinement, and the rate limiter above it still holds the total.
-pub fn set_max_pacing_rate<S: std::os::fd::AsFd>(socket: &S, bytes_per_second: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let rate = bytes_per_second.min(u64::from(u32::MAX)) as u32;
-        // Safety: a plain setsockopt with a valid descriptor and a correctly sized value.
-        unsafe {
-            libc::setsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_MAX_PACING_RATE,
-                (&rate as *const u32).cast(),
-                std::mem::size_of::<u32>() as libc::socklen_t,
-            );
-        }
+/// Bytes the kernel holds ready to read on `socket` (`FIONREAD`). Lets a paced reader ask for
+/// a grant of exactly what one read will return, before reading it.
+pub fn queued_to_read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // Safety: FIONREAD writes one c_int through the pointer, which points at a live c_int.
+    let result = unsafe { libc::ioctl(socket.as_fd().as_raw_fd(), libc::FIONREAD, &mut queued) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (socket, bytes_per_second);
+    Ok(usize::try_from(queued).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -107,5 +98,23 @@ mod tests {
         if REUSEPORT_BALANCES {
             assert_eq!(listeners.len(), 3);
         }
+    }
+
+    #[test]
+    fn queued_to_read_counts_unread_bytes() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        assert_eq!(queued_to_read(&receiver).unwrap(), 0);
+        sender.write_all(&[7; 1000]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while queued_to_read(&receiver).unwrap() < 1000 {
+            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut head = [0; 400];
+        receiver.read_exact(&mut head).unwrap();
+        assert_eq!(queued_to_read(&receiver).unwrap(), 600);
     }
 }

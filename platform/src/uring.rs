@@ -422,8 +422,8 @@ impl crate::Stream for UringStream {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))
     }
 
-    fn set_max_pacing_rate(&self, bytes_per_second: u64) {
-        crate::socket::set_max_pacing_rate(&self.fd(), bytes_per_second);
+    fn queued_to_read(&self) -> io::Result<usize> {
+        crate::socket::queued_to_read(&self.fd())
     }
 }
 

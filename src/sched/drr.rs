@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    pacer::{on_the_wire, Pacer},
+    pacer::{acks_on_the_wire, on_the_wire, Pacer},
     quantum::{AdaptiveQuantum, QuantumBounds},
 };
 
@@ -99,6 +99,8 @@ pub struct Scheduler {
     pacer: Option<Arc<Pacer>>,
     /// When the pacer allows the chunk it last refused.
     pacer_retry: Option<Instant>,
+    /// The opposite direction's pacer, if any: charged for the ACKs each grant draws over it.
+    ack_pacer: Option<Arc<Pacer>>,
 }
 
 impl Scheduler {
@@ -115,12 +117,18 @@ impl Scheduler {
             stalled_grants: 0,
             pacer: None,
             pacer_retry: None,
+            ack_pacer: None,
         }
     }
 
     /// Paces every grant through `pacer` (shared with the other workers' schedulers).
     pub fn set_pacer(&mut self, pacer: Arc<Pacer>) {
         self.pacer = Some(pacer);
+    }
+
+    /// Charges `pacer`, the opposite direction's, for the ACKs every grant's data draws back.
+    pub fn set_ack_pacer(&mut self, pacer: Arc<Pacer>) {
+        self.ack_pacer = Some(pacer);
     }
 
     /// Registers a new flow.
@@ -201,6 +209,7 @@ impl Scheduler {
         self.release_stalled(now);
         self.pacer_retry = None;
         let pacer = self.pacer.clone();
+        let ack_pacer = self.ack_pacer.clone();
         loop {
             let id = *self.round.front()?;
             let in_flight = self.in_flight;
@@ -231,6 +240,9 @@ impl Scheduler {
                     self.pacer_retry = Some(retry_at);
                     return None;
                 }
+            }
+            if let Some(ack_pacer) = &ack_pacer {
+                ack_pacer.charge(acks_on_the_wire(u64::from(head)), now);
             }
             flow.queue.pop_front();
             flow.deficit -= u64::from(head);
