@@ -3,7 +3,8 @@
 //! Each direction loops: wait until readable (an idle tunnel holds no buffer and no pipe), take a
 //! pipe from the worker's pool and splice a chunk into it (on Linux; otherwise, or when no pipe is
 //! to be had, read into a pool buffer), ask the worker's gate for a grant of exactly that chunk,
-//! splice (or write) it out, release. EOF on one side becomes
+//! splice (or write) it out, release. With `--download-rate`, downloads ask for the grant before
+//! the read instead, so that fyntr reads from upstream only at the rate. EOF on one side becomes
 //! `shutdown(Write)` on the other, and the tunnel ends when both directions are done, on the first
 //! error (both sockets are then shut down so the other direction ends too), or when both
 //! directions were silent for the idle timeout.
