@@ -213,6 +213,15 @@ impl FlowHandle {
         .await;
     }
 
+    /// Counts `bytes` that reached fyntr without a grant (a remote sender's initial window)
+    /// against the rate, so that other flows' reads make room for them on the link.
+    pub(crate) fn charge_unasked(&self, bytes: usize) {
+        let lane = self.gate.lane(self.direction);
+        lane.scheduler
+            .borrow()
+            .charge_unasked(bytes as u64, Instant::now());
+    }
+
     /// The granted write finished (successfully or not).
     pub(crate) fn complete(&self) {
         let lane = self.gate.lane(self.direction);

@@ -181,6 +181,7 @@ async fn pump_chunks<B: Backend>(
     // after the read let every new download take a free chunk plus a refilled receive buffer,
     // which at 30 parallel tunnels put the downlink over a 95 % rate (testbed trace).
     let gate_reads = to == Side::Downstream && ctx.config().pacing.download.is_some();
+    let mut first_read = true;
     // After a read that filled the whole chunk more data is almost surely waiting, so the next
     // read goes straight to the socket without a readiness round trip (on io_uring that saves
     // an epoll wake-up and a peek per chunk). Only a short read sends the flow back to waiting
@@ -206,7 +207,13 @@ async fn pump_chunks<B: Backend>(
         // just the readiness wait above.
         let splice_chunk = ctx.config().splice_chunk;
         let granted = if gate_reads {
-            Box::pin(grant_before_read(tunnel.stream(from), flow, splice_chunk)).await
+            Box::pin(grant_before_read(
+                tunnel.stream(from),
+                flow,
+                splice_chunk,
+                &mut first_read,
+            ))
+            .await
         } else {
             0
         };
@@ -325,8 +332,18 @@ async fn read_while_streaming<S: Stream>(
 /// Asks the gate for a grant of the bytes `stream` holds ready (at most `max`) before they are
 /// read; returns the grant's size, 0 when nothing is pending (EOF, an error, or readiness that
 /// was stale), in which case the read goes ungranted and [`forward`] asks for what it returns.
-async fn grant_before_read<S: Stream>(stream: &S, flow: &FlowHandle, max: usize) -> usize {
-    let want = stream.queued_to_read().unwrap_or(0).min(max);
+async fn grant_before_read<S: Stream>(
+    stream: &S,
+    flow: &FlowHandle,
+    max: usize,
+    first: &mut bool,
+) -> usize {
+    let queued = stream.queued_to_read().unwrap_or(0);
+    if *first && queued > 0 {
+        *first = false;
+        flow.charge_unasked(queued);
+    }
+    let want = queued.min(max);
     if want > 0 {
         flow.acquire(want).await;
     }

@@ -126,6 +126,13 @@ impl Scheduler {
         self.pacer = Some(pacer);
     }
 
+    /// Counts `bytes` that went out unasked against this scheduler's pacer, if any.
+    pub fn charge_unasked(&self, bytes: u64, now: Instant) {
+        if let Some(pacer) = &self.pacer {
+            pacer.charge(on_the_wire(bytes), now);
+        }
+    }
+
     /// Charges `pacer`, the opposite direction's, for the ACKs every grant's data draws back.
     pub fn set_ack_pacer(&mut self, pacer: Arc<Pacer>) {
         self.ack_pacer = Some(pacer);
