@@ -353,17 +353,17 @@ fn paced_flows_share_the_rate_fairly_and_never_exceed_it() {
 fn unasked_bytes_and_the_other_directions_acks_delay_later_grants() {
     use crate::sched::pacer::{Pacer, Rate};
     let start = Instant::now();
-    // 1 MB/s, a burst of one 1448-byte chunk (1500 bytes on the wire).
-    let pacer = Arc::new(Pacer::new(Rate(1_000_000.0), 1500, start));
+    // 1 MB/s, a burst of one 1448-byte chunk (1514 bytes on the wire).
+    let pacer = Arc::new(Pacer::new(Rate(1_000_000.0), 1514, start));
     let mut scheduler = Scheduler::new(config(4 << 20));
     scheduler.set_pacer(Arc::clone(&pacer));
     let flow = scheduler.add_flow();
-    // 2896 bytes arrived unasked: 3000 on the wire, 3 ms at the rate.
+    // 2896 bytes arrived unasked: 3028 on the wire, 3.028 ms at the rate.
     scheduler.charge_unasked(2896, start);
     scheduler.handle_enqueue(flow, 1448);
     assert!(scheduler.poll_grant(start).is_none());
     let retry = scheduler.poll_timeout().expect("waits for the pacer");
-    assert_eq!(retry.duration_since(start), Duration::from_millis(3));
+    assert_eq!(retry.duration_since(start), Duration::from_micros(3028));
     assert!(scheduler.poll_grant(retry).is_some());
 
     // The opposite direction's grants charge this pacer one ACK per two segments.
@@ -377,12 +377,12 @@ fn unasked_bytes_and_the_other_directions_acks_delay_later_grants() {
     );
     scheduler.handle_complete(flow);
     scheduler.handle_enqueue(flow, 1448);
-    let after_acks = retry + Duration::from_micros(1500);
+    let after_acks = retry + Duration::from_micros(1514);
     assert!(
         scheduler.poll_grant(after_acks).is_none(),
-        "52 bytes of ACKs are charged"
+        "66 bytes of ACKs are charged"
     );
     assert!(scheduler
-        .poll_grant(after_acks + Duration::from_micros(52))
+        .poll_grant(after_acks + Duration::from_micros(66))
         .is_some());
 }
