@@ -10,6 +10,7 @@
 //! Sans-io: the caller passes `now`; the pacer only compares it with its epoch.
 
 use std::{
+    convert::Infallible,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -128,65 +129,69 @@ impl Pacer {
 
     /// Admits `bytes` at `now`, or says when to try again.
     pub fn try_admit(&self, bytes: u64, now: Instant) -> Result<(), Instant> {
-        let now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let cost = (bytes as f64 * self.nanos_per_byte) as u64;
-        let mut current = self.tat.load(Ordering::Acquire);
-        loop {
-            let start = current.max(now_nanos);
-            let next = start + cost;
+        let now_nanos = self.nanos_at(now);
+        let cost = self.cost_of(bytes);
+        self.advance(|tat| {
+            let next = tat.max(now_nanos) + cost;
             let earliest = next.saturating_sub(self.burst_nanos);
             if earliest > now_nanos {
                 return Err(self.epoch + Duration::from_nanos(earliest));
             }
-            match self
-                .tat
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(()),
-                Err(actual) => current = actual,
-            }
-        }
+            Ok(next)
+        })
+        .map(|_| ())
     }
 
-    /// Counts `bytes` that went out without asking (the ACKs of the other direction's data):
-    /// later admissions wait for them, but they are never refused.
+    /// Counts `bytes` that went out without asking (the ACKs of the other direction's data, a
+    /// remote sender's initial window): later admissions wait for them, but they are never
+    /// refused.
     pub fn charge(&self, bytes: u64, now: Instant) {
-        let now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let cost = (bytes as f64 * self.nanos_per_byte) as u64;
-        let mut current = self.tat.load(Ordering::Acquire);
-        loop {
-            let next = current.max(now_nanos) + cost;
-            match self
-                .tat
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
+        let now_nanos = self.nanos_at(now);
+        let cost = self.cost_of(bytes);
+        let Ok(_) = self.advance(|tat| Ok::<_, Infallible>(tat.max(now_nanos) + cost));
     }
 
     /// Reserves the next slot for one unit of `cost` (a connection, for connect pacing) in
     /// arrival order, unless it would come later than `deadline`. Returns when to proceed.
     pub fn reserve(&self, cost_bytes: u64, now: Instant, deadline: Instant) -> Option<Instant> {
-        let now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let deadline_nanos = deadline.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let cost = (cost_bytes as f64 * self.nanos_per_byte) as u64;
+        let now_nanos = self.nanos_at(now);
+        let deadline_nanos = self.nanos_at(deadline);
+        let cost = self.cost_of(cost_bytes);
+        let proceed_at = |next: u64| next.saturating_sub(self.burst_nanos).max(now_nanos);
+        let next = self
+            .advance(|tat| {
+                let next = tat.max(now_nanos) + cost;
+                if proceed_at(next) > deadline_nanos {
+                    return Err(());
+                }
+                Ok(next)
+            })
+            .ok()?;
+        Some(self.epoch + Duration::from_nanos(proceed_at(next)))
+    }
+
+    /// Moves the TAT from its current value to `step(current)` in one compare-and-swap, unless
+    /// `step` refuses; returns the new TAT. Every admission and charge goes through here.
+    fn advance<R>(&self, mut step: impl FnMut(u64) -> Result<u64, R>) -> Result<u64, R> {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
-            let next = current.max(now_nanos) + cost;
-            let proceed_at = next.saturating_sub(self.burst_nanos).max(now_nanos);
-            if proceed_at > deadline_nanos {
-                return None;
-            }
+            let next = step(current)?;
             match self
                 .tat
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Some(self.epoch + Duration::from_nanos(proceed_at)),
+                Ok(_) => return Ok(next),
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    fn nanos_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn cost_of(&self, bytes: u64) -> u64 {
+        (bytes as f64 * self.nanos_per_byte) as u64
     }
 }
 
