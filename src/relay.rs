@@ -70,13 +70,16 @@ pub struct Traffic {
 struct Tunnel<'a, S> {
     downstream: &'a S,
     upstream: &'a S,
-    idle_timeout: Option<Duration>,
+    /// When either direction last read something.
     last_read: Cell<Instant>,
+    /// Per direction (upload, download): when the chunk being written was read, while one is.
+    writing_since: [Cell<Option<Instant>>; 2],
     end: RefCell<Option<RelayEnd>>,
 }
 
 impl<S: Stream> Tunnel<'_, S> {
-    /// Records why the tunnel ends (the first cause wins) and shuts both sockets down.
+    /// Records why the tunnel ends (the first cause wins) and shuts both sockets down, which
+    /// completes every wait and operation of both directions.
     fn fail(&self, end: RelayEnd) {
         let mut first = self.end.borrow_mut();
         if first.is_none() {
@@ -93,20 +96,29 @@ impl<S: Stream> Tunnel<'_, S> {
         }
     }
 
-    /// Waits until `side` is readable; `Err(None)` when the tunnel went idle.
-    async fn readable(&self, side: Side) -> Result<(), Option<io::Error>> {
-        let stream = self.stream(side);
-        let Some(idle) = self.idle_timeout else {
-            return stream.readable().await.map_err(Some);
-        };
+    fn writing_since(&self, to: Side) -> &Cell<Option<Instant>> {
+        &self.writing_since[usize::from(to == Side::Downstream)]
+    }
+
+    /// Ends the tunnel once it has been idle for `idle`: both directions silent, or a write
+    /// that made no progress, for that long. One timer per tunnel, re-armed only when it fires
+    /// early: arming a timer around every readiness wait and every write cost more CPU per
+    /// relayed message than the splices (ping-pong profile), for a deadline that almost never
+    /// expires.
+    async fn watch_idle(&self, idle: Duration) {
         loop {
-            let deadline = self.last_read.get() + idle;
-            match tokio::time::timeout_at(deadline.into(), stream.readable()).await {
-                Ok(ready) => return ready.map_err(Some),
-                // The other direction may have moved data meanwhile: only both silent is idle.
-                Err(_) if self.last_read.get() + idle <= Instant::now() => return Err(None),
-                Err(_) => {}
+            let quiet_until = self.last_read.get() + idle;
+            let stalled_until = self
+                .writing_since
+                .iter()
+                .filter_map(|since| since.get().map(|since| since + idle))
+                .min();
+            let deadline = stalled_until.map_or(quiet_until, |stalled| stalled.min(quiet_until));
+            if deadline <= Instant::now() {
+                self.fail(RelayEnd::IdleTimeout);
+                return;
             }
+            tokio::time::sleep_until(deadline.into()).await;
         }
     }
 }
@@ -122,14 +134,29 @@ pub(crate) async fn relay<B: Backend>(
     let tunnel = Tunnel {
         downstream,
         upstream,
-        idle_timeout: ctx.config().idle_timeout,
         last_read: Cell::new(Instant::now()),
+        writing_since: [Cell::new(None), Cell::new(None)],
         end: RefCell::new(None),
     };
-    let ((upload, upload_wait), (download, download_wait)) = tokio::join!(
-        pump(ctx, &tunnel, Side::Downstream, pipelined),
-        pump(ctx, &tunnel, Side::Upstream, &[]),
-    );
+    let pumps = async {
+        tokio::join!(
+            pump(ctx, &tunnel, Side::Downstream, pipelined),
+            pump(ctx, &tunnel, Side::Upstream, &[]),
+        )
+    };
+    tokio::pin!(pumps);
+    let ((upload, upload_wait), (download, download_wait)) = match ctx.config().idle_timeout {
+        None => pumps.await,
+        Some(idle) => {
+            tokio::select! {
+                biased;
+                both = &mut pumps => both,
+                // The watchdog has shut both sockets down: every operation of the pumps
+                // completes now (none is ever dropped mid-flight), and they end.
+                () = tunnel.watch_idle(idle) => pumps.await,
+            }
+        }
+    };
     let end = tunnel.end.take().unwrap_or(RelayEnd::Closed);
     let traffic = Traffic {
         upload,
@@ -170,7 +197,8 @@ async fn pump_chunks<B: Backend>(
         let mut buffer = ctx.pool().take().await;
         let filled = buffer.fill_from(chunk);
         debug_assert_eq!(filled, chunk.len());
-        if !Box::pin(forward(tunnel, flow, to, Chunk::Copied(buffer), 0)).await {
+        let read_at = Instant::now();
+        if !Box::pin(forward(tunnel, flow, to, Chunk::Copied(buffer), 0, read_at)).await {
             return written;
         }
         written += chunk.len() as u64;
@@ -188,17 +216,12 @@ async fn pump_chunks<B: Backend>(
     // for readiness, where an idle tunnel holds no buffer and no pipe.
     let mut streaming = false;
     loop {
+        // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
+        // makes them readable.
         if !streaming {
-            match tunnel.readable(from).await {
-                Ok(()) => {}
-                Err(None) => {
-                    tunnel.fail(RelayEnd::IdleTimeout);
-                    return written;
-                }
-                Err(Some(error)) => {
-                    tunnel.fail(RelayEnd::Failed(from, error));
-                    return written;
-                }
+            if let Err(error) = tunnel.stream(from).readable().await {
+                tunnel.fail(RelayEnd::Failed(from, error));
+                return written;
             }
         }
         // A splice never blocks: with nothing to read it says WouldBlock, and the flow goes
@@ -223,7 +246,7 @@ async fn pump_chunks<B: Backend>(
                 let read = tunnel.stream(from).try_splice_in(&mut pipe, splice_max);
                 (read, Chunk::Spliced(pipe))
             }
-            None => Box::pin(read_copied(ctx, tunnel, from, streaming)).await,
+            None => Box::pin(read_copied(ctx, tunnel.stream(from))).await,
         };
         if granted > 0 && !matches!(read, Ok(n) if n > 0) {
             // The grant was for bytes this read did not return: hand it back unused.
@@ -237,8 +260,9 @@ async fn pump_chunks<B: Backend>(
             }
             Ok(n) => {
                 streaming = n == chunk.limit(splice_chunk);
-                tunnel.last_read.set(Instant::now());
-                if !Box::pin(forward(tunnel, flow, to, chunk, granted)).await {
+                let read_at = Instant::now();
+                tunnel.last_read.set(read_at);
+                if !Box::pin(forward(tunnel, flow, to, chunk, granted, read_at)).await {
                     return written;
                 }
                 written += n as u64;
@@ -285,48 +309,16 @@ impl<B: IoBuffer> Chunk<B> {
     }
 }
 
-/// Reads one chunk from `from` into a pool buffer (where no pipe is to be had).
+/// Reads one chunk from `stream` into a pool buffer (where no pipe is to be had). The read is
+/// never dropped mid-flight: if the tunnel goes idle, the watchdog shuts the sockets down, which
+/// completes it.
 async fn read_copied<B: Backend>(
     ctx: &WorkerContext<B>,
-    tunnel: &Tunnel<'_, B::Stream>,
-    from: Side,
-    streaming: bool,
+    stream: &B::Stream,
 ) -> (io::Result<usize>, Chunk<B::Buffer>) {
-    let stream = tunnel.stream(from);
     let buffer = ctx.pool().take().await;
-    let (read, buffer) = if streaming {
-        read_while_streaming(tunnel, from, buffer).await
-    } else {
-        stream.read(buffer).await
-    };
+    let (read, buffer) = stream.read(buffer).await;
     (read, Chunk::Copied(buffer))
-}
-
-/// Reads from `from` without waiting for readiness first. The read is never dropped mid-flight:
-/// if the whole tunnel stays silent for the idle timeout, the sockets are shut down, which
-/// completes it.
-async fn read_while_streaming<S: Stream>(
-    tunnel: &Tunnel<'_, S>,
-    from: Side,
-    buffer: S::Buffer,
-) -> (io::Result<usize>, S::Buffer) {
-    let read = tunnel.stream(from).read(buffer);
-    let Some(idle) = tunnel.idle_timeout else {
-        return read.await;
-    };
-    tokio::pin!(read);
-    loop {
-        let deadline = tunnel.last_read.get() + idle;
-        tokio::select! {
-            result = &mut read => return result,
-            () = tokio::time::sleep_until(deadline.into()) => {
-                if tunnel.last_read.get() + idle <= Instant::now() {
-                    tunnel.fail(RelayEnd::IdleTimeout);
-                    return read.await;
-                }
-            }
-        }
-    }
 }
 
 /// Asks the gate for a grant of the bytes `stream` holds ready (at most `max`) before they are
@@ -351,15 +343,22 @@ async fn grant_before_read<S: Stream>(
 }
 
 /// Writes one chunk to `to` once the gate grants it; false if the tunnel must end. `granted`
-/// bytes of it were granted before it was read; only the rest is asked for here.
+/// bytes of it were granted before it was read (at `read_at`); only the rest is asked for here.
+/// Writes are never dropped mid-flight (io_uring would carry on with them): a peer that accepts
+/// nothing for the idle timeout is cut off by the watchdog shutting the sockets down, which
+/// completes the write with an error.
 async fn forward<S: Stream>(
     tunnel: &Tunnel<'_, S>,
     flow: &FlowHandle,
     to: Side,
     chunk: Chunk<S::Buffer>,
     granted: usize,
+    read_at: Instant,
 ) -> bool {
     let len = chunk.len();
+    let writing_since = tunnel.writing_since(to);
+    writing_since.set(Some(read_at));
+    let waited_before = flow.waited();
     if granted == 0 {
         flow.acquire(len).await;
     } else if len > granted {
@@ -367,44 +366,17 @@ async fn forward<S: Stream>(
         flow.complete();
         flow.acquire(len - granted).await;
     }
+    if flow.waited() != waited_before {
+        // Waiting for a grant is not a stalled write: the watchdog counts from the grant.
+        writing_since.set(Some(Instant::now()));
+    }
     let stream = tunnel.stream(to);
     let written = match chunk {
-        Chunk::Spliced(mut pipe) => {
-            // Splicing out may be abandoned at any point (what was not moved stays in the
-            // pipe, which is then closed), so the idle timeout is a plain deadline here.
-            let splice = stream.splice_out(&mut pipe);
-            match tunnel.idle_timeout {
-                None => splice.await,
-                Some(idle) => match tokio::time::timeout(idle, splice).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tunnel.fail(RelayEnd::IdleTimeout);
-                        Ok(())
-                    }
-                },
-            }
-        }
-        Chunk::Copied(buffer) => {
-            let write = stream.write_all(buffer);
-            let (written, _buffer) = match tunnel.idle_timeout {
-                None => write.await,
-                Some(idle) => {
-                    // A write is never dropped mid-flight (io_uring would carry on with it); a
-                    // peer that accepts nothing for the idle timeout is cut off by shutting the
-                    // sockets down, which completes the write with an error.
-                    tokio::pin!(write);
-                    tokio::select! {
-                        result = &mut write => result,
-                        () = tokio::time::sleep(idle) => {
-                            tunnel.fail(RelayEnd::IdleTimeout);
-                            write.await
-                        }
-                    }
-                }
-            };
-            written
-        }
+        // What a splice does not move stays in the pipe, which is then closed.
+        Chunk::Spliced(mut pipe) => stream.splice_out(&mut pipe).await,
+        Chunk::Copied(buffer) => stream.write_all(buffer).await.0,
     };
+    writing_since.set(None);
     flow.complete();
     match written {
         Ok(()) => tunnel.end.borrow().is_none(),

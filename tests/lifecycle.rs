@@ -83,6 +83,35 @@ on_each_backend! {
         proxy.wait_for_log("outcome=idle timeout");
     }
 
+    fn a_write_that_makes_no_progress_ends_the_tunnel_even_while_the_other_way_is_busy(backend) {
+        // The destination never reads but sends a byte every 200 ms (for at most 12 s): the
+        // upload stalls once the buffers are full while the download keeps reading, so only
+        // the stalled write can trip the 2 s idle timeout.
+        let chatty = targets::serve(|mut stream| {
+            for _ in 0..60 {
+                if stream.write_all(b"t").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let proxy = Proxy::start(backend, &["--allow-port", &chatty.port().to_string(), "--idle-timeout", "2"]);
+        let mut stream = proxy.tunnel(&chatty.to_string());
+        let mut writer = stream.try_clone().unwrap();
+        let uploader = thread::spawn(move || {
+            let block = vec![0u8; 1 << 20];
+            while writer.write_all(&block).is_ok() {}
+        });
+        let mut received = 0;
+        let mut byte = [0u8; 1];
+        while matches!(stream.read(&mut byte), Ok(1)) {
+            received += 1;
+        }
+        uploader.join().unwrap();
+        proxy.wait_for_log("outcome=idle timeout");
+        assert!(received >= 2, "the download was not busy: {received} bytes");
+    }
+
     fn sigterm_stops_accepting_and_lets_open_tunnels_finish(backend) {
         let echo = targets::echo();
         let mut proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--shutdown-grace", "20", "--workers", "2"]);

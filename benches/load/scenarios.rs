@@ -230,6 +230,7 @@ async fn upload_100(options: &Options, targets: &Targets, proxy: Option<&Running
 }
 
 async fn churn(options: &Options, targets: &Targets, proxy: Option<&Running>) -> Vec<Metric> {
+    let cpu_before = cpu(proxy);
     let until = Instant::now() + options.duration();
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -259,17 +260,22 @@ async fn churn(options: &Options, targets: &Targets, proxy: Option<&Running>) ->
         let _ = worker.await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    vec![
-        Metric::better_higher(
-            "tunnels_per_s",
-            "1/s",
-            done.load(Ordering::Relaxed) as f64 / elapsed,
-        ),
+    let done = done.load(Ordering::Relaxed);
+    let mut metrics = vec![
+        Metric::better_higher("tunnels_per_s", "1/s", done as f64 / elapsed),
         Metric {
             proxy_only: true,
             ..Metric::better_lower("errors", "count", errors.load(Ordering::Relaxed) as f64)
         },
-    ]
+    ];
+    if proxy.is_some() && done > 0 {
+        metrics.push(Metric::of_proxy(
+            "cpu_per_tunnel",
+            "us",
+            (cpu(proxy) - cpu_before) / done as f64 * 1e6,
+        ));
+    }
+    metrics
 }
 
 /// Opens a connection to `target`, through the proxy at `proxy` when there is one. Returns the
@@ -315,6 +321,7 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 }
 
 async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>) -> Vec<Metric> {
+    let cpu_before = cpu(proxy);
     let until = Instant::now() + options.duration();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -342,14 +349,24 @@ async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
-    vec![
+    let mut metrics = vec![
         Metric::better_higher("round_trips_per_s", "1/s", latencies.len() as f64 / elapsed),
         Metric::better_lower(
             "p99_latency",
             "us",
             percentile(&latencies, 0.99).as_secs_f64() * 1e6,
         ),
-    ]
+    ];
+    if proxy.is_some() && !latencies.is_empty() {
+        // Each round trip is two relayed messages; the proxy's CPU time per round trip shows
+        // what its syscalls and wake-ups cost, which the shared cores' noise hides in rates.
+        metrics.push(Metric::of_proxy(
+            "cpu_per_round_trip",
+            "us",
+            (cpu(proxy) - cpu_before) / latencies.len() as f64 * 1e6,
+        ));
+    }
+    metrics
 }
 
 async fn mice_elephants(
