@@ -22,6 +22,13 @@ use crate::{
     server::WorkerContext,
 };
 
+/// The largest read of an interactive message. A read shorter than this marks its direction as
+/// interactive, and the next read there copies (`recv`) instead of splicing: a short `recv`
+/// proves the socket empty, so a small message costs two calls (`recv`, `send`) where a splice
+/// costs three (in, out, and one more that finds the socket empty), and needs no pipe. A full
+/// read marks the direction as bulk, which splices. 16 KiB is one full TLS record.
+pub(crate) const INTERACTIVE_READ: usize = 16 * 1024;
+
 /// Which side of the tunnel an event concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -215,6 +222,10 @@ async fn pump_chunks<B: Backend>(
     // an epoll wake-up and a peek per chunk). Only a short read sends the flow back to waiting
     // for readiness, where an idle tunnel holds no buffer and no pipe.
     let mut streaming = false;
+    // Tunnels start with small messages (TLS handshakes); see INTERACTIVE_READ. Never more than
+    // a relay buffer, which is also the most one grant may be (the paced chunk, when paced).
+    let interactive_read = INTERACTIVE_READ.min(ctx.config().buffer_size.max(1));
+    let mut interactive = true;
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
         // makes them readable.
@@ -241,12 +252,16 @@ async fn pump_chunks<B: Backend>(
             0
         };
         let splice_max = if granted > 0 { granted } else { splice_chunk };
-        let (read, chunk) = match ctx.pipes().take() {
-            Some(mut pipe) => {
-                let read = tunnel.stream(from).try_splice_in(&mut pipe, splice_max);
-                (read, Chunk::Spliced(pipe))
+        let (read, chunk) = if interactive && !streaming && !gate_reads {
+            read_interactive(ctx, tunnel.stream(from), interactive_read)
+        } else {
+            match ctx.pipes().take() {
+                Some(mut pipe) => {
+                    let read = tunnel.stream(from).try_splice_in(&mut pipe, splice_max);
+                    (read, Chunk::Spliced(pipe))
+                }
+                None => Box::pin(read_copied(ctx, tunnel.stream(from))).await,
             }
-            None => Box::pin(read_copied(ctx, tunnel.stream(from))).await,
         };
         if granted > 0 && !matches!(read, Ok(n) if n > 0) {
             // The grant was for bytes this read did not return: hand it back unused.
@@ -259,7 +274,8 @@ async fn pump_chunks<B: Backend>(
                 return written;
             }
             Ok(n) => {
-                streaming = n == chunk.limit(splice_chunk);
+                streaming = n == chunk.limit(splice_chunk, interactive_read);
+                interactive = n < interactive_read;
                 let read_at = Instant::now();
                 tunnel.last_read.set(read_at);
                 if !Box::pin(forward(tunnel, flow, to, chunk, granted, read_at)).await {
@@ -290,6 +306,8 @@ enum Chunk<B> {
     Spliced(PooledPipe),
     /// Copied into a pool buffer: where pipes cannot be had, and for pipelined bytes.
     Copied(B),
+    /// An interactive message, copied out of the worker's scratch buffer.
+    Interactive(Box<[u8]>),
 }
 
 impl<B: IoBuffer> Chunk<B> {
@@ -297,16 +315,34 @@ impl<B: IoBuffer> Chunk<B> {
         match self {
             Self::Spliced(pipe) => pipe.held(),
             Self::Copied(buffer) => buffer.filled().len(),
+            Self::Interactive(bytes) => bytes.len(),
         }
     }
 
     /// The most one read could have put in this chunk.
-    fn limit(&self, splice_chunk: usize) -> usize {
+    fn limit(&self, splice_chunk: usize, interactive_read: usize) -> usize {
         match self {
             Self::Spliced(pipe) => pipe.capacity().min(splice_chunk),
             Self::Copied(buffer) => buffer.capacity(),
+            Self::Interactive(_) => interactive_read,
         }
     }
+}
+
+/// Reads one interactive message: into the worker's scratch buffer, then into a copy of exactly
+/// its size, which lives until it is written (small, and no pool buffer is pinned for it).
+fn read_interactive<B: Backend>(
+    ctx: &WorkerContext<B>,
+    stream: &B::Stream,
+    max: usize,
+) -> (io::Result<usize>, Chunk<B::Buffer>) {
+    let mut scratch = ctx.scratch().borrow_mut();
+    let read = stream.try_recv(&mut scratch[..max]);
+    let bytes = match read {
+        Ok(n) => Box::from(&scratch[..n]),
+        Err(_) => Box::default(),
+    };
+    (read, Chunk::Interactive(bytes))
 }
 
 /// Reads one chunk from `stream` into a pool buffer (where no pipe is to be had). The read is
@@ -375,6 +411,7 @@ async fn forward<S: Stream>(
         // What a splice does not move stays in the pipe, which is then closed.
         Chunk::Spliced(mut pipe) => stream.splice_out(&mut pipe).await,
         Chunk::Copied(buffer) => stream.write_all(buffer).await.0,
+        Chunk::Interactive(bytes) => stream.send_all(&bytes).await,
     };
     writing_since.set(None);
     flow.complete();

@@ -4,7 +4,7 @@
 //! the same way.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     io,
     rc::Rc,
     sync::{
@@ -122,6 +122,9 @@ pub(crate) struct WorkerContext<B: Backend> {
     shared: Arc<Shared>,
     pool: B::Pool,
     pipes: PipePool,
+    /// Where interactive messages land first (see `relay`); only ever borrowed without an
+    /// await in between.
+    scratch: RefCell<Box<[u8]>>,
     gate: Rc<Gate>,
     tunnels: Cell<usize>,
     refusing: Cell<usize>,
@@ -145,6 +148,11 @@ impl<B: Backend> WorkerContext<B> {
     /// The worker's pipes for zero-copy relaying; empty-handed off Linux or when disabled.
     pub(crate) fn pipes(&self) -> &PipePool {
         &self.pipes
+    }
+
+    /// The worker's scratch buffer for interactive reads.
+    pub(crate) fn scratch(&self) -> &RefCell<Box<[u8]>> {
+        &self.scratch
     }
 
     pub(crate) fn gate(&self) -> &Rc<Gate> {
@@ -216,6 +224,7 @@ async fn run_worker<B: Backend>(
     let ctx = Rc::new(WorkerContext::<B> {
         pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
         pipes: PipePool::new(config.splice_chunk, config.pipes_per_worker),
+        scratch: RefCell::new(vec![0; crate::relay::INTERACTIVE_READ].into_boxed_slice()),
         gate: Gate::new(
             config.scheduler,
             shared.upload_pacer.clone(),

@@ -43,6 +43,39 @@ on_each_backend! {
         a_hundred_concurrent_tunnels(backend, &["--zero-copy", "off"]);
     }
 
+    fn small_messages_of_every_size_and_in_bursts_are_byte_exact(backend) {
+        // Small reads copy and clear readiness when they come back short; a stall here would
+        // mean a short read that had not in fact emptied the socket (the read timeout fails
+        // the test instead of hanging it).
+        let echo = targets::echo();
+        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);
+        let mut stream = proxy.tunnel(&echo.to_string());
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        // Lockstep, every size around the interactive limit (16 KiB) and the buffer size.
+        let sizes = (1..64).chain((16_380..16_390).step_by(1)).chain([1000, 4096, 65_535, 65_536, 65_537, 200_000]);
+        for (i, size) in sizes.enumerate() {
+            let message = payload(size, i as u64);
+            stream.write_all(&message).unwrap();
+            let mut back = vec![0u8; size];
+            stream.read_exact(&mut back).unwrap();
+            assert!(back == message, "message {i} of {size} bytes");
+        }
+        // Bursts of tiny writes, so that segments pile up while the relay reads.
+        let mut writer = stream.try_clone().unwrap();
+        let messages: Vec<Vec<u8>> = (0..5000u64).map(|i| payload(1 + (i as usize * 7) % 40, i)).collect();
+        let expected: Vec<u8> = messages.concat();
+        let sender = thread::spawn(move || {
+            for message in &messages {
+                writer.write_all(message).unwrap();
+            }
+        });
+        let mut back = vec![0u8; expected.len()];
+        stream.read_exact(&mut back).unwrap();
+        sender.join().unwrap();
+        assert_eq!(sha256(&back), sha256(&expected));
+    }
+
     fn pipelined_bytes_after_the_head_are_relayed(backend) {
         let echo = targets::echo();
         let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);

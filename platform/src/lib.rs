@@ -79,6 +79,16 @@ pub trait Stream: Sized + 'static {
     /// is already stale; `read` then completes at once with [`io::ErrorKind::WouldBlock`] rather
     /// than blocking outside the caller's deadline, and the caller waits for `readable` again.
     fn read(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<usize>, Self::Buffer)>;
+    /// One non-blocking read into `buf`, made for small interactive messages. `Ok(0)` is EOF;
+    /// [`io::ErrorKind::WouldBlock`] means nothing is pending: wait for [`Stream::readable`].
+    ///
+    /// On Linux a read that does not fill `buf` has emptied the socket's receive queue (TCP
+    /// copies until the request is met or the queue is empty), so it also clears the readiness
+    /// and the next [`Stream::readable`] waits for new data. A splice cannot tell that (it also
+    /// stops when its pipe runs out of slots) and pays one more call that finds the socket empty.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes all of `bytes` with plain non-blocking sends, waiting for room as needed.
+    fn send_all(&self, bytes: &[u8]) -> impl Future<Output = io::Result<()>>;
     /// Writes the whole filled part of `buf`.
     fn write_all(&self, buf: Self::Buffer) -> impl Future<Output = (io::Result<()>, Self::Buffer)>;
     /// One non-blocking attempt to move up to `max` bytes from the socket into the empty `pipe`

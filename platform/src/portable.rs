@@ -124,6 +124,48 @@ impl crate::Stream for PortableStream {
         (Ok(()), buf)
     }
 
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+        let mut received = None;
+        // Tokio clears its readiness only when an attempt says WouldBlock. A short read on
+        // Linux has emptied the receive queue (see `Stream::try_recv`), which is exactly that
+        // state, so the attempt reports it and keeps what it read aside. Readiness that arrived
+        // after Tokio's last look carries a newer tick and is not cleared.
+        let fd = self.inner.as_raw_fd();
+        let attempt = self.inner.try_io(Interest::READABLE, || {
+            // Safety: `buf` is a live, writable slice of its length.
+            let n = unsafe { socket::recv_into(&fd, buf.as_mut_ptr(), buf.len()) }?;
+            received = Some(n);
+            if cfg!(target_os = "linux") && n > 0 && n < buf.len() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        received.map_or(attempt, Ok)
+    }
+
+    async fn send_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match self.inner.try_write(&bytes[sent..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer accepts no data",
+                    ))
+                }
+                Ok(n) => sent += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.inner.writable().await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
     #[cfg(target_os = "linux")]
     fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
         use std::os::fd::AsRawFd;

@@ -45,6 +45,38 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     Ok(socket.into())
 }
 
+/// One non-blocking `recv` of at most `len` bytes into `buf`.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes for the duration of the call.
+pub(crate) unsafe fn recv_into<S: std::os::fd::AsRawFd>(
+    socket: &S,
+    buf: *mut u8,
+    len: usize,
+) -> io::Result<usize> {
+    // Safety: the caller guarantees `buf` is writable for `len` bytes.
+    let received = unsafe { libc::recv(socket.as_raw_fd(), buf.cast(), len, libc::MSG_DONTWAIT) };
+    usize::try_from(received).map_err(|_| io::Error::last_os_error())
+}
+
+/// One non-blocking `send` of `bytes` (no `SIGPIPE`); returns how many were accepted.
+pub(crate) fn send_now<S: std::os::fd::AsRawFd>(socket: &S, bytes: &[u8]) -> io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = libc::MSG_DONTWAIT;
+    // Safety: a valid slice for its length.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            flags,
+        )
+    };
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+}
+
 /// Shuts a socket down in both directions, ignoring errors (it may already be closed).
 pub fn shutdown_both<S: std::os::fd::AsFd>(socket: &S) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);

@@ -351,7 +351,15 @@ impl crate::Stream for UringStream {
     async fn write_all(&self, buf: UringBuffer) -> (io::Result<()>, UringBuffer) {
         let len = buf.filled().len();
         let mut buf = buf;
-        let mut written = 0;
+        // One direct non-blocking send first: the socket usually has room, and a ring write
+        // would complete only after the worker's next submission and one more trip through
+        // epoll for its completion (a relayed small message paid that twice per round trip).
+        // Whatever it does not take goes through the ring as before.
+        let mut written = match crate::socket::send_now(&self.inner, buf.filled()) {
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(error) => return (Err(error), buf),
+        };
         while written < len {
             let result;
             (result, buf) = self.write_once(buf, written, len).await;
@@ -370,6 +378,59 @@ impl crate::Stream for UringStream {
             }
         }
         (Ok(()), buf)
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(error) = self.pending_error.take() {
+            return Err(error);
+        }
+        // After this attempt Tokio's readiness is exact again (cleared when the socket is
+        // empty, kept otherwise), whatever ring reads left behind.
+        self.ring_reads.set(false);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let guard = match self.ready.poll_read_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(guard)) => Some(guard),
+            std::task::Poll::Ready(Err(error)) => return Err(error),
+            // No readiness recorded: the attempt is made all the same (ring reads do not feed
+            // Tokio's readiness), and there is nothing to clear.
+            std::task::Poll::Pending => None,
+        };
+        // Safety: `buf` is a live, writable slice of its length.
+        let received =
+            unsafe { crate::socket::recv_into(&self.inner, buf.as_mut_ptr(), buf.len()) };
+        if let Some(mut guard) = guard {
+            // Empty, or emptied by a short read (see `Stream::try_recv`): clear exactly the
+            // readiness the guard saw; an edge that arrived meanwhile is kept.
+            let drained = match &received {
+                Ok(n) => *n > 0 && *n < buf.len(),
+                Err(error) => error.kind() == io::ErrorKind::WouldBlock,
+            };
+            if drained {
+                guard.clear_ready();
+            }
+        }
+        received
+    }
+
+    async fn send_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match crate::socket::send_now(&self.inner, &bytes[sent..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer accepts no data",
+                    ))
+                }
+                Ok(n) => sent += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait_writable().await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
