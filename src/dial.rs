@@ -1,7 +1,8 @@
 //! Resolving and connecting to the upstream.
 //!
-//! Dialling uses Tokio's cancellable connect on the worker's runtime (resolution runs on Tokio's
-//! blocking pool, off the worker's loop); the connected socket is then handed to the backend.
+//! Resolution runs on Tokio's blocking pool, off the worker's loop. Each attempt is the
+//! backend's non-blocking connect on the worker ([`Backend::connect`]), which registers the new
+//! socket once for its whole life; dropping an attempt at its timeout closes the socket.
 
 use std::{
     io,
@@ -9,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fyntr_platform::Backend;
 use thiserror::Error;
 
 use crate::proto::{Host, Status};
@@ -103,40 +105,16 @@ pub async fn resolve(
     Ok(addresses)
 }
 
-/// Socket options for upstream connections when pacing is on.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SocketTuning {
-    /// `SO_RCVBUF`: bounds the window the destination may fill before fyntr reads.
-    pub receive_buffer: Option<usize>,
-    /// `SO_SNDBUF`: keeps the kernel's send queue short so DRR's order reaches the wire.
-    pub send_buffer: Option<usize>,
-}
-
-/// One connection attempt with the tuning applied before `connect` (so the window scale
-/// matches the receive buffer).
-async fn attempt(address: SocketAddr, tuning: &SocketTuning) -> io::Result<tokio::net::TcpStream> {
-    let socket = match address {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    if let Some(size) = tuning.receive_buffer {
-        socket.set_recv_buffer_size(u32::try_from(size).unwrap_or(u32::MAX))?;
-    }
-    if let Some(size) = tuning.send_buffer {
-        socket.set_send_buffer_size(u32::try_from(size).unwrap_or(u32::MAX))?;
-    }
-    let stream = socket.connect(address).await?;
-    Ok(stream)
-}
+pub use fyntr_platform::SocketTuning;
 
 /// Connects to the first address that answers, trying each in turn for `plan.rounds` rounds.
 ///
-/// Returns a non-blocking std socket (for the backend to adopt) and the address it reached.
-pub async fn connect(
+/// Returns the stream, on the current worker, and the address it reached.
+pub async fn connect<B: Backend>(
     addresses: &[SocketAddr],
     plan: &DialPlan,
     tuning: &SocketTuning,
-) -> Result<(std::net::TcpStream, SocketAddr), DialError> {
+) -> Result<(B::Stream, SocketAddr), DialError> {
     let deadline = Instant::now() + plan.total_timeout;
     let mut backoff = plan.first_backoff;
     let mut last_error: Option<io::Error> = None;
@@ -155,12 +133,9 @@ pub async fn connect(
                 timed_out = true;
                 break;
             }
-            let attempt = attempt(address, tuning);
+            let attempt = B::connect(address, *tuning);
             match tokio::time::timeout(plan.attempt_timeout.min(remaining), attempt).await {
-                Ok(Ok(stream)) => {
-                    let stream = stream.into_std().map_err(DialError::Refused)?;
-                    return Ok((stream, address));
-                }
+                Ok(Ok(stream)) => return Ok((stream, address)),
                 Ok(Err(error)) => last_error = Some(error),
                 Err(_) => timed_out = true,
             }
@@ -175,6 +150,8 @@ pub async fn connect(
 
 #[cfg(test)]
 mod tests {
+    use fyntr_platform::portable::Portable;
+
     use super::*;
 
     fn fast_plan() -> DialPlan {
@@ -189,9 +166,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed = listener.local_addr().unwrap();
         drop(listener);
-        let error = connect(&[closed], &fast_plan(), &SocketTuning::default())
-            .await
-            .unwrap_err();
+        let Err(error) =
+            connect::<Portable>(&[closed], &fast_plan(), &SocketTuning::default()).await
+        else {
+            panic!("a closed port was reached");
+        };
         assert_eq!(error.status(), Status::BadGateway, "{error}");
     }
 
@@ -203,9 +182,10 @@ mod tests {
             let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             other.local_addr().unwrap()
         };
-        let (_, reached) = connect(&[closed, open], &fast_plan(), &SocketTuning::default())
-            .await
-            .unwrap();
+        let (_, reached) =
+            connect::<Portable>(&[closed, open], &fast_plan(), &SocketTuning::default())
+                .await
+                .unwrap();
         assert_eq!(reached, open);
     }
 

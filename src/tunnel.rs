@@ -137,7 +137,7 @@ async fn establish<B: Backend>(
             Err(error) => Err((error.status(), error.to_string())),
             Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
                 Err(denied) => Err((Status::Forbidden, denied.to_string())),
-                Ok(addresses) => dial::connect(&addresses, &plan, &ctx.socket_tuning())
+                Ok(addresses) => dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
                     .await
                     .map_err(|error| (error.status(), error.to_string())),
             },
@@ -151,14 +151,6 @@ async fn establish<B: Backend>(
         }
     };
     report.upstream = Some(reached);
-    let upstream = match B::stream_from_std(upstream) {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            let reason = format!("internal: adopting the upstream socket failed: {error}");
-            refuse(ctx, client, Status::BadGateway, reason, report).await;
-            return None;
-        }
-    };
     if let Err(error) = send(ctx, client, ESTABLISHED).await {
         report.outcome = Outcome::ClientGone(format!("writing 200 failed: {error}"));
         upstream.abort();

@@ -4,7 +4,7 @@
 //! `fyntr` needs from an I/O backend, as one small trait family that each backend implements:
 //!
 //! - [`Backend`]: starts N workers (one OS thread each, single-threaded runtime, `!Send` tasks
-//!   allowed), spawns tasks on the current worker and adopts sockets dialled elsewhere.
+//!   allowed), spawns tasks on the current worker, and dials upstream connections.
 //! - [`Listener`] and [`Stream`]: sockets with an owned-buffer API
 //!   (`read(buf) -> (io::Result<usize>, buf)`), the shape io_uring needs, which a readiness-based
 //!   backend adapts easily.
@@ -35,6 +35,7 @@ pub mod uring;
 mod uring_flush;
 
 pub use pool::{HeapBuffer, HeapPool};
+pub use socket::SocketTuning;
 pub use splice::{Pipe, PipePool, PooledPipe};
 
 /// An owned data buffer that crosses the backend boundary.
@@ -170,6 +171,15 @@ pub trait Backend: Copy + Send + Sync + 'static {
 
     /// Adopts a connected (non-blocking) std socket into the current worker.
     fn stream_from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
+
+    /// Connects to `addr` from a new socket with `tuning` applied before `connect`, on the
+    /// current worker. The socket is registered for readiness once, for its whole life
+    /// (dialling with Tokio and adopting the result cost two more `epoll_ctl` per tunnel).
+    /// Dropping the future abandons the attempt and closes the socket.
+    fn connect(
+        addr: SocketAddr,
+        tuning: SocketTuning,
+    ) -> impl Future<Output = io::Result<Self::Stream>>;
 
     /// Creates the current worker's buffer pool: buffers of `buffer_size` bytes, at most
     /// `max_buffers` of them allocated at once.

@@ -11,7 +11,7 @@ use std::{
 
 use tokio::{net::TcpListener, sync::mpsc};
 
-use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker};
+use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Pipe, SocketTuning, Worker};
 
 /// The portable (Tokio) backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -268,6 +268,12 @@ impl Backend for Portable {
     fn stream_from_std(stream: std::net::TcpStream) -> io::Result<PortableStream> {
         stream.set_nonblocking(true)?;
         PortableStream::new(tokio::net::TcpStream::from_std(stream)?)
+    }
+
+    async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<PortableStream> {
+        let socket = socket::socket_for(addr, tuning)?;
+        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+        PortableStream::new(socket.connect(addr).await?)
     }
 
     fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> HeapPool {

@@ -45,6 +45,39 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     Ok(socket.into())
 }
 
+/// Socket options for upstream connections when pacing is on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketTuning {
+    /// `SO_RCVBUF`: bounds the window the destination may fill before fyntr reads.
+    pub receive_buffer: Option<usize>,
+    /// `SO_SNDBUF`: keeps the kernel's send queue short so DRR's order reaches the wire.
+    pub send_buffer: Option<usize>,
+}
+
+/// A new non-blocking TCP socket for `addr`, with `tuning` applied (before `connect`, so that
+/// the window scale matches the receive buffer); not connected yet.
+pub(crate) fn socket_for(addr: SocketAddr, tuning: SocketTuning) -> io::Result<Socket> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let socket = {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket
+    };
+    if let Some(size) = tuning.receive_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = tuning.send_buffer {
+        socket.set_send_buffer_size(size)?;
+    }
+    Ok(socket)
+}
+
 /// One non-blocking `recv` of at most `len` bytes into `buf`.
 ///
 /// # Safety

@@ -31,7 +31,7 @@ use tracing::warn;
 
 use crate::{
     uring_flush::{create_runtime, submit_queued},
-    Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Pipe, Worker,
+    Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Pipe, SocketTuning, Worker,
 };
 
 /// Submission queue entries per ring: enough for every read and write a worker has in flight
@@ -204,16 +204,22 @@ pub struct UringStream {
 
 impl UringStream {
     fn new(inner: tokio_uring::net::TcpStream) -> io::Result<Self> {
-        inner.set_nodelay(true)?;
         // Non-blocking, so that a splice after stale readiness returns EAGAIN instead of
         // blocking the worker (splice follows the socket's own flag, not SPLICE_F_NONBLOCK).
         // Ring writes then may answer EAGAIN too; `write_all` waits for room and carries on.
+        // (Ring accepts hand out blocking sockets.)
         let mut on: libc::c_int = 1;
         // Safety: FIONBIO on the open descriptor `inner` owns, with a valid int argument (one
         // syscall, where F_GETFL + F_SETFL take two).
         if unsafe { libc::ioctl(inner.as_raw_fd(), libc::FIONBIO, &mut on) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        Self::adopt_non_blocking(inner)
+    }
+
+    /// Wraps a socket that is non-blocking already.
+    fn adopt_non_blocking(inner: tokio_uring::net::TcpStream) -> io::Result<Self> {
+        inner.set_nodelay(true)?;
         // Safety: the descriptor stays open and the same for the registration's whole life:
         // `ready` is dropped before `inner`, which alone closes it.
         let ready = unsafe {
@@ -658,6 +664,24 @@ impl Backend for Uring {
 
     fn stream_from_std(stream: std::net::TcpStream) -> io::Result<UringStream> {
         UringStream::new(tokio_uring::net::TcpStream::from_std(stream))
+    }
+
+    async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<UringStream> {
+        let socket = crate::socket::socket_for(addr, tuning)?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(error) => return Err(error),
+        }
+        let std: std::net::TcpStream = socket.into();
+        let stream = UringStream::adopt_non_blocking(tokio_uring::net::TcpStream::from_std(std))?;
+        // The first write readiness of a connecting socket means connected, or failed (then
+        // SO_ERROR says why). The readiness is kept: the socket is writable.
+        drop(stream.ready.writable().await?);
+        if let Some(error) = socket2::SockRef::from(&stream.fd()).take_error()? {
+            return Err(error);
+        }
+        Ok(stream)
     }
 
     fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> UringPool {
