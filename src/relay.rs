@@ -3,11 +3,13 @@
 //! Each direction loops: wait until readable (an idle tunnel holds no buffer and no pipe), take a
 //! pipe from the worker's pool and splice a chunk into it (on Linux; otherwise, or when no pipe is
 //! to be had, read into a pool buffer), ask the worker's gate for a grant of exactly that chunk,
-//! splice (or write) it out, release. With `--download-rate`, downloads ask for the grant before
-//! the read instead, so that fyntr reads from upstream only at the rate. EOF on one side becomes
-//! `shutdown(Write)` on the other, and the tunnel ends when both directions are done, on the first
-//! error (both sockets are then shut down so the other direction ends too), or when both
-//! directions were silent for the idle timeout.
+//! splice (or write) it out, release. Small messages are copied instead (`recv` into the worker's
+//! scratch buffer, then `send`; see [`INTERACTIVE_READ`]). With `--download-rate`, downloads ask
+//! for the grant before the read instead, so that fyntr reads from upstream only at the rate. EOF
+//! on one side becomes `shutdown(Write)` on the other, and the tunnel ends when both directions
+//! are done, on the first error (both sockets are then shut down so the other direction ends
+//! too), or when its idle watchdog finds both directions silent, or a write stalled, for the idle
+//! timeout.
 
 use std::{
     cell::{Cell, RefCell},
