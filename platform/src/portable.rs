@@ -104,24 +104,8 @@ impl crate::Stream for PortableStream {
     }
 
     async fn write_all(&self, buf: HeapBuffer) -> (io::Result<()>, HeapBuffer) {
-        let mut written = 0;
-        while written < buf.filled().len() {
-            // Try first: the socket buffer usually has room, which saves a readiness round trip.
-            match self.inner.try_write(&buf.filled()[written..]) {
-                Ok(0) => {
-                    let error = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no data");
-                    return (Err(error), buf);
-                }
-                Ok(n) => written += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(error) = self.inner.writable().await {
-                        return (Err(error), buf);
-                    }
-                }
-                Err(error) => return (Err(error), buf),
-            }
-        }
-        (Ok(()), buf)
+        let written = self.send_all(buf.filled()).await;
+        (written, buf)
     }
 
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -147,23 +131,13 @@ impl crate::Stream for PortableStream {
     }
 
     async fn send_all(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < bytes.len() {
-            match self.inner.try_write(&bytes[sent..]) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "peer accepts no data",
-                    ))
-                }
-                Ok(n) => sent += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.inner.writable().await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
+        // Try first: the socket usually has room, which saves a readiness round trip.
+        socket::send_all_with(
+            bytes,
+            |rest| self.inner.try_write(rest),
+            || self.inner.writable(),
+        )
+        .await
     }
 
     #[cfg(target_os = "linux")]

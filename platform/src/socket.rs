@@ -110,6 +110,30 @@ pub(crate) fn send_now<S: std::os::fd::AsRawFd>(socket: &S, bytes: &[u8]) -> io:
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
+/// Sends all of `bytes` with `try_send` (one non-blocking attempt), waiting with `writable`
+/// whenever an attempt would block; both backends' plain writes.
+pub(crate) async fn send_all_with<Fut: std::future::Future<Output = io::Result<()>>>(
+    bytes: &[u8],
+    mut try_send: impl FnMut(&[u8]) -> io::Result<usize>,
+    mut writable: impl FnMut() -> Fut,
+) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match try_send(&bytes[sent..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "peer accepts no data",
+                ))
+            }
+            Ok(n) => sent += n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => writable().await?,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// Shuts a socket down in both directions, ignoring errors (it may already be closed).
 pub fn shutdown_both<S: std::os::fd::AsFd>(socket: &S) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);

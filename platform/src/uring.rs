@@ -420,23 +420,12 @@ impl crate::Stream for UringStream {
     }
 
     async fn send_all(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < bytes.len() {
-            match crate::socket::send_now(&self.inner, &bytes[sent..]) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "peer accepts no data",
-                    ))
-                }
-                Ok(n) => sent += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait_writable().await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
+        crate::socket::send_all_with(
+            bytes,
+            |rest| crate::socket::send_now(&self.inner, rest),
+            || self.wait_writable(),
+        )
+        .await
     }
 
     fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
