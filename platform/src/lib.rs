@@ -169,9 +169,6 @@ pub trait Backend: Copy + Send + Sync + 'static {
     /// parks.
     fn yield_to_others() -> impl Future<Output = ()>;
 
-    /// Adopts a connected (non-blocking) std socket into the current worker.
-    fn stream_from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
-
     /// Connects to `addr` from a new socket with `tuning` applied before `connect`, on the
     /// current worker. The socket is registered for readiness once, for its whole life
     /// (dialling with Tokio and adopting the result cost two more `epoll_ctl` per tunnel).

@@ -51,7 +51,7 @@ impl crate::Listener for PortableListener {
                 let (stream, peer) = next.ok_or_else(|| {
                     io::Error::new(io::ErrorKind::NotConnected, "acceptor stopped")
                 })?;
-                Ok((Portable::stream_from_std(stream)?, peer))
+                Ok((PortableStream::from_std(stream)?, peer))
             }
         }
     }
@@ -77,6 +77,12 @@ impl PortableStream {
         // A proxy forwards each chunk as soon as it has it; Nagle would only add latency.
         inner.set_nodelay(true)?;
         Ok(Self { inner })
+    }
+
+    /// Adopts a connection the acceptor thread accepted (where `SO_REUSEPORT` does not balance).
+    fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Self::new(tokio::net::TcpStream::from_std(stream)?)
     }
 }
 
@@ -237,11 +243,6 @@ impl Backend for Portable {
 
     async fn yield_to_others() {
         tokio::task::yield_now().await;
-    }
-
-    fn stream_from_std(stream: std::net::TcpStream) -> io::Result<PortableStream> {
-        stream.set_nonblocking(true)?;
-        PortableStream::new(tokio::net::TcpStream::from_std(stream)?)
     }
 
     async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<PortableStream> {

@@ -292,6 +292,39 @@ impl UringStream {
         Ok(())
     }
 
+    /// One non-blocking read `attempt` outside the ring. Tokio's readiness guard is taken before
+    /// it, so that when the attempt proves the socket empty (WouldBlock, or a read for which
+    /// `emptied` says so) exactly the readiness the guard saw is cleared, and an edge arriving
+    /// meanwhile is kept. Without readiness recorded the attempt is made all the same: ring
+    /// reads do not feed Tokio's readiness. Afterwards the readiness is exact again, whatever
+    /// ring reads left stale.
+    fn attempt_read(
+        &self,
+        attempt: impl FnOnce() -> io::Result<usize>,
+        emptied: impl FnOnce(usize) -> bool,
+    ) -> io::Result<usize> {
+        if let Some(error) = self.pending_error.take() {
+            return Err(error);
+        }
+        self.ring_reads.set(false);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let guard = match self.ready.poll_read_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(guard)) => Some(guard),
+            std::task::Poll::Ready(Err(error)) => return Err(error),
+            std::task::Poll::Pending => None,
+        };
+        let result = attempt();
+        let empty = match &result {
+            Ok(n) => emptied(*n),
+            Err(error) => error.kind() == io::ErrorKind::WouldBlock,
+        };
+        if let (true, Some(mut guard)) = (empty, guard) {
+            guard.clear_ready();
+        }
+        result
+    }
+
     /// Whether a read would complete now: data, EOF or an error pending (kept for `read`).
     fn has_input(&self) -> bool {
         let mut byte = 0u8;
@@ -387,36 +420,13 @@ impl crate::Stream for UringStream {
     }
 
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(error) = self.pending_error.take() {
-            return Err(error);
-        }
-        // After this attempt Tokio's readiness is exact again (cleared when the socket is
-        // empty, kept otherwise), whatever ring reads left behind.
-        self.ring_reads.set(false);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let guard = match self.ready.poll_read_ready(&mut cx) {
-            std::task::Poll::Ready(Ok(guard)) => Some(guard),
-            std::task::Poll::Ready(Err(error)) => return Err(error),
-            // No readiness recorded: the attempt is made all the same (ring reads do not feed
-            // Tokio's readiness), and there is nothing to clear.
-            std::task::Poll::Pending => None,
-        };
+        let len = buf.len();
         // Safety: `buf` is a live, writable slice of its length.
-        let received =
-            unsafe { crate::socket::recv_into(&self.inner, buf.as_mut_ptr(), buf.len()) };
-        if let Some(mut guard) = guard {
-            // Empty, or emptied by a short read (see `Stream::try_recv`): clear exactly the
-            // readiness the guard saw; an edge that arrived meanwhile is kept.
-            let drained = match &received {
-                Ok(n) => *n > 0 && *n < buf.len(),
-                Err(error) => error.kind() == io::ErrorKind::WouldBlock,
-            };
-            if drained {
-                guard.clear_ready();
-            }
-        }
-        received
+        self.attempt_read(
+            || unsafe { crate::socket::recv_into(&self.inner, buf.as_mut_ptr(), len) },
+            // A short read emptied the socket (see `Stream::try_recv`).
+            |n| n > 0 && n < len,
+        )
     }
 
     async fn send_all(&self, bytes: &[u8]) -> io::Result<()> {
@@ -429,24 +439,10 @@ impl crate::Stream for UringStream {
     }
 
     fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
-        if let Some(error) = self.pending_error.take() {
-            return Err(error);
-        }
         let fd = self.inner.as_raw_fd();
-        // From here on a WouldBlock clears any readiness that ring reads left stale.
-        self.ring_reads.set(false);
-        // Take Tokio's readiness guard before the attempt, so that a WouldBlock clears exactly
-        // the readiness it saw (an edge arriving meanwhile is kept). Without readiness recorded
-        // the attempt is made all the same: ring reads do not feed Tokio's readiness.
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        match self.ready.poll_read_ready(&mut cx) {
-            std::task::Poll::Ready(Ok(mut guard)) => guard
-                .try_io(|_| pipe.fill_from(fd, max))
-                .unwrap_or_else(|_| Err(io::ErrorKind::WouldBlock.into())),
-            std::task::Poll::Ready(Err(error)) => Err(error),
-            std::task::Poll::Pending => pipe.fill_from(fd, max),
-        }
+        // A short splice proves nothing (the pipe may have run out of slots): only WouldBlock
+        // clears the readiness.
+        self.attempt_read(|| pipe.fill_from(fd, max), |_| false)
     }
 
     async fn splice_out(&self, pipe: &mut Pipe) -> io::Result<()> {
@@ -649,10 +645,6 @@ impl Backend for Uring {
         // A busy worker never parks, and tokio-uring submits only when it parks.
         submit_queued();
         tokio::task::yield_now().await;
-    }
-
-    fn stream_from_std(stream: std::net::TcpStream) -> io::Result<UringStream> {
-        UringStream::new(tokio_uring::net::TcpStream::from_std(stream))
     }
 
     async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<UringStream> {
