@@ -202,12 +202,12 @@ async fn pump_chunks<B: Backend>(
     pipelined: &[u8],
 ) -> u64 {
     let mut written = 0;
+    // Pipelined bytes (a TLS ClientHello sent with the CONNECT) are sent like a small message:
+    // chunks of at most a relay buffer, so that each grant stays within one paced chunk.
     for chunk in pipelined.chunks(ctx.config().buffer_size.max(1)) {
-        let mut buffer = ctx.pool().take().await;
-        let filled = buffer.fill_from(chunk);
-        debug_assert_eq!(filled, chunk.len());
         let read_at = Instant::now();
-        if !Box::pin(forward(tunnel, flow, to, Chunk::Copied(buffer), 0, read_at)).await {
+        let bytes = Chunk::Interactive(Box::from(chunk));
+        if !Box::pin(forward(tunnel, flow, to, bytes, 0, read_at)).await {
             return written;
         }
         written += chunk.len() as u64;
@@ -306,9 +306,9 @@ async fn pump_chunks<B: Backend>(
 enum Chunk<B> {
     /// Spliced into a kernel pipe: never copied to user space (Linux).
     Spliced(PooledPipe),
-    /// Copied into a pool buffer: where pipes cannot be had, and for pipelined bytes.
+    /// Copied into a pool buffer: where pipes cannot be had.
     Copied(B),
-    /// An interactive message, copied out of the worker's scratch buffer.
+    /// An interactive message, copied out of the worker's scratch buffer, or pipelined bytes.
     Interactive(Box<[u8]>),
 }
 

@@ -122,8 +122,8 @@ pub(crate) struct WorkerContext<B: Backend> {
     shared: Arc<Shared>,
     pool: B::Pool,
     pipes: PipePool,
-    /// Where interactive messages land first (see `relay`); only ever borrowed without an
-    /// await in between.
+    /// Where interactive messages and request heads land first (see `relay` and `tunnel`);
+    /// only ever borrowed without an await in between.
     scratch: RefCell<Box<[u8]>>,
     gate: Rc<Gate>,
     tunnels: Cell<usize>,
@@ -150,7 +150,7 @@ impl<B: Backend> WorkerContext<B> {
         &self.pipes
     }
 
-    /// The worker's scratch buffer for interactive reads.
+    /// The worker's scratch buffer for interactive reads and request heads.
     pub(crate) fn scratch(&self) -> &RefCell<Box<[u8]>> {
         &self.scratch
     }
@@ -323,7 +323,7 @@ fn refuse_over_cap<B: Backend>(
     ctx.refusing.set(ctx.refusing.get() + 1);
     let ctx = Rc::clone(ctx);
     B::spawn(async move {
-        tunnel::respond_and_close::<B>(ctx.pool(), &stream, Status::ServiceUnavailable).await;
+        tunnel::respond_and_close(&ctx, &stream, Status::ServiceUnavailable).await;
         ctx.refusing.set(ctx.refusing.get() - 1);
     });
 }

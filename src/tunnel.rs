@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fyntr_platform::{Backend, BufferPool, IoBuffer, Stream};
+use fyntr_platform::{Backend, Stream};
 use tracing::info;
 
 use crate::{
@@ -151,7 +151,7 @@ async fn establish<B: Backend>(
         }
     };
     report.upstream = Some(reached);
-    if let Err(error) = send(ctx, client, ESTABLISHED).await {
+    if let Err(error) = client.send_all(ESTABLISHED).await {
         report.outcome = Outcome::ClientGone(format!("writing 200 failed: {error}"));
         upstream.abort();
         return None;
@@ -197,9 +197,7 @@ async fn read_head<B: Backend>(
             Ok(Err(error)) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
             Ok(Ok(())) => {}
         }
-        let buffer = ctx.pool().take().await;
-        let (read, buffer) = client.read(buffer).await;
-        match read {
+        match recv_with_scratch(ctx, client, |bytes| received.extend_from_slice(bytes)) {
             Ok(0) => {
                 let reason = if received.is_empty() {
                     "closed without a request".to_string()
@@ -211,22 +209,27 @@ async fn read_head<B: Backend>(
                 };
                 return Err(HeadFailure::Gone(reason));
             }
-            Ok(_) => received.extend_from_slice(buffer.filled()),
+            Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
         }
     }
 }
 
-/// Writes `bytes` to the stream through a pool buffer.
-async fn send<B: Backend>(
+/// One non-blocking read (`recv`) into the worker's scratch buffer, handing what it got to
+/// `keep`. Handshakes are read and answered with plain syscalls after readiness, like the
+/// relay's small messages, rather than through pool buffers: on io_uring a ring read costs a
+/// submission and a completion, and taking a pool buffer would register the worker's buffers,
+/// pinning them for a handshake of a few hundred bytes.
+fn recv_with_scratch<B: Backend>(
     ctx: &WorkerContext<B>,
     stream: &B::Stream,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    let mut buffer = ctx.pool().take().await;
-    buffer.fill_from(bytes);
-    stream.write_all(buffer).await.0
+    keep: impl FnOnce(&[u8]),
+) -> std::io::Result<usize> {
+    let mut scratch = ctx.scratch().borrow_mut();
+    let read = stream.try_recv(&mut scratch)?;
+    keep(&scratch[..read]);
+    Ok(read)
 }
 
 /// Answers with an error status and closes cleanly.
@@ -238,35 +241,27 @@ async fn refuse<B: Backend>(
     report: &mut Report,
 ) {
     report.outcome = Outcome::Refused(status, reason);
-    respond_and_close::<B>(ctx.pool(), client, status).await;
+    respond_and_close(ctx, client, status).await;
 }
 
 /// Sends `status`, half-closes, and reads the client's leftovers for a moment before closing,
 /// so that the response is not destroyed by a reset.
 pub(crate) async fn respond_and_close<B: Backend>(
-    pool: &B::Pool,
+    ctx: &WorkerContext<B>,
     client: &B::Stream,
     status: Status,
 ) {
-    let mut buffer = pool.take().await;
-    buffer.fill_from(status.response());
-    let (written, buffer) = client.write_all(buffer).await;
-    if written.is_err() || client.shutdown_write().is_err() {
+    if client.send_all(status.response()).await.is_err() || client.shutdown_write().is_err() {
         return;
     }
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
-    let mut buffer = Some(buffer);
     while drained < LINGER_BYTES {
         match tokio::time::timeout_at(deadline.into(), client.readable()).await {
             Ok(Ok(())) => {}
             _ => break,
         }
-        let (read, returned) = client
-            .read(buffer.take().expect("buffer returned by read"))
-            .await;
-        buffer = Some(returned);
-        match read {
+        match recv_with_scratch(ctx, client, |_| {}) {
             Ok(0) => break,
             Ok(n) => drained += n,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
