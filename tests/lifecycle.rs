@@ -185,6 +185,33 @@ on_each_backend! {
         }
     }
 
+    fn handshakes_and_small_messages_take_no_relay_buffers(backend) {
+        // Request heads, responses, pipelined bytes and small messages go through the worker's
+        // scratch buffer; relay buffers (registered, so pinned, on io_uring: 1 MiB per worker)
+        // are for bulk copies only. Taking one for a request head made the first tunnel of each
+        // worker grow the proxy by that much.
+        let echo = targets::echo();
+        let proxy = Proxy::start(backend, &["--workers", "1", "--allow-port", &echo.port().to_string()]);
+        let before = proxy.anonymous_rss_kib();
+        for i in 0..40u64 {
+            let mut stream = proxy.connect_raw();
+            let message = payload(1000 + i as usize, i);
+            let mut request = format!("CONNECT {echo} HTTP/1.1\r\n\r\n").into_bytes();
+            request.extend_from_slice(&message[..100]);
+            stream.write_all(&request).unwrap();
+            let mut head = [0u8; ESTABLISHED.len()];
+            stream.read_exact(&mut head).unwrap();
+            assert_eq!(&head, ESTABLISHED);
+            stream.write_all(&message[100..]).unwrap();
+            let mut back = vec![0u8; message.len()];
+            stream.read_exact(&mut back).unwrap();
+            assert!(back == message, "tunnel {i}");
+            assert_error_response(&proxy.exchange(b"GET / HTTP/1.1\r\n\r\n"), 405);
+        }
+        let grown = proxy.anonymous_rss_kib().saturating_sub(before);
+        assert!(grown < 512, "40 small tunnels grew the proxy by {grown} KiB");
+    }
+
     fn unlimited_connections_derive_a_cap_from_the_descriptor_limit(backend) {
         let echo = targets::echo();
         let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--max-connections", "0"]);

@@ -222,6 +222,16 @@ impl Proxy {
             .unwrap_or(0)
     }
 
+    /// Anonymous resident memory of the proxy process (heap, stacks, registered buffers), KiB.
+    pub fn anonymous_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("proxy status")
+            .lines()
+            .find_map(|line| line.strip_prefix("RssAnon:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("RssAnon in the proxy status")
+    }
+
     /// Opens a raw connection to the proxy.
     pub fn connect_raw(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).expect("connect to proxy");
