@@ -1,13 +1,18 @@
 //! The load benchmark: fyntr side by side with a direct connection and its peers, on loopback.
 //!
 //! ```text
-//! cargo bench --bench load -- [--quick] [--only SCENARIO,...] [--modes MODE,...] [--out DIR]
+//! cargo bench --bench load -- [--quick] [--rounds N] [--only SCENARIO,...] [--modes MODE,...]
+//!                              [--out DIR]
 //! ```
 //!
 //! Every scenario runs against each mode in the same run: `direct` (no proxy), `fyntr-io-uring`,
 //! `fyntr-tokio`, and when installed `fyntr-0.4.8` (`$FYNTR_UPSTREAM` or
 //! `/tmp/fyntr-0.4.8/bin/fyntr`), `tinyproxy` and `squid`. It prints one table of values and
 //! ratios to direct, writes `load.json`, and draws `load.svg` (ratios per scenario and mode).
+//! With `--rounds N` each scenario runs N rounds of every mode in turn (direct, fyntr, ...,
+//! direct, fyntr, ...), and the table gives medians: a mode's ratio is the median of its ratios
+//! to the direct run of the same round, with their range, so that the machine's drift during a
+//! run (other tenants, thermal) weighs on every mode alike.
 //! Each scenario is bounded in time and count; the load generator and its targets run in this
 //! process, on loopback only.
 
@@ -32,6 +37,8 @@ pub struct Options {
     pub modes: Vec<String>,
     /// Where to write load.json and load.svg.
     pub out: PathBuf,
+    /// Rounds of every mode per scenario.
+    pub rounds: usize,
 }
 
 impl Options {
@@ -41,6 +48,7 @@ impl Options {
             only: Vec::new(),
             modes: Vec::new(),
             out: PathBuf::from("target/load"),
+            rounds: 1,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -49,6 +57,13 @@ impl Options {
                 "--only" => options.only = split(args.next()),
                 "--modes" => options.modes = split(args.next()),
                 "--out" => options.out = PathBuf::from(args.next().expect("--out DIR")),
+                "--rounds" => {
+                    options.rounds = args
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|&n| n > 0)
+                        .expect("--rounds N, N at least 1")
+                }
                 "--bench" => {} // added by `cargo bench`
                 other => {
                     panic!("unknown option {other}; see the doc comment of benches/load/main.rs")
@@ -92,20 +107,31 @@ fn main() {
             if !options.only.is_empty() && !options.only.iter().any(|name| name == scenario.name) {
                 continue;
             }
-            for mode in &modes {
-                let proxy = match mode {
-                    Mode::Direct => None,
-                    other => match proxies::Running::start(other, &targets) {
-                        Ok(proxy) => Some(proxy),
-                        Err(error) => {
-                            eprintln!("{}: {} not started: {error}", scenario.name, other.name());
-                            continue;
-                        }
-                    },
-                };
-                eprintln!("running {} / {}", scenario.name, mode.name());
-                let measured = (scenario.run)(&options, &targets, proxy.as_ref()).await;
-                results.record(scenario, mode, measured);
+            for round in 0..options.rounds {
+                for mode in &modes {
+                    let proxy = match mode {
+                        Mode::Direct => None,
+                        other => match proxies::Running::start(other, &targets) {
+                            Ok(proxy) => Some(proxy),
+                            Err(error) => {
+                                eprintln!(
+                                    "{}: {} not started: {error}",
+                                    scenario.name,
+                                    other.name()
+                                );
+                                continue;
+                            }
+                        },
+                    };
+                    eprintln!(
+                        "running {} / {} (round {})",
+                        scenario.name,
+                        mode.name(),
+                        round + 1
+                    );
+                    let measured = (scenario.run)(&options, &targets, proxy.as_ref()).await;
+                    results.record(scenario, mode, round, measured);
+                }
             }
         }
         results.print();

@@ -12,6 +12,50 @@ struct Row {
     scenario: &'static str,
     metric: Metric,
     mode: &'static str,
+    round: usize,
+}
+
+/// One metric of one mode over all rounds.
+struct Summary {
+    unit: &'static str,
+    higher_is_better: bool,
+    /// Median over the rounds.
+    value: f64,
+    /// Per round, in round order.
+    values: Vec<f64>,
+    /// Ratios to the direct run of the same round (none for proxy-only metrics).
+    ratios: Vec<f64>,
+}
+
+impl Summary {
+    /// The median of the per-round ratios.
+    fn ratio(&self) -> Option<f64> {
+        (!self.ratios.is_empty()).then(|| median(&self.ratios))
+    }
+
+    /// The lowest and highest per-round ratio, when there were several rounds.
+    fn ratio_range(&self) -> Option<(f64, f64)> {
+        (self.ratios.len() > 1).then(|| {
+            let low = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = self
+                .ratios
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            (low, high)
+        })
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
 }
 
 /// Everything measured in one run.
@@ -22,7 +66,7 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn record(&mut self, scenario: &Scenario, mode: &Mode, metrics: Vec<Metric>) {
+    pub fn record(&mut self, scenario: &Scenario, mode: &Mode, round: usize, metrics: Vec<Metric>) {
         if !self.modes.contains(&mode.name()) {
             self.modes.push(mode.name());
         }
@@ -31,6 +75,7 @@ impl Results {
                 scenario: scenario.name,
                 metric,
                 mode: mode.name(),
+                round,
             });
         }
     }
@@ -46,19 +91,36 @@ impl Results {
         keys
     }
 
-    fn find(&self, key: (&str, &str), mode: &str) -> Option<&Row> {
-        self.rows
-            .iter()
-            .find(|row| row.scenario == key.0 && row.metric.name == key.1 && row.mode == mode)
+    fn rows_of<'a>(
+        &'a self,
+        key: (&'a str, &'a str),
+        mode: &'a str,
+    ) -> impl Iterator<Item = &'a Row> {
+        self.rows.iter().filter(move |row| {
+            row.scenario == key.0 && row.metric.name == key.1 && row.mode == mode
+        })
     }
 
-    /// The value relative to direct for the same metric, when that makes sense.
-    fn ratio(&self, row: &Row) -> Option<f64> {
-        if row.metric.proxy_only {
-            return None;
-        }
-        let direct = self.find((row.scenario, row.metric.name), "direct")?;
-        (direct.metric.value > 0.0).then(|| row.metric.value / direct.metric.value)
+    /// A mode's metric over the rounds; ratios pair each round with direct's run in that round.
+    fn summary(&self, key: (&str, &str), mode: &str) -> Option<Summary> {
+        let rows: Vec<&Row> = self.rows_of(key, mode).collect();
+        let first = rows.first()?;
+        let values: Vec<f64> = rows.iter().map(|row| row.metric.value).collect();
+        let ratios = rows
+            .iter()
+            .filter(|row| !row.metric.proxy_only)
+            .filter_map(|row| {
+                let direct = self.rows_of(key, "direct").find(|d| d.round == row.round)?;
+                (direct.metric.value > 0.0).then(|| row.metric.value / direct.metric.value)
+            })
+            .collect();
+        Some(Summary {
+            unit: first.metric.unit,
+            higher_is_better: first.metric.higher_is_better,
+            value: median(&values),
+            values,
+            ratios,
+        })
     }
 
     pub fn print(&self) {
@@ -78,17 +140,21 @@ impl Results {
                 .map_or("", |r| r.metric.unit);
             let _ = write!(table, "| {} / {} | {unit} |", key.0, key.1);
             for mode in &self.modes {
-                match self.find(key, mode) {
-                    Some(row) => match self.ratio(row) {
-                        Some(ratio) if *mode != "direct" => {
-                            let _ = write!(table, " {:.3} ({ratio:.2}x) |", row.metric.value);
-                        }
-                        _ => {
-                            let _ = write!(table, " {:.3} |", row.metric.value);
-                        }
-                    },
-                    None => table.push_str(" - |"),
+                let Some(summary) = self.summary(key, mode) else {
+                    table.push_str(" - |");
+                    continue;
+                };
+                let _ = write!(table, " {:.3}", summary.value);
+                match (summary.ratio(), summary.ratio_range()) {
+                    (Some(ratio), Some((low, high))) if *mode != "direct" => {
+                        let _ = write!(table, " ({ratio:.2}x; {low:.2}-{high:.2})");
+                    }
+                    (Some(ratio), None) if *mode != "direct" => {
+                        let _ = write!(table, " ({ratio:.2}x)");
+                    }
+                    _ => {}
                 }
+                table.push_str(" |");
             }
             table.push('\n');
         }
@@ -96,24 +162,33 @@ impl Results {
     }
 
     pub fn write_json(&self, path: &Path) {
-        let mut json = String::from("[\n");
-        for (i, row) in self.rows.iter().enumerate() {
-            let ratio = self
-                .ratio(row)
-                .map_or("null".to_string(), |r| format!("{r:.4}"));
-            let _ = writeln!(
-                json,
-                "  {{\"scenario\": \"{}\", \"metric\": \"{}\", \"unit\": \"{}\", \"mode\": \"{}\", \"value\": {:.6}, \"ratio_to_direct\": {ratio}, \"higher_is_better\": {}}}{}",
-                row.scenario,
-                row.metric.name,
-                row.metric.unit,
-                row.mode,
-                row.metric.value,
-                row.metric.higher_is_better,
-                if i + 1 < self.rows.len() { "," } else { "" }
-            );
+        let list = |values: &[f64]| {
+            let items: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let mut entries = Vec::new();
+        for key in self.keys() {
+            for mode in &self.modes {
+                let Some(summary) = self.summary(key, mode) else {
+                    continue;
+                };
+                let ratio = summary
+                    .ratio()
+                    .map_or("null".to_string(), |r| format!("{r:.4}"));
+                entries.push(format!(
+                    "  {{\"scenario\": \"{}\", \"metric\": \"{}\", \"unit\": \"{}\", \"mode\": \"{mode}\", \"value\": {:.6}, \"ratio_to_direct\": {ratio}, \"higher_is_better\": {}, \"rounds\": {}, \"values\": {}, \"ratios\": {}}}",
+                    key.0,
+                    key.1,
+                    summary.unit,
+                    summary.value,
+                    summary.higher_is_better,
+                    summary.values.len(),
+                    list(&summary.values),
+                    list(&summary.ratios),
+                ));
+            }
         }
-        json.push_str("]\n");
+        let json = format!("[\n{}\n]\n", entries.join(",\n"));
         std::fs::write(path, json).expect("write load.json");
     }
 
@@ -133,7 +208,8 @@ impl Results {
             .keys()
             .into_iter()
             .filter(|k| {
-                self.find(*k, "direct")
+                self.rows_of(*k, "direct")
+                    .next()
                     .is_some_and(|r| !r.metric.proxy_only)
             })
             .collect();
@@ -141,10 +217,13 @@ impl Results {
         let group = bar * proxies.len() as f64 + 12.0;
         let (left, width) = (230.0, 460.0);
         let height = 60.0 + group * keys.len() as f64 + 20.0 * proxies.len() as f64;
-        let max_ratio = self
-            .rows
+        let max_ratio = keys
             .iter()
-            .filter_map(|row| self.ratio(row))
+            .flat_map(|key| {
+                proxies
+                    .iter()
+                    .filter_map(|mode| self.summary(*key, mode)?.ratio())
+            })
             .fold(1.5f64, f64::max)
             .min(10.0);
         let x = |ratio: f64| left + width * (ratio.min(max_ratio) / max_ratio);
@@ -163,7 +242,7 @@ impl Results {
                 key.1
             );
             for (p, proxy) in proxies.iter().enumerate() {
-                if let Some(ratio) = self.find(*key, proxy).and_then(|row| self.ratio(row)) {
+                if let Some(ratio) = self.summary(*key, proxy).and_then(|s| s.ratio()) {
                     let y = top + bar * p as f64;
                     let _ = writeln!(
                         svg,
