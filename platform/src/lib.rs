@@ -11,6 +11,7 @@
 //! - [`BufferPool`] and [`IoBuffer`]: bounded per-worker pools of data buffers.
 //! - [`splice`]: zero-copy relaying through kernel pipes ([`PipePool`], Linux), which both
 //!   backends offer through [`Stream::try_splice_in`] and [`Stream::splice_out`].
+//! - [`cpu_share`]: letting the threads a worker relays for run after a bounded burst of work.
 //! - [`socket`]: binding the listening sockets (one per worker with `SO_REUSEPORT` on Linux).
 //!
 //! Backends: [`portable`] (Tokio current-thread runtime per worker, epoll/kqueue) runs everywhere;
@@ -25,6 +26,7 @@
 
 use std::{future::Future, io, net::SocketAddr};
 
+pub mod cpu_share;
 mod pool;
 pub mod portable;
 pub mod socket;
