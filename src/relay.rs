@@ -284,9 +284,9 @@ async fn pump_chunks<B: Backend>(
                     return written;
                 }
                 written += n as u64;
-                // A worker that always finds more work would otherwise hold its core until a
+                // A worker busy with small messages would otherwise hold its core until a
                 // scheduler tick while the threads it relays for wait (see cpu_share).
-                fyntr_platform::cpu_share::share_cpu(read_at);
+                fyntr_platform::cpu_share::share_cpu(read_at, n);
                 // On loopback or a fast LAN, reads and writes complete at once and a bulk flow
                 // would keep the worker for a long run of chunks (Tokio's budget allows 128
                 // operations), making every other tunnel wait. Yielding after each full chunk
