@@ -25,6 +25,8 @@ pub enum PortableListener {
         listener: TcpListener,
         /// Set once [`crate::Listener::stop`] was called.
         stopped: Cell<bool>,
+        /// See [`crate::socket::tunes_loopback_peers`].
+        tunes_loopback_peers: bool,
     },
     /// An acceptor thread hands connections to this worker.
     Handoff(RefCell<mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>>),
@@ -35,7 +37,11 @@ impl crate::Listener for PortableListener {
 
     async fn accept(&self) -> io::Result<(PortableStream, SocketAddr)> {
         match self {
-            Self::Socket { listener, stopped } => {
+            Self::Socket {
+                listener,
+                stopped,
+                tunes_loopback_peers,
+            } => {
                 if stopped.get() {
                     return Err(io::Error::new(
                         io::ErrorKind::NotConnected,
@@ -43,6 +49,9 @@ impl crate::Listener for PortableListener {
                     ));
                 }
                 let (stream, peer) = listener.accept().await?;
+                if *tunes_loopback_peers {
+                    socket::tune_accepted(&stream, peer);
+                }
                 Ok((PortableStream::new(stream)?, peer))
             }
             Self::Handoff(receiver) => {
@@ -58,7 +67,9 @@ impl crate::Listener for PortableListener {
 
     fn stop(&self) {
         match self {
-            Self::Socket { listener, stopped } => {
+            Self::Socket {
+                listener, stopped, ..
+            } => {
                 stopped.set(true);
                 socket::stop_listening(listener);
             }
@@ -266,6 +277,7 @@ impl ListenerSource {
     fn into_listener(self) -> io::Result<PortableListener> {
         Ok(match self {
             Self::Socket(listener) => PortableListener::Socket {
+                tunes_loopback_peers: socket::tunes_loopback_peers(listener.local_addr()),
                 listener: TcpListener::from_std(listener)?,
                 stopped: Cell::new(false),
             },

@@ -39,10 +39,51 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     }
     #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
     let _ = reuse_port;
+    if addr.ip().is_loopback() {
+        // Accepted sockets inherit the listener's congestion control.
+        use_loopback_congestion_control(&socket);
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// The congestion control for sockets whose peer is on this host.
+pub const LOOPBACK_CONGESTION_CONTROL: &str = "reno";
+
+/// Gives a socket whose peer is on this host the cheapest congestion control,
+/// [`LOOPBACK_CONGESTION_CONTROL`].
+///
+/// Loopback never drops or queues a packet, so no algorithm has anything to control there, but
+/// some cost CPU for nothing: BBR (the default on many distributions, and on the machines fyntr is
+/// benchmarked on) paces every packet with a high-resolution timer. On the load benchmark, with
+/// BBR the system default, that timer work was most of fyntr's CPU time per relayed gigabyte,
+/// and the client-facing socket of a proxy at `127.0.0.1:9999` is always such a socket. Reno is
+/// built into every Linux kernel and always allowed to unprivileged processes. A failure (a
+/// kernel without `TCP_CONGESTION`) leaves the system default, which only costs CPU.
+pub fn use_loopback_congestion_control(socket: &Socket) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket.set_tcp_congestion(LOOPBACK_CONGESTION_CONTROL.as_bytes()) {
+        tracing::debug!(%error, "could not set the loopback congestion control");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
+}
+
+/// Whether sockets accepted on a listener bound to `local` need
+/// [`use_loopback_congestion_control`] one by one when their peer is on loopback: a listener
+/// bound to loopback already gave them its own.
+pub(crate) fn tunes_loopback_peers(local: io::Result<SocketAddr>) -> bool {
+    local.is_ok_and(|local| !local.ip().is_loopback())
+}
+
+/// Applies [`use_loopback_congestion_control`] to a socket accepted from `peer` when the peer is
+/// on loopback (see [`tunes_loopback_peers`]).
+pub(crate) fn tune_accepted<S: std::os::fd::AsFd>(socket: &S, peer: SocketAddr) {
+    if peer.ip().is_loopback() {
+        use_loopback_congestion_control(&socket2::SockRef::from(socket));
+    }
 }
 
 /// Socket options for upstream connections when pacing is on.
@@ -69,6 +110,9 @@ pub(crate) fn socket_for(addr: SocketAddr, tuning: SocketTuning) -> io::Result<S
         socket.set_nonblocking(true)?;
         socket
     };
+    if addr.ip().is_loopback() {
+        use_loopback_congestion_control(&socket);
+    }
     if let Some(size) = tuning.receive_buffer {
         socket.set_recv_buffer_size(size)?;
     }
@@ -187,6 +231,43 @@ mod tests {
         if REUSEPORT_BALANCES {
             assert_eq!(listeners.len(), 3);
         }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn congestion_control<S: std::os::fd::AsFd>(socket: &S) -> String {
+        let name = socket2::SockRef::from(socket).tcp_congestion().unwrap();
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn loopback_sockets_get_the_loopback_congestion_control() {
+        // Accepted on a loopback listener: inherited from it.
+        let listener = bind_listeners("127.0.0.1:0".parse().unwrap(), 1)
+            .unwrap()
+            .remove(0);
+        let addr = listener.local_addr().unwrap();
+        assert!(!tunes_loopback_peers(listener.local_addr()));
+        let dialed = socket_for(addr, SocketTuning::default()).unwrap();
+        assert_eq!(congestion_control(&dialed), LOOPBACK_CONGESTION_CONTROL);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(congestion_control(&accepted), LOOPBACK_CONGESTION_CONTROL);
+
+        // Accepted on a wildcard listener from a loopback peer: set one by one.
+        let wildcard = bind_listeners("0.0.0.0:0".parse().unwrap(), 1)
+            .unwrap()
+            .remove(0);
+        assert!(tunes_loopback_peers(wildcard.local_addr()));
+        let port = wildcard.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        wildcard.set_nonblocking(false).unwrap();
+        let (accepted, peer) = wildcard.accept().unwrap();
+        tune_accepted(&accepted, peer);
+        assert_eq!(congestion_control(&accepted), LOOPBACK_CONGESTION_CONTROL);
     }
 
     #[test]

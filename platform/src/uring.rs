@@ -162,6 +162,8 @@ fn classify(step: &str, error: &io::Error) -> Unavailable {
 /// A listener on a worker's ring.
 pub struct UringListener {
     inner: tokio_uring::net::TcpListener,
+    /// See [`crate::socket::tunes_loopback_peers`].
+    tunes_loopback_peers: bool,
 }
 
 impl crate::Listener for UringListener {
@@ -169,7 +171,11 @@ impl crate::Listener for UringListener {
 
     async fn accept(&self) -> io::Result<(UringStream, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
-        Ok((UringStream::new(stream)?, peer))
+        let stream = UringStream::new(stream)?;
+        if self.tunes_loopback_peers {
+            crate::socket::tune_accepted(&stream.fd(), peer);
+        }
+        Ok((stream, peer))
     }
 
     fn stop(&self) {
@@ -629,6 +635,9 @@ impl Backend for Uring {
             let runtime = create_runtime(|| tokio_uring::Runtime::new(&builder))?;
             runtime.block_on(async {
                 let listener = UringListener {
+                    tunes_loopback_peers: crate::socket::tunes_loopback_peers(
+                        listener.local_addr(),
+                    ),
                     inner: tokio_uring::net::TcpListener::from_std(listener),
                 };
                 worker(Worker { index, listener }).await;
