@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: everything CI checks, runnable on a fresh machine.
-# Installs what the tests need when it is missing (curl, openssl; Debian packages), then runs
+# Installs what the tests need when it is missing (curl, openssl, ss; Debian packages), then runs
 # formatting and lint checks, every unit and integration test, and compiles the benches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 if ((${#missing[@]})); then
     echo "ci/test.sh: installing ${missing[*]}"
     SUDO=""

@@ -123,6 +123,30 @@ on_each_backend! {
         assert_eq!(sha256(&got), sha256(&late));
     }
 
+    fn both_sockets_of_a_loopback_tunnel_use_reno(backend) {
+        // Reno is fyntr's choice for loopback peers (no pacing timers); the test's own sockets
+        // keep the system default, which on many machines is BBR.
+        require("ss");
+        let echo = targets::echo();
+        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);
+        let mut stream = proxy.tunnel(&echo.to_string());
+        stream.write_all(b"ping").unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).unwrap();
+        // The proxy's accepted socket has the proxy's port as its source; its dialed socket has
+        // the echo target's port as its destination.
+        for filter in [
+            format!("sport = :{}", proxy.addr.port()),
+            format!("dport = :{}", echo.port()),
+        ] {
+            let listing = ss_info(&filter);
+            assert!(
+                listing.split_whitespace().any(|word| word == "reno"),
+                "fyntr's socket ({filter}) does not use reno:\n{listing}"
+            );
+        }
+    }
+
     fn download_from_a_source_is_byte_exact(backend) {
         let data = payload(20 << 20, 11);
         let expected = sha256(&data);
@@ -317,6 +341,16 @@ on_each_backend! {
 }
 
 /// 100 clients at once, each echoing a payload of its own length and content.
+/// `ss`'s listing, with TCP internals, of the established sockets matching `filter`.
+fn ss_info(filter: &str) -> String {
+    let output = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .expect("ss runs");
+    assert!(output.status.success(), "ss {filter} failed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn a_hundred_concurrent_tunnels(backend: Backend, extra_args: &[&str]) {
     let echo = targets::echo();
     let port = echo.port().to_string();

@@ -352,6 +352,11 @@ async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>
     let mut metrics = vec![
         Metric::better_higher("round_trips_per_s", "1/s", latencies.len() as f64 / elapsed),
         Metric::better_lower(
+            "p50_latency",
+            "us",
+            percentile(&latencies, 0.50).as_secs_f64() * 1e6,
+        ),
+        Metric::better_lower(
             "p99_latency",
             "us",
             percentile(&latencies, 0.99).as_secs_f64() * 1e6,
