@@ -39,7 +39,7 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     }
     #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
     let _ = reuse_port;
-    if addr.ip().is_loopback() {
+    if addr.ip().to_canonical().is_loopback() {
         // Accepted sockets inherit the listener's congestion control.
         use_loopback_congestion_control(&socket);
     }
@@ -75,13 +75,13 @@ pub fn use_loopback_congestion_control(socket: &Socket) {
 /// [`use_loopback_congestion_control`] one by one when their peer is on loopback: a listener
 /// bound to loopback already gave them its own.
 pub(crate) fn tunes_loopback_peers(local: io::Result<SocketAddr>) -> bool {
-    local.is_ok_and(|local| !local.ip().is_loopback())
+    local.is_ok_and(|local| !local.ip().to_canonical().is_loopback())
 }
 
 /// Applies [`use_loopback_congestion_control`] to a socket accepted from `peer` when the peer is
 /// on loopback (see [`tunes_loopback_peers`]).
 pub(crate) fn tune_accepted<S: std::os::fd::AsFd>(socket: &S, peer: SocketAddr) {
-    if peer.ip().is_loopback() {
+    if peer.ip().to_canonical().is_loopback() {
         use_loopback_congestion_control(&socket2::SockRef::from(socket));
     }
 }
@@ -110,7 +110,7 @@ pub(crate) fn socket_for(addr: SocketAddr, tuning: SocketTuning) -> io::Result<S
         socket.set_nonblocking(true)?;
         socket
     };
-    if addr.ip().is_loopback() {
+    if addr.ip().to_canonical().is_loopback() {
         use_loopback_congestion_control(&socket);
     }
     if let Some(size) = tuning.receive_buffer {
@@ -266,6 +266,20 @@ mod tests {
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         wildcard.set_nonblocking(false).unwrap();
         let (accepted, peer) = wildcard.accept().unwrap();
+        tune_accepted(&accepted, peer);
+        assert_eq!(congestion_control(&accepted), LOOPBACK_CONGESTION_CONTROL);
+
+        // A dual-stack wildcard listener sees an IPv4 loopback peer as ::ffff:127.0.0.1.
+        let Ok(mut dual) = bind_listeners("[::]:0".parse().unwrap(), 1) else {
+            eprintln!("no IPv6 here: the dual-stack case is skipped");
+            return;
+        };
+        let dual = dual.remove(0);
+        let port = dual.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        dual.set_nonblocking(false).unwrap();
+        let (accepted, peer) = dual.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}");
         tune_accepted(&accepted, peer);
         assert_eq!(congestion_control(&accepted), LOOPBACK_CONGESTION_CONTROL);
     }
