@@ -16,13 +16,7 @@ use common::{targets, *};
 
 on_each_backend! {
     fn tunnel_answers_exactly_200_then_relays(backend) {
-        let echo = targets::echo();
-        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);
-        let mut stream = proxy.tunnel(&echo.to_string());
-        stream.write_all(b"hello through the tunnel").unwrap();
-        let mut reply = [0u8; 24];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"hello through the tunnel");
+        echo_round_trip(backend, b"hello through the tunnel");
     }
 
     fn one_mebibyte_each_way_is_byte_exact(backend) {
@@ -127,12 +121,7 @@ on_each_backend! {
         // Reno is fyntr's choice for loopback peers (no pacing timers); the test's own sockets
         // keep the system default, which on many machines is BBR.
         require("ss");
-        let echo = targets::echo();
-        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);
-        let mut stream = proxy.tunnel(&echo.to_string());
-        stream.write_all(b"ping").unwrap();
-        let mut reply = [0u8; 4];
-        stream.read_exact(&mut reply).unwrap();
+        let (proxy, echo, _open_tunnel) = echo_round_trip(backend, b"ping");
         // The proxy's accepted socket has the proxy's port as its source; its dialed socket has
         // the echo target's port as its destination.
         for filter in [
@@ -341,6 +330,22 @@ on_each_backend! {
 }
 
 /// 100 clients at once, each echoing a payload of its own length and content.
+/// Starts a proxy, opens a tunnel to a new echo target and sends `message` through it, checking
+/// that it comes back unchanged; returns the proxy, the target and the tunnel, still open.
+fn echo_round_trip(
+    backend: Backend,
+    message: &[u8],
+) -> (Proxy, std::net::SocketAddr, std::net::TcpStream) {
+    let echo = targets::echo();
+    let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);
+    let mut stream = proxy.tunnel(&echo.to_string());
+    stream.write_all(message).unwrap();
+    let mut reply = vec![0u8; message.len()];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, message);
+    (proxy, echo, stream)
+}
+
 /// `ss`'s listing, with TCP internals, of the established sockets matching `filter`.
 fn ss_info(filter: &str) -> String {
     let output = std::process::Command::new("ss")
