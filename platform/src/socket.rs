@@ -56,13 +56,14 @@ pub const LOOPBACK_CONGESTION_CONTROL: &str = "reno";
 /// [`LOOPBACK_CONGESTION_CONTROL`].
 ///
 /// Loopback never drops or queues a packet, so no algorithm has anything to control there, but
-/// some cost CPU for nothing: BBR (the default on many distributions, and on the machines fyntr is
-/// benchmarked on) paces every packet with a high-resolution timer. On the load benchmark, with
-/// BBR the system default, that timer work was most of fyntr's CPU time per relayed gigabyte,
-/// and the client-facing socket of a proxy at `127.0.0.1:9999` is always such a socket. Reno is
+/// some cost CPU for nothing: BBR (a common choice on servers and cloud images, and the default on
+/// the machines fyntr is benchmarked on) paces every packet with a high-resolution timer. On the
+/// load benchmark, with BBR the system default, that timer work was half of fyntr's CPU time per
+/// relayed gigabyte, and the client-facing socket of a proxy at `127.0.0.1:9999` is always such a
+/// socket. Reno is
 /// built into every Linux kernel and always allowed to unprivileged processes. A failure (a
 /// kernel without `TCP_CONGESTION`) leaves the system default, which only costs CPU.
-pub fn use_loopback_congestion_control(socket: &Socket) {
+pub(crate) fn use_loopback_congestion_control(socket: &Socket) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(error) = socket.set_tcp_congestion(LOOPBACK_CONGESTION_CONTROL.as_bytes()) {
         tracing::debug!(%error, "could not set the loopback congestion control");
