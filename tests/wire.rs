@@ -329,7 +329,6 @@ on_each_backend! {
     }
 }
 
-/// 100 clients at once, each echoing a payload of its own length and content.
 /// Starts a proxy, opens a tunnel to a new echo target and sends `message` through it, checking
 /// that it comes back unchanged; returns the proxy, the target and the tunnel, still open.
 fn echo_round_trip(
@@ -356,6 +355,7 @@ fn ss_info(filter: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// 100 clients at once, each echoing a payload of its own length and content.
 fn a_hundred_concurrent_tunnels(backend: Backend, extra_args: &[&str]) {
     let echo = targets::echo();
     let port = echo.port().to_string();

@@ -39,7 +39,7 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     }
     #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
     let _ = reuse_port;
-    if addr.ip().to_canonical().is_loopback() {
+    if on_loopback(addr) {
         // Accepted sockets inherit the listener's congestion control.
         use_loopback_congestion_control(&socket);
     }
@@ -60,9 +60,8 @@ pub const LOOPBACK_CONGESTION_CONTROL: &str = "reno";
 /// the machines fyntr is benchmarked on) paces every packet with a high-resolution timer. On the
 /// load benchmark, with BBR the system default, that timer work was half of fyntr's CPU time per
 /// relayed gigabyte, and the client-facing socket of a proxy at `127.0.0.1:9999` is always such a
-/// socket. Reno is
-/// built into every Linux kernel and always allowed to unprivileged processes. A failure (a
-/// kernel without `TCP_CONGESTION`) leaves the system default, which only costs CPU.
+/// socket. Reno is built into every Linux kernel and always allowed to unprivileged processes. A
+/// failure (a kernel without `TCP_CONGESTION`) leaves the system default, which only costs CPU.
 pub(crate) fn use_loopback_congestion_control(socket: &Socket) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(error) = socket.set_tcp_congestion(LOOPBACK_CONGESTION_CONTROL.as_bytes()) {
@@ -76,15 +75,21 @@ pub(crate) fn use_loopback_congestion_control(socket: &Socket) {
 /// [`use_loopback_congestion_control`] one by one when their peer is on loopback: a listener
 /// bound to loopback already gave them its own.
 pub(crate) fn tunes_loopback_peers(local: io::Result<SocketAddr>) -> bool {
-    local.is_ok_and(|local| !local.ip().to_canonical().is_loopback())
+    local.is_ok_and(|local| !on_loopback(local))
 }
 
 /// Applies [`use_loopback_congestion_control`] to a socket accepted from `peer` when the peer is
 /// on loopback (see [`tunes_loopback_peers`]).
 pub(crate) fn tune_accepted<S: std::os::fd::AsFd>(socket: &S, peer: SocketAddr) {
-    if peer.ip().to_canonical().is_loopback() {
+    if on_loopback(peer) {
         use_loopback_congestion_control(&socket2::SockRef::from(socket));
     }
+}
+
+/// Whether `addr` is a loopback address, IPv4-mapped ones (`::ffff:127.0.0.1`, how a dual-stack
+/// socket sees an IPv4 peer) included.
+fn on_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
 }
 
 /// Socket options for upstream connections when pacing is on.
@@ -111,7 +116,7 @@ pub(crate) fn socket_for(addr: SocketAddr, tuning: SocketTuning) -> io::Result<S
         socket.set_nonblocking(true)?;
         socket
     };
-    if addr.ip().to_canonical().is_loopback() {
+    if on_loopback(addr) {
         use_loopback_congestion_control(&socket);
     }
     if let Some(size) = tuning.receive_buffer {
