@@ -63,6 +63,9 @@ pub struct Config {
     /// Pipes one worker may hold open for zero-copy relaying (`splice`, Linux); 0 = copy every
     /// chunk through a buffer.
     pub pipes_per_worker: usize,
+    /// Pipe capacity in bytes all workers together may hold open for zero-copy relaying (see
+    /// [`fyntr_platform::pipe_budget`]); `None`: unlimited.
+    pub pipe_budget: Option<usize>,
     /// Upstream dialling.
     pub dial: DialPlan,
     /// Write scheduling.
@@ -161,6 +164,7 @@ impl Config {
             splice_chunk: DEFAULT_BUFFER_SIZE * SPLICE_CHUNK_FACTOR,
             max_buffers_per_worker: 2048,
             pipes_per_worker: crate::limits::PIPES_PER_WORKER,
+            pipe_budget: None,
             dial: DialPlan::default(),
             scheduler: SchedulerConfig::default(),
             pacing: Pacing::default(),

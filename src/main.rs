@@ -13,7 +13,7 @@ use fyntr::{
     backend,
     config::{BackendChoice, Config, Pacing},
     limits,
-    platform::socket,
+    platform::{socket, PipeBudget},
     policy::{Policy, PolicyConfig},
     sched::pacer::Rate,
 };
@@ -275,6 +275,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.zero_copy == Switch::Off {
         config.pipes_per_worker = 0;
     }
+    config.pipe_budget = PipeBudget::for_this_user().total();
     config.pacing = Pacing {
         upload: cli.upload_rate,
         download: cli.download_rate,
@@ -321,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
         handshake_timeout_s = cli.handshake_timeout,
         buffer_size = config.buffer_size,
         zero_copy = zero_copy_state(config.pipes_per_worker),
+        pipe_budget = %config.pipe_budget.map_or("unlimited".to_string(), |bytes| format!("{} KiB", bytes / 1024)),
         splice_chunk = config.splice_chunk,
         allowed_ports = %ports.join(","),
         upload_rate = %describe_rate(config.pacing.upload),

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fyntr_platform::{Backend, Listener, PipePool, Worker};
+use fyntr_platform::{Backend, Listener, PipeBudget, PipePool, Worker};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
@@ -86,6 +86,8 @@ struct Shared {
     upload_pacer: Option<Arc<Pacer>>,
     download_pacer: Option<Arc<Pacer>>,
     connect_pacer: Option<Arc<Pacer>>,
+    /// What every worker's pipe pool draws from.
+    pipe_budget: PipeBudget,
 }
 
 impl Shared {
@@ -112,6 +114,9 @@ impl Shared {
             upload_pacer: byte_pacer(config.pacing.upload),
             download_pacer: byte_pacer(config.pacing.download),
             connect_pacer,
+            pipe_budget: config
+                .pipe_budget
+                .map_or_else(PipeBudget::unlimited, PipeBudget::new),
             config,
         }
     }
@@ -223,7 +228,11 @@ async fn run_worker<B: Backend>(
     let config = &shared.config;
     let ctx = Rc::new(WorkerContext::<B> {
         pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
-        pipes: PipePool::new(config.splice_chunk, config.pipes_per_worker),
+        pipes: PipePool::new(
+            config.splice_chunk,
+            config.pipes_per_worker,
+            shared.pipe_budget.clone(),
+        ),
         scratch: RefCell::new(vec![0; crate::relay::INTERACTIVE_READ].into_boxed_slice()),
         gate: Gate::new(
             config.scheduler,

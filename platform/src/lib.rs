@@ -10,7 +10,8 @@
 //!   backend adapts easily.
 //! - [`BufferPool`] and [`IoBuffer`]: bounded per-worker pools of data buffers.
 //! - [`splice`]: zero-copy relaying through kernel pipes ([`PipePool`], Linux), which both
-//!   backends offer through [`Stream::try_splice_in`] and [`Stream::splice_out`].
+//!   backends offer through [`Stream::try_splice_in`] and [`Stream::splice_out`], within one
+//!   process-wide [`PipeBudget`] ([`pipe_budget`]).
 //! - [`cpu_share`]: letting the threads a worker relays for run after a bounded burst of work.
 //! - [`socket`]: binding the listening sockets (one per worker with `SO_REUSEPORT` on Linux).
 //!
@@ -27,6 +28,7 @@
 use std::{future::Future, io, net::SocketAddr};
 
 pub mod cpu_share;
+pub mod pipe_budget;
 mod pool;
 pub mod portable;
 pub mod socket;
@@ -36,6 +38,7 @@ pub mod uring;
 #[cfg(target_os = "linux")]
 mod uring_flush;
 
+pub use pipe_budget::PipeBudget;
 pub use pool::{HeapBuffer, HeapPool};
 pub use socket::SocketTuning;
 pub use splice::{Pipe, PipePool, PooledPipe};

@@ -15,8 +15,10 @@
 //! The pipe is the chunk: the relay splices at most one chunk into an empty pipe, asks the
 //! scheduler for a grant of exactly that many bytes, then splices the pipe empty into the other
 //! socket. Pipes come from a small per-worker [`PipePool`] and go back to it only when empty;
-//! an idle tunnel holds none. Where pipes cannot be had (not Linux, the pool is exhausted, or the
-//! process is out of descriptors) the relay copies through a buffer instead.
+//! an idle tunnel holds none. Every pool draws its pipes' capacity from the process's one
+//! [`PipeBudget`], so that fyntr never takes the user's whole allowance of pipe pages. Where pipes
+//! cannot be had (not Linux, the pool or the budget is exhausted, or the process is out of
+//! descriptors) the relay copies through a buffer instead.
 
 use std::{
     cell::{Cell, RefCell},
@@ -24,6 +26,8 @@ use std::{
     ops::{Deref, DerefMut},
     rc::Rc,
 };
+
+use crate::PipeBudget;
 
 #[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -45,6 +49,9 @@ pub struct Pipe {
     held: usize,
     /// How many bytes the pipe holds at most.
     capacity: usize,
+    /// What the kernel sized the pipe to (at least `capacity`): what it counts against the
+    /// user's pipe pages, and so what the pipe takes from the [`PipeBudget`].
+    size: usize,
 }
 
 impl Pipe {
@@ -68,22 +75,29 @@ impl Pipe {
         // Safety: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read_end, write_end) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A new pipe holds 64 KiB (16 pages); only bigger chunks need resizing. Should the
-        // kernel have given less (a user over pipe-user-pages-soft gets one page), splices are
-        // merely shorter: the capacity here bounds a chunk, it is not relied on otherwise.
-        let mut capacity = DEFAULT_PIPE_CAPACITY;
+        // A new pipe holds 64 KiB (16 pages); only bigger chunks need resizing. Where the
+        // kernel gives less (a user over pipe-user-pages-soft gets two pages, and may not grow
+        // them), splices are merely shorter: the capacity bounds a chunk, nothing else relies
+        // on it.
+        let fd = write_end.as_raw_fd();
+        let mut size = -1;
         if wanted_capacity > DEFAULT_PIPE_CAPACITY {
             let wanted = libc::c_int::try_from(wanted_capacity).unwrap_or(libc::c_int::MAX);
-            // Safety: fcntl on an open descriptor. The default size stays when the kernel
-            // refuses a bigger one (above /proc/sys/fs/pipe-max-size for unprivileged users).
-            let resized = unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, wanted) };
-            capacity = usize::try_from(resized).unwrap_or(DEFAULT_PIPE_CAPACITY);
+            // Safety: fcntl on an open descriptor. It fails when the kernel refuses a bigger
+            // pipe (above pipe-max-size, or the user is over its pipe pages).
+            size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, wanted) };
         }
+        if size < 0 {
+            // Safety: fcntl on an open descriptor.
+            size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+        }
+        let capacity = usize::try_from(size).unwrap_or(DEFAULT_PIPE_CAPACITY);
         Ok(Self {
             read_end,
             write_end,
             held: 0,
             capacity: capacity.min(wanted_capacity),
+            size: capacity,
         })
     }
 
@@ -141,10 +155,28 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 struct PoolInner {
     capacity: usize,
     max_pipes: usize,
+    budget: PipeBudget,
     open: Cell<usize>,
     free: RefCell<Vec<Pipe>>,
     /// Pipes could not be created at all (not Linux); stop trying.
     unsupported: Cell<bool>,
+}
+
+impl PoolInner {
+    fn close(&self, pipe: Pipe) {
+        self.open.set(self.open.get() - 1);
+        self.budget.give_back(pipe.size);
+    }
+}
+
+/// What the kernel makes of a pipe of `capacity` bytes: at least the default, rounded up to a
+/// power of two of pages (`round_pipe_size`).
+fn kernel_pipe_size(capacity: usize) -> usize {
+    #[cfg(target_os = "linux")]
+    let default = DEFAULT_PIPE_CAPACITY;
+    #[cfg(not(target_os = "linux"))]
+    let default = 64 * 1024;
+    capacity.max(default).next_power_of_two()
 }
 
 /// One worker's pipes. Never waits: when no pipe can be had, the caller copies instead.
@@ -154,13 +186,14 @@ pub struct PipePool {
 }
 
 impl PipePool {
-    /// A pool of at most `max_pipes` open pipes (two descriptors each) of `capacity` bytes.
-    /// `max_pipes == 0` disables splicing.
-    pub fn new(capacity: usize, max_pipes: usize) -> Self {
+    /// A pool of at most `max_pipes` open pipes (two descriptors each) of `capacity` bytes,
+    /// whose sizes are taken from `budget`. `max_pipes == 0` disables splicing.
+    pub fn new(capacity: usize, max_pipes: usize, budget: PipeBudget) -> Self {
         Self {
             inner: Rc::new(PoolInner {
                 capacity: capacity.max(1),
                 max_pipes,
+                budget,
                 open: Cell::new(0),
                 free: RefCell::new(Vec::new()),
                 unsupported: Cell::new(!cfg!(target_os = "linux")),
@@ -177,12 +210,26 @@ impl PipePool {
         if inner.unsupported.get() || inner.open.get() >= inner.max_pipes {
             return None;
         }
+        // Taken before the pipe exists, for the size asked; what the kernel did not give back
+        // is returned once the pipe is open.
+        let reserved = kernel_pipe_size(inner.capacity);
+        if !inner.budget.take(reserved) {
+            return None;
+        }
         match Pipe::open(inner.capacity) {
             Ok(pipe) => {
                 inner.open.set(inner.open.get() + 1);
+                match reserved.checked_sub(pipe.size) {
+                    Some(unused) => inner.budget.give_back(unused),
+                    // A kernel that gave more than asked: account for all of it.
+                    None => {
+                        let _ = inner.budget.take(pipe.size - reserved);
+                    }
+                }
                 Some(self.wrap(pipe))
             }
             Err(error) => {
+                inner.budget.give_back(reserved);
                 if error.kind() == io::ErrorKind::Unsupported {
                     inner.unsupported.set(true);
                 }
@@ -195,7 +242,9 @@ impl PipePool {
     /// Closes the pipes kept for reuse (say, when the worker has no tunnels left).
     pub fn close_free(&self) {
         let closed = std::mem::take(&mut *self.inner.free.borrow_mut());
-        self.inner.open.set(self.inner.open.get() - closed.len());
+        for pipe in closed {
+            self.inner.close(pipe);
+        }
     }
 
     /// Pipes open now (in use or kept free).
@@ -236,10 +285,13 @@ impl Drop for PooledPipe {
     fn drop(&mut self) {
         let Some(pipe) = self.pipe.take() else { return };
         let mut free = self.pool.free.borrow_mut();
-        if pipe.held == 0 && free.len() < KEEP_FREE {
+        // Spares are kept only while the budget is plentiful: otherwise they would hold the
+        // capacity that other workers' flows need.
+        if pipe.held == 0 && free.len() < KEEP_FREE && !self.pool.budget.is_scarce() {
             free.push(pipe);
         } else {
-            self.pool.open.set(self.pool.open.get() - 1);
+            drop(free);
+            self.pool.close(pipe);
         }
     }
 }
@@ -267,7 +319,7 @@ mod tests {
     fn a_chunk_moves_from_one_socket_to_another_unchanged() {
         let (mut a_client, a_server) = pair();
         let (b_client, mut b_server) = pair();
-        let pool = PipePool::new(64 * 1024, 4);
+        let pool = PipePool::new(64 * 1024, 4, PipeBudget::unlimited());
         let mut pipe = pool.take().expect("pipes work on Linux");
         assert!(matches!(
             pipe.fill_from(a_server.as_raw_fd(), 1024),
@@ -299,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded_and_keeps_only_empty_pipes() {
-        let pool = PipePool::new(64 * 1024, 2);
+        let pool = PipePool::new(64 * 1024, 2, PipeBudget::unlimited());
         let first = pool.take().unwrap();
         let second = pool.take().unwrap();
         assert!(pool.take().is_none(), "bounded: the caller copies instead");
@@ -317,5 +369,50 @@ mod tests {
         assert!(pool.take().is_some());
         pool.close_free();
         assert_eq!(pool.open(), 0);
+    }
+
+    #[test]
+    fn the_pools_share_one_budget_and_copy_beyond_it() {
+        // Room for three pipes of 256 KiB between two workers' pools.
+        let budget = PipeBudget::new(3 * 256 * 1024);
+        let first_worker = PipePool::new(256 * 1024, 32, budget.clone());
+        let second_worker = PipePool::new(256 * 1024, 32, budget.clone());
+        let a = first_worker.take().expect("within the budget");
+        assert_eq!(a.capacity(), 256 * 1024);
+        let b = first_worker.take().expect("within the budget");
+        let c = second_worker.take().expect("within the budget");
+        assert!(
+            second_worker.take().is_none() && first_worker.take().is_none(),
+            "the budget is spent: both workers copy"
+        );
+        // The budget is scarce, so a returned pipe is closed rather than kept spare, and its
+        // capacity is there for the other worker.
+        drop(a);
+        assert_eq!(first_worker.open(), 1, "closed, not kept");
+        let d = second_worker.take().expect("the closed pipe's capacity");
+        drop((b, c, d));
+        first_worker.close_free();
+        second_worker.close_free();
+        assert_eq!(first_worker.open() + second_worker.open(), 0);
+        assert!(
+            budget.take(3 * 256 * 1024),
+            "every pipe closed gave its size back"
+        );
+    }
+
+    #[test]
+    fn a_small_pipe_takes_the_kernels_default_size_from_the_budget() {
+        // A 4 KiB chunk still costs the kernel's default 64 KiB pipe.
+        let budget = PipeBudget::new(128 * 1024);
+        let pool = PipePool::new(4096, 32, budget.clone());
+        let first = pool.take().expect("within the budget");
+        assert_eq!(first.capacity(), 4096);
+        let _second = pool.take().expect("within the budget");
+        assert!(
+            pool.take().is_none(),
+            "two default-sized pipes spend 128 KiB"
+        );
+        drop(first);
+        assert!(pool.take().is_some());
     }
 }

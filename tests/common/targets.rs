@@ -7,7 +7,9 @@ use std::{
     thread,
 };
 
-use super::{sha256, WAIT};
+use sha2::{Digest, Sha256};
+
+use super::{hex, sha256, WAIT};
 
 /// A server on a free port; `handle` runs on a new thread for each connection.
 pub fn serve(handle: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
@@ -58,6 +60,42 @@ pub fn hashing_sink() -> SocketAddr {
             let _ = write!(stream, "{} {}", sha256(&received), received.len());
         }
     })
+}
+
+/// Like [`hashing_sink`] (hashing as it reads, for large uploads), but no connection reads
+/// anything until the returned function is called: writes to it back up in whatever lies
+/// between.
+pub fn gated_hashing_sink() -> (SocketAddr, impl FnOnce()) {
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let waiting = std::sync::Arc::clone(&gate);
+    let addr = serve(move |mut stream| {
+        let (open, opened) = &*waiting;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = opened.wait(open).unwrap();
+        }
+        drop(open);
+        let mut hash = Sha256::new();
+        let mut total = 0;
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hash.update(&buffer[..n]);
+                    total += n;
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = write!(stream, "{} {total}", hex(&hash.finalize()));
+    });
+    let release = move || {
+        let (open, opened) = &*gate;
+        *open.lock().unwrap() = true;
+        opened.notify_all();
+    };
+    (addr, release)
 }
 
 /// Reads until EOF, then answers with the number of bytes it read (no hashing: for bulk loads).
