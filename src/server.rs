@@ -230,6 +230,7 @@ async fn run_worker<B: Backend>(
         pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
         pipes: PipePool::new(
             config.splice_chunk,
+            config.buffer_size,
             config.pipes_per_worker,
             shared.pipe_budget.clone(),
         ),

@@ -11,7 +11,6 @@ use std::{
 };
 
 use common::{targets, *};
-use sha2::{Digest, Sha256};
 
 on_each_backend! {
     fn the_connection_cap_gives_503_and_recovers(backend) {
@@ -186,62 +185,6 @@ on_each_backend! {
         }
     }
 
-    fn relay_pipes_stay_within_the_budget_and_chunks_beyond_it_are_copied_byte_exact(backend) {
-        // Uploads to a destination that does not read yet: once the proxy's socket buffers
-        // toward it are full (a few MiB on loopback), each tunnel's chunk waits in the proxy, in
-        // a pipe of 1 MiB (`--buffer-size 256KiB`) while the budget lasts, copied through a
-        // buffer beyond it. 24 such pipes would be half as much again as the budget on this
-        // machine's default limit, and 2 workers of 32 pipes could hold them.
-        let Some(budget) = pipe_budget_of(&Proxy::start(backend, &[])) else {
-            eprintln!("skipped: this system sets no fs.pipe-user-pages-soft, so fyntr sets no budget");
-            return;
-        };
-        const TUNNELS: u64 = 24;
-        const PIECES: u64 = 8;
-        const PIECE: usize = 1 << 20;
-        assert!(budget < TUNNELS as usize * PIECE, "the test needs a budget below 24 MiB: {budget}");
-        let (sink, release) = targets::gated_hashing_sink();
-        let proxy = Proxy::start(backend, &["--allow-port", &sink.port().to_string(), "--workers", "2", "--buffer-size", "256KiB"]);
-        let before = pipe_capacity(proxy.pid());
-        let uploads: Vec<_> = (0..TUNNELS)
-            .map(|i| {
-                let mut stream = proxy.tunnel(&sink.to_string());
-                thread::spawn(move || {
-                    let mut sent = Sha256::new();
-                    for piece in 0..PIECES {
-                        let data = payload(PIECE, i * PIECES + piece);
-                        sent.update(&data);
-                        stream.write_all(&data).unwrap();
-                    }
-                    stream.shutdown(std::net::Shutdown::Write).unwrap();
-                    let mut answer = String::new();
-                    stream.read_to_string(&mut answer).unwrap();
-                    let expected = format!("{} {}", hex(&sent.finalize()), PIECES as usize * PIECE);
-                    assert_eq!(answer, expected, "tunnel {i}");
-                })
-            })
-            .collect();
-        // Watched for a second after the chunks began to wait in pipes (5 s at most): the
-        // pipes never hold more than the budget.
-        let start = Instant::now();
-        let mut waiting_since: Option<Instant> = None;
-        let mut most = 0;
-        while start.elapsed() < Duration::from_secs(5)
-            && waiting_since.is_none_or(|since| since.elapsed() < Duration::from_secs(1))
-        {
-            most = most.max(pipe_capacity(proxy.pid()).saturating_sub(before));
-            if most >= budget / 2 {
-                waiting_since.get_or_insert_with(Instant::now);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        release();
-        let arrived: Vec<_> = uploads.into_iter().map(thread::JoinHandle::join).collect();
-        assert!(most <= budget, "relay pipes held {most} bytes of capacity, budget {budget}");
-        assert!(most >= budget / 2, "the stalled chunks should have used pipes: {most} bytes");
-        assert!(arrived.iter().all(Result::is_ok), "every upload arrives byte-exact");
-    }
-
     fn handshakes_and_small_messages_take_no_relay_buffers(backend) {
         // Request heads, responses, pipelined bytes and small messages go through the worker's
         // scratch buffer; relay buffers (registered, so pinned, on io_uring: 1 MiB per worker)
@@ -376,46 +319,4 @@ fn environment_variables_configure_like_flags() {
         output_log.contains(&expected),
         "{expected} not in {output_log}"
     );
-}
-
-/// The pipe budget a proxy's start line reports, in bytes; `None` when it is unlimited.
-fn pipe_budget_of(proxy: &Proxy) -> Option<usize> {
-    let log = proxy.wait_for_log("pipe_budget=");
-    let value = log.split("pipe_budget=").nth(1).unwrap();
-    if value.starts_with("unlimited") {
-        return None;
-    }
-    let kib: usize = value.split(" KiB").next().unwrap().parse().expect("KiB");
-    Some(kib * 1024)
-}
-
-/// The capacity of all pipes process `pid` holds open (F_GETPIPE_SZ of each, once per pipe).
-fn pipe_capacity(pid: u32) -> usize {
-    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    for fd in fds.filter_map(Result::ok) {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy().into_owned();
-        if !target.starts_with("pipe:") || !seen.insert(target) {
-            continue;
-        }
-        // Opening /proc/PID/fd/N opens the same pipe; a non-blocking reader never waits.
-        let Ok(pipe) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(fd.path())
-        else {
-            continue;
-        };
-        // Safety: fcntl on a descriptor this function owns.
-        let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        total += usize::try_from(size).unwrap_or(0);
-    }
-    total
 }

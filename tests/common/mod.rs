@@ -109,16 +109,36 @@ impl Proxy {
 
     /// Like [`Proxy::start_raw`], letting the caller adjust the command first.
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<Proxy, String> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fyntr"));
+        Proxy::start_program(env!("CARGO_BIN_EXE_fyntr").as_ref(), args, adjust)
+    }
+
+    /// Like [`Proxy::start_with`], running `program` (a copy of fyntr).
+    pub fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Proxy, String> {
+        let mut command = Command::new(program);
         adjust(&mut command);
-        let mut child = command
+        command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fyntr");
+            .stderr(Stdio::piped());
+        // A freshly copied binary is "busy" while another test thread's fork still holds the
+        // copy's descriptor (until that child's exec closes it): try again shortly.
+        let started = Instant::now();
+        let mut child = loop {
+            match command.spawn() {
+                Err(error)
+                    if error.raw_os_error() == Some(libc::ETXTBSY) && started.elapsed() < WAIT =>
+                {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.expect("spawn fyntr"),
+            }
+        };
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (found, address) = std::sync::mpsc::channel();
