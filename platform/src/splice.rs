@@ -77,10 +77,10 @@ impl Pipe {
         // Safety: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read_end, write_end) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A new pipe holds 64 KiB (16 pages); only bigger chunks need resizing. Where the
-        // kernel gives less (a user over pipe-user-pages-soft gets two pages, and may not grow
-        // them), splices are merely shorter: the capacity bounds a chunk, nothing else relies
-        // on it.
+        // A new pipe holds 64 KiB (16 pages); only bigger chunks need resizing. The kernel may
+        // give less (a user over pipe-user-pages-soft gets two pages, and may not grow them):
+        // the capacity bounds a chunk, and the pool decides whether so small a pipe is worth
+        // splicing through (see `PipePool::new`).
         let fd = write_end.as_raw_fd();
         let mut size = -1;
         if wanted_capacity > DEFAULT_PIPE_CAPACITY {
@@ -255,12 +255,21 @@ impl PipePool {
         match Pipe::open(inner.capacity) {
             Ok(pipe) => {
                 inner.open.set(inner.open.get() + 1);
-                match reserved.checked_sub(pipe.size) {
-                    Some(unused) => inner.budget.give_back(unused),
-                    // A kernel that gave more than asked: account for all of it.
-                    None => {
-                        let _ = inner.budget.take(pipe.size - reserved);
+                // Settle the reservation on the size the kernel gave.
+                let settled = match pipe.size.checked_sub(reserved) {
+                    None | Some(0) => {
+                        inner.budget.give_back(reserved - pipe.size);
+                        true
                     }
+                    // Bigger than asked (pages larger than 4 KiB make bigger default pipes).
+                    Some(extra) => inner.budget.take(extra),
+                };
+                if !settled {
+                    // Beyond the budget: close it, giving back exactly what was taken.
+                    let mut pipe = pipe;
+                    pipe.size = reserved;
+                    inner.close(pipe);
+                    return None;
                 }
                 if pipe.capacity < inner.smallest_useful {
                     let capacity = pipe.capacity;
