@@ -331,6 +331,41 @@ impl UringStream {
         result
     }
 
+    /// One non-blocking `recv` into `buf`, outside the ring (see `read`).
+    fn read_now(&self, buf: &mut UringBuffer) -> io::Result<usize> {
+        let capacity = buf.capacity();
+        // A read shorter than the buffer emptied the socket.
+        let emptied = |n: usize| n > 0 && n < capacity;
+        match buf {
+            UringBuffer::Fixed { buf, len } => {
+                let ptr = buf.stable_mut_ptr();
+                // Safety: the registered buffer is writable for its whole capacity.
+                let read = self.attempt_read(
+                    || unsafe { crate::socket::recv_into(&self.inner, ptr, capacity) },
+                    emptied,
+                );
+                if let Ok(n) = read {
+                    // Safety: `recv` initialised the first `n` bytes.
+                    unsafe { buf.set_init(n) };
+                    *len = n;
+                }
+                read
+            }
+            UringBuffer::Heap(buf) => {
+                let spare = buf.spare_mut();
+                let ptr = spare.as_mut_ptr();
+                let room = spare.len();
+                // Safety: `spare` is writable for `room` bytes.
+                let read = self.attempt_read(
+                    || unsafe { crate::socket::recv_into(&self.inner, ptr, room) },
+                    emptied,
+                );
+                buf.set_len(*read.as_ref().unwrap_or(&0));
+                read
+            }
+        }
+    }
+
     /// Whether a read would complete now: data, EOF or an error pending (kept for `read`).
     fn has_input(&self) -> bool {
         let mut byte = 0u8;
@@ -374,9 +409,19 @@ impl crate::Stream for UringStream {
         }
     }
 
-    async fn read(&self, buf: UringBuffer) -> (io::Result<usize>, UringBuffer) {
+    async fn read(&self, mut buf: UringBuffer) -> (io::Result<usize>, UringBuffer) {
         if let Some(error) = self.pending_error.take() {
             return (Err(error), buf);
+        }
+        // One direct non-blocking read first, into the same (registered) memory: the relay
+        // reads after readiness, so the socket almost always has data, and a ring read would
+        // complete only after the worker's next submission and one more trip through epoll
+        // for its completion. In the copying relay that detour cost a third of the 100-upload
+        // throughput against the Tokio backend (0.25 of direct against 0.43, load benchmark
+        // with --zero-copy off). Only a read that would block goes through the ring.
+        match self.read_now(&mut buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            done => return (done, buf),
         }
         self.ring_reads.set(true);
         match buf {
@@ -734,6 +779,42 @@ mod tests {
             let mut back = Vec::new();
             client.read_to_end(&mut back).unwrap();
             assert_eq!(back, data, "fixed buffers: {fixed}");
+            server.join().unwrap();
+        }
+    }
+
+    /// A read finds the socket empty (no readiness wait before it): the direct `recv` would
+    /// block, so the read goes through the ring and completes when the data arrives.
+    #[test]
+    fn a_read_of_an_empty_socket_waits_on_the_ring() {
+        if let Err(unavailable) = probe() {
+            eprintln!("skipped: io_uring unavailable here: {unavailable}");
+            return;
+        }
+        for fixed in [4, 0] {
+            let listeners =
+                crate::socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+            let addr = listeners[0].local_addr().unwrap();
+            let server = thread::spawn(move || {
+                Uring::new(fixed)
+                    .run_workers(1, listeners, move |worker| async move {
+                        let pool = Uring::new(fixed).new_pool(1024, 8);
+                        let (stream, _) = worker.listener.accept().await.unwrap();
+                        let (read, buffer) = stream.read(pool.take().await).await;
+                        assert_eq!(read.unwrap(), 5);
+                        let (written, _) = stream.write_all(buffer).await;
+                        written.unwrap();
+                        worker.listener.stop();
+                        assert!(worker.listener.accept().await.is_err());
+                    })
+                    .unwrap();
+            });
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            thread::sleep(std::time::Duration::from_millis(100));
+            client.write_all(b"late!").unwrap();
+            let mut back = [0u8; 5];
+            client.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"late!", "fixed buffers: {fixed}");
             server.join().unwrap();
         }
     }
