@@ -742,6 +742,33 @@ mod tests {
     use super::*;
     use crate::{Listener, Stream};
 
+    /// Runs one worker with `fixed` registered buffers that accepts one connection and hands it,
+    /// with a pool of 1 KiB buffers, to `serve`, then stops its listener. Returns the address to
+    /// connect to and the worker's thread.
+    fn serve_one<F, Fut>(fixed: usize, serve: F) -> (std::net::SocketAddr, thread::JoinHandle<()>)
+    where
+        F: Fn(UringStream, UringPool) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let listeners = crate::socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let server = thread::spawn(move || {
+            Uring::new(fixed)
+                .run_workers(1, listeners, move |worker| {
+                    let serve = serve.clone();
+                    async move {
+                        let pool = Uring::new(fixed).new_pool(1024, 8);
+                        let (stream, _) = worker.listener.accept().await.unwrap();
+                        serve(stream, pool).await;
+                        worker.listener.stop();
+                        assert!(worker.listener.accept().await.is_err());
+                    }
+                })
+                .unwrap();
+        });
+        (addr, server)
+    }
+
     #[test]
     fn echo_over_the_ring_with_registered_and_plain_buffers() {
         if let Err(unavailable) = probe() {
@@ -749,28 +776,17 @@ mod tests {
             return;
         }
         for fixed in [4, 0] {
-            let listeners =
-                crate::socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
-            let addr = listeners[0].local_addr().unwrap();
-            let server = thread::spawn(move || {
-                Uring::new(fixed)
-                    .run_workers(1, listeners, move |worker| async move {
-                        let pool = Uring::new(fixed).new_pool(1024, 8);
-                        let (stream, _) = worker.listener.accept().await.unwrap();
-                        loop {
-                            stream.readable().await.unwrap();
-                            let (read, buffer) = stream.read(pool.take().await).await;
-                            if read.unwrap() == 0 {
-                                break;
-                            }
-                            let (written, _) = stream.write_all(buffer).await;
-                            written.unwrap();
-                        }
-                        stream.shutdown_write().unwrap();
-                        worker.listener.stop();
-                        assert!(worker.listener.accept().await.is_err());
-                    })
-                    .unwrap();
+            let (addr, server) = serve_one(fixed, |stream, pool| async move {
+                loop {
+                    stream.readable().await.unwrap();
+                    let (read, buffer) = stream.read(pool.take().await).await;
+                    if read.unwrap() == 0 {
+                        break;
+                    }
+                    let (written, _) = stream.write_all(buffer).await;
+                    written.unwrap();
+                }
+                stream.shutdown_write().unwrap();
             });
             let mut client = std::net::TcpStream::connect(addr).unwrap();
             let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -792,22 +808,11 @@ mod tests {
             return;
         }
         for fixed in [4, 0] {
-            let listeners =
-                crate::socket::bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
-            let addr = listeners[0].local_addr().unwrap();
-            let server = thread::spawn(move || {
-                Uring::new(fixed)
-                    .run_workers(1, listeners, move |worker| async move {
-                        let pool = Uring::new(fixed).new_pool(1024, 8);
-                        let (stream, _) = worker.listener.accept().await.unwrap();
-                        let (read, buffer) = stream.read(pool.take().await).await;
-                        assert_eq!(read.unwrap(), 5);
-                        let (written, _) = stream.write_all(buffer).await;
-                        written.unwrap();
-                        worker.listener.stop();
-                        assert!(worker.listener.accept().await.is_err());
-                    })
-                    .unwrap();
+            let (addr, server) = serve_one(fixed, |stream, pool| async move {
+                let (read, buffer) = stream.read(pool.take().await).await;
+                assert_eq!(read.unwrap(), 5);
+                let (written, _) = stream.write_all(buffer).await;
+                written.unwrap();
             });
             let mut client = std::net::TcpStream::connect(addr).unwrap();
             thread::sleep(std::time::Duration::from_millis(100));
