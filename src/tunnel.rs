@@ -184,19 +184,10 @@ async fn read_head<B: Backend>(
             Ok(Parse::Partial) => {}
             Err(error) => return Err(HeadFailure::Refuse(error.status(), error.to_string())),
         }
-        // Only readiness is raced against the deadline; the read itself is never cancelled.
-        match tokio::time::timeout_at(deadline.into(), client.readable()).await {
-            Err(_) => {
-                let reason = format!(
-                    "request head incomplete after {:?} ({} bytes received)",
-                    ctx.config().handshake_timeout,
-                    received.len()
-                );
-                return Err(HeadFailure::Refuse(Status::RequestTimeout, reason));
-            }
-            Ok(Err(error)) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
-            Ok(Ok(())) => {}
-        }
+        // Read before waiting: a client sends its head right after connecting, so it has
+        // usually arrived by the time the connection is accepted, and a readiness wait first
+        // would cost a trip through the worker's event loop (on io_uring; the Tokio backend's
+        // attempt returns WouldBlock until its reactor has seen the socket).
         match recv_with_scratch(ctx, client, |bytes| received.extend_from_slice(bytes)) {
             Ok(0) => {
                 let reason = if received.is_empty() {
@@ -209,9 +200,22 @@ async fn read_head<B: Backend>(
                 };
                 return Err(HeadFailure::Gone(reason));
             }
-            Ok(_) => {}
+            Ok(_) => continue,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
+        }
+        // Only readiness is raced against the deadline; the read itself is never cancelled.
+        match tokio::time::timeout_at(deadline.into(), client.readable()).await {
+            Err(_) => {
+                let reason = format!(
+                    "request head incomplete after {:?} ({} bytes received)",
+                    ctx.config().handshake_timeout,
+                    received.len()
+                );
+                return Err(HeadFailure::Refuse(Status::RequestTimeout, reason));
+            }
+            Ok(Err(error)) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
+            Ok(Ok(())) => {}
         }
     }
 }

@@ -711,8 +711,12 @@ impl Backend for Uring {
         let std: std::net::TcpStream = socket.into();
         let stream = UringStream::adopt_non_blocking(tokio_uring::net::TcpStream::from_std(std))?;
         // The first write readiness of a connecting socket means connected, or failed (then
-        // SO_ERROR says why). The readiness is kept: the socket is writable.
-        drop(stream.ready.writable().await?);
+        // SO_ERROR says why). The readiness is kept: the socket is writable. On loopback the
+        // handshake is usually over when `connect` returns, and a look first saves a trip
+        // through the worker's event loop.
+        if stream.has_room().is_err() {
+            drop(stream.ready.writable().await?);
+        }
         if let Some(error) = socket2::SockRef::from(&stream.fd()).take_error()? {
             return Err(error);
         }
