@@ -221,8 +221,8 @@ async fn read_head<B: Backend>(
 }
 
 /// One non-blocking read (`recv`) into the worker's scratch buffer, handing what it got to
-/// `keep`. Handshakes are read and answered with plain syscalls after readiness, like the
-/// relay's small messages, rather than through pool buffers: on io_uring a ring read costs a
+/// `keep`. Handshakes are read and answered with plain syscalls, like the relay's small
+/// messages, rather than through pool buffers: on io_uring a ring read costs a
 /// submission and a completion, and taking a pool buffer would register the worker's buffers,
 /// pinning them for a handshake of a few hundred bytes.
 fn recv_with_scratch<B: Backend>(
