@@ -186,8 +186,7 @@ async fn read_head<B: Backend>(
         }
         // Read before waiting: a client sends its head right after connecting, so it has
         // usually arrived by the time the connection is accepted, and a readiness wait first
-        // would cost a trip through the worker's event loop (on io_uring; the Tokio backend's
-        // attempt returns WouldBlock until its reactor has seen the socket).
+        // would cost a trip through the worker's event loop.
         match recv_with_scratch(ctx, client, |bytes| received.extend_from_slice(bytes)) {
             Ok(0) => {
                 let reason = if received.is_empty() {

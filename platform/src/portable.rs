@@ -134,7 +134,9 @@ impl crate::Stream for PortableStream {
         // state, so the attempt reports it and keeps what it read aside. Readiness that arrived
         // after Tokio's last look carries a newer tick and is not cleared.
         let fd = self.inner.as_raw_fd();
+        let mut attempted = false;
         let attempt = self.inner.try_io(Interest::READABLE, || {
+            attempted = true;
             // Safety: `buf` is a live, writable slice of its length.
             let n = unsafe { socket::recv_into(&fd, buf.as_mut_ptr(), buf.len()) }?;
             received = Some(n);
@@ -144,6 +146,13 @@ impl crate::Stream for PortableStream {
                 Ok(n)
             }
         });
+        if !attempted {
+            // Tokio has not seen the socket readable yet, as with a connection just accepted,
+            // whose client has usually sent its first bytes already (see the handshake): look
+            // once all the same. Tokio's readiness is left as it was.
+            // Safety: `buf` is a live, writable slice of its length.
+            return unsafe { socket::recv_into(&fd, buf.as_mut_ptr(), buf.len()) };
+        }
         received.map_or(attempt, Ok)
     }
 
@@ -258,8 +267,22 @@ impl Backend for Portable {
 
     async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<PortableStream> {
         let socket = socket::socket_for(addr, tuning)?;
-        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-        PortableStream::new(socket.connect(addr).await?)
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(error) => return Err(error),
+        }
+        let stream = tokio::net::TcpStream::from_std(socket.into())?;
+        // The first write readiness of a connecting socket means connected, or failed (then
+        // SO_ERROR says why). On loopback the handshake is usually over when `connect`
+        // returns, and a look first saves a trip through the worker's event loop.
+        if !socket::writable_now(&stream)? {
+            stream.writable().await?;
+        }
+        if let Some(error) = stream.take_error()? {
+            return Err(error);
+        }
+        PortableStream::new(stream)
     }
 
     fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> HeapPool {

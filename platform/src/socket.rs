@@ -142,6 +142,22 @@ pub(crate) unsafe fn recv_into<S: std::os::fd::AsRawFd>(
     usize::try_from(received).map_err(|_| io::Error::last_os_error())
 }
 
+/// Whether `socket` could be written to now (for a connecting socket: the connection is set
+/// up, or failed), by a `poll` that does not wait.
+pub(crate) fn writable_now<S: std::os::fd::AsRawFd>(socket: &S) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // Safety: one valid pollfd, zero timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ready > 0)
+}
+
 /// One non-blocking `send` of `bytes` (no `SIGPIPE`); returns how many were accepted.
 pub(crate) fn send_now<S: std::os::fd::AsRawFd>(socket: &S, bytes: &[u8]) -> io::Result<usize> {
     #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -282,20 +282,11 @@ impl UringStream {
 
     /// Whether the send buffer has room now (`WouldBlock` if not).
     fn has_room(&self) -> io::Result<()> {
-        let mut poll = libc::pollfd {
-            fd: self.inner.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // Safety: one valid pollfd, zero timeout.
-        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        if ready < 0 {
-            return Err(io::Error::last_os_error());
+        if crate::socket::writable_now(&self.inner)? {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
         }
-        if ready == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(())
     }
 
     /// One non-blocking read `attempt` outside the ring. Tokio's readiness guard is taken before
