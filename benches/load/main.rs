@@ -94,6 +94,7 @@ fn split(value: Option<String>) -> Vec<String> {
 
 fn main() {
     let options = Options::parse();
+    proxies::use_the_shipped_binary();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
