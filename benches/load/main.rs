@@ -93,8 +93,16 @@ fn split(value: Option<String>) -> Vec<String> {
 }
 
 fn main() {
-    let options = Options::parse();
-    proxies::use_the_shipped_binary();
+    let mut options = Options::parse();
+    if cfg!(debug_assertions) {
+        // `cargo test --all-targets` runs this unoptimised, against a debug build of fyntr: a
+        // full run would take minutes to measure nothing, so it is the quick smoke run, and
+        // its output does not replace a real run's.
+        options.quick = true;
+        options.out = PathBuf::from("target/load-debug");
+    } else {
+        proxies::use_the_shipped_binary();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
