@@ -322,7 +322,7 @@ fn run(cli: Cli) -> Result<()> {
         handshake_timeout_s = cli.handshake_timeout,
         buffer_size = config.buffer_size,
         zero_copy = zero_copy_state(config.pipes_per_worker),
-        pipe_budget = %config.pipe_budget.map_or("unlimited".to_string(), |bytes| format!("{} KiB", bytes / 1024)),
+        pipe_budget = %describe_pipe_budget(&config),
         splice_chunk = config.splice_chunk,
         allowed_ports = %ports.join(","),
         upload_rate = %describe_rate(config.pacing.upload),
@@ -356,6 +356,15 @@ fn describe_rate(rate: Option<Rate>) -> String {
 /// Makes glibc serve relay-sized allocations with mmap, so buffers freed after a burst go back
 /// to the system instead of staying in a fragmented heap (measured: 2000 idle io_uring tunnels
 /// kept 45 MiB resident after their opening burst without this, 14 MiB with it).
+/// What the start line says about the pipes all workers may hold (see `PipeBudget`).
+fn describe_pipe_budget(config: &Config) -> String {
+    match (config.pipes_per_worker, config.pipe_budget) {
+        (0, _) => "none (no pipes)".to_string(),
+        (_, None) => "unlimited".to_string(),
+        (_, Some(bytes)) => format!("{} KiB", bytes / 1024),
+    }
+}
+
 /// What the start line says about zero-copy relaying.
 fn zero_copy_state(pipes_per_worker: usize) -> &'static str {
     match (cfg!(target_os = "linux"), pipes_per_worker) {
