@@ -267,11 +267,7 @@ impl Backend for Portable {
 
     async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<PortableStream> {
         let socket = socket::socket_for(addr, tuning)?;
-        match socket.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(error) => return Err(error),
-        }
+        socket::start_connect(&socket, addr)?;
         let stream = tokio::net::TcpStream::from_std(socket.into())?;
         // The first write readiness of a connecting socket means connected, or failed (then
         // SO_ERROR says why). On loopback the handshake is usually over when `connect`

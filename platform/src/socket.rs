@@ -142,6 +142,15 @@ pub(crate) unsafe fn recv_into<S: std::os::fd::AsRawFd>(
     usize::try_from(received).map_err(|_| io::Error::last_os_error())
 }
 
+/// Starts connecting the non-blocking `socket` to `addr`: done, or in progress (the first write
+/// readiness then says connected, or failed: see [`writable_now`] and `SO_ERROR`).
+pub(crate) fn start_connect(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    match socket.connect(&addr.into()) {
+        Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => Err(error),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `socket` could be written to now (for a connecting socket: the connection is set
 /// up, or failed), by a `poll` that does not wait.
 pub(crate) fn writable_now<S: std::os::fd::AsRawFd>(socket: &S) -> io::Result<bool> {

@@ -38,7 +38,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const KEEP_FREE: usize = 16;
 
 /// What a new pipe holds on Linux (16 pages).
-#[cfg(target_os = "linux")]
 const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
 
 /// A kernel pipe used as one relay chunk.
@@ -189,11 +188,7 @@ impl PoolInner {
 /// What the kernel makes of a pipe of `capacity` bytes: at least the default, rounded up to a
 /// power of two of pages (`round_pipe_size`).
 fn kernel_pipe_size(capacity: usize) -> usize {
-    #[cfg(target_os = "linux")]
-    let default = DEFAULT_PIPE_CAPACITY;
-    #[cfg(not(target_os = "linux"))]
-    let default = 64 * 1024;
-    capacity.max(default).next_power_of_two()
+    capacity.max(DEFAULT_PIPE_CAPACITY).next_power_of_two()
 }
 
 /// One worker's pipes. Never waits: when no pipe can be had, the caller copies instead.
