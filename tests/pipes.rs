@@ -84,6 +84,11 @@ on_each_backend! {
             eprintln!("skipped: {why}");
             return;
         }
+        // Both backends' variants run in parallel and share user nobody's allowance: the first
+        // to end would kill its hog, and the other's fyntr would get full-size pipes again.
+        let _nobody_pipes = NOBODYS_PIPES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _hog = PipeHog::start();
         let binary = BinaryCopy::for_nobody();
         let echo = targets::echo();
@@ -101,6 +106,9 @@ on_each_backend! {
         proxy.wait_for_log("new pipes come with only");
     }
 }
+
+/// Held by a test for as long as it uses user `nobody`'s pipe allowance.
+static NOBODYS_PIPES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why this machine cannot run a process as `nobody` over its pipe limit, if it cannot.
 fn cannot_run_as_nobody() -> Option<String> {
