@@ -81,24 +81,24 @@ impl Pipe {
         // the capacity bounds a chunk, and the pool decides whether so small a pipe is worth
         // splicing through (see `PipePool::new`).
         let fd = write_end.as_raw_fd();
-        let mut size = -1;
+        let mut reported = -1;
         if wanted_capacity > DEFAULT_PIPE_CAPACITY {
             let wanted = libc::c_int::try_from(wanted_capacity).unwrap_or(libc::c_int::MAX);
             // Safety: fcntl on an open descriptor. It fails when the kernel refuses a bigger
             // pipe (above pipe-max-size, or the user is over its pipe pages).
-            size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, wanted) };
+            reported = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, wanted) };
         }
-        if size < 0 {
+        if reported < 0 {
             // Safety: fcntl on an open descriptor.
-            size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+            reported = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
         }
-        let capacity = usize::try_from(size).unwrap_or(DEFAULT_PIPE_CAPACITY);
+        let size = usize::try_from(reported).unwrap_or(DEFAULT_PIPE_CAPACITY);
         Ok(Self {
             read_end,
             write_end,
             held: 0,
-            capacity: capacity.min(wanted_capacity),
-            size: capacity,
+            capacity: size.min(wanted_capacity),
+            size,
         })
     }
 
