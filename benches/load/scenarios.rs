@@ -116,6 +116,21 @@ fn cpu(proxy: Option<&Running>) -> f64 {
     proxy.map_or(0.0, Running::cpu_seconds)
 }
 
+/// User plus system CPU seconds this process (the load generator: its clients and its targets)
+/// has used so far. Where the cores are the bound, a proxy's rate relative to direct is at most
+/// the load generator's CPU per operation direct over the sum of the proxy's and the load
+/// generator's CPU per operation through it; these metrics let a run show that sum.
+fn load_generator_cpu() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // Safety: getrusage writes a whole rusage into the buffer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Uploads in rounds of `round` bytes to the ack target until `until`; returns the bytes the
 /// target confirmed. Rounds with acknowledgements (not a final half-close) keep the measurement
 /// valid for proxies that do not propagate half-close.
@@ -230,7 +245,9 @@ async fn upload_100(options: &Options, targets: &Targets, proxy: Option<&Running
 }
 
 async fn churn(options: &Options, targets: &Targets, proxy: Option<&Running>) -> Vec<Metric> {
+    let time_wait = sockets_in_time_wait();
     let cpu_before = cpu(proxy);
+    let load_cpu_before = load_generator_cpu();
     let until = Instant::now() + options.duration();
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -268,6 +285,19 @@ async fn churn(options: &Options, targets: &Targets, proxy: Option<&Running>) ->
             ..Metric::better_lower("errors", "count", errors.load(Ordering::Relaxed) as f64)
         },
     ];
+    if let Some(time_wait) = time_wait {
+        metrics.push(Metric {
+            proxy_only: true,
+            ..Metric::better_lower("time_wait_at_start", "count", time_wait as f64)
+        });
+    }
+    if done > 0 {
+        metrics.push(Metric::better_lower(
+            "load_cpu_per_tunnel",
+            "us",
+            (load_generator_cpu() - load_cpu_before) / done as f64 * 1e6,
+        ));
+    }
     if proxy.is_some() && done > 0 {
         metrics.push(Metric::of_proxy(
             "cpu_per_tunnel",
@@ -276,6 +306,20 @@ async fn churn(options: &Options, targets: &Targets, proxy: Option<&Running>) ->
         ));
     }
     metrics
+}
+
+/// TCP sockets in TIME_WAIT on this host (`/proc/net/sockstat`; None elsewhere). Each churned
+/// connection leaves one behind for a minute, and while fewer than `tcp_max_tw_buckets` exist,
+/// every `connect` to the same destination searches the ephemeral ports past those closed
+/// less than a second ago: on Linux 6.18 that search was two thirds of a direct churn's CPU,
+/// and the direct rate more than doubled once earlier runs had filled the table. The count
+/// at the start of each run says which of the two a run measured.
+fn sockets_in_time_wait() -> Option<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = sockstat.lines().find(|line| line.starts_with("TCP:"))?;
+    let mut fields = tcp.split_whitespace();
+    fields.find(|field| *field == "tw")?;
+    fields.next()?.parse().ok()
 }
 
 /// Opens a connection to `target`, through the proxy at `proxy` when there is one. Returns the
@@ -322,6 +366,7 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 
 async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>) -> Vec<Metric> {
     let cpu_before = cpu(proxy);
+    let load_cpu_before = load_generator_cpu();
     let until = Instant::now() + options.duration();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -348,6 +393,7 @@ async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>
         latencies.extend(task.await.unwrap_or_default());
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let load_cpu = load_generator_cpu() - load_cpu_before;
     latencies.sort();
     let mut metrics = vec![
         Metric::better_higher("round_trips_per_s", "1/s", latencies.len() as f64 / elapsed),
@@ -362,6 +408,13 @@ async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>
             percentile(&latencies, 0.99).as_secs_f64() * 1e6,
         ),
     ];
+    if !latencies.is_empty() {
+        metrics.push(Metric::better_lower(
+            "load_cpu_per_round_trip",
+            "us",
+            load_cpu / latencies.len() as f64 * 1e6,
+        ));
+    }
     if proxy.is_some() && !latencies.is_empty() {
         // Each round trip is two relayed messages; the proxy's CPU time per round trip shows
         // what its syscalls and wake-ups cost, which the shared cores' noise hides in rates.

@@ -52,7 +52,7 @@ impl crate::Listener for PortableListener {
                 if *tunes_loopback_peers {
                     socket::tune_accepted(&stream, peer);
                 }
-                Ok((PortableStream::new(stream)?, peer))
+                Ok((PortableStream::accepted(stream)?, peer))
             }
             Self::Handoff(receiver) => {
                 // Borrowed only within each poll, so `stop` can close it meanwhile.
@@ -84,6 +84,15 @@ pub struct PortableStream {
 }
 
 impl PortableStream {
+    /// Wraps a connection this worker accepted.
+    fn accepted(inner: tokio::net::TcpStream) -> io::Result<Self> {
+        if !socket::ACCEPTED_INHERIT_NODELAY {
+            inner.set_nodelay(true)?;
+        }
+        Ok(Self { inner })
+    }
+
+    /// Wraps a connection this worker dialled, or one the acceptor thread accepted.
     fn new(inner: tokio::net::TcpStream) -> io::Result<Self> {
         // A proxy forwards each chunk as soon as it has it; Nagle would only add latency.
         inner.set_nodelay(true)?;
