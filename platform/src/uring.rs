@@ -197,11 +197,8 @@ impl crate::Listener for UringListener {
                 break accepted?;
             }
         };
-        let stream = tokio_uring::net::TcpStream::from_std(stream);
-        if !crate::socket::ACCEPTED_INHERIT_NODELAY {
-            stream.set_nodelay(true)?;
-        }
-        let stream = UringStream::register(stream)?;
+        // TCP_NODELAY came with it from the listener (Linux: ACCEPTED_INHERIT_NODELAY).
+        let stream = UringStream::register(tokio_uring::net::TcpStream::from_std(stream))?;
         if self.tunes_loopback_peers {
             crate::socket::tune_accepted(&stream.fd(), peer);
         }
