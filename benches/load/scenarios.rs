@@ -121,14 +121,7 @@ fn cpu(proxy: Option<&Running>) -> f64 {
 /// the load generator's CPU per operation direct over the sum of the proxy's and the load
 /// generator's CPU per operation through it; these metrics let a run show that sum.
 fn load_generator_cpu() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // Safety: getrusage writes a whole rusage into the buffer it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    crate::proxies::process_cpu_seconds("self")
 }
 
 /// Uploads in rounds of `round` bytes to the ack target until `until`; returns the bytes the
