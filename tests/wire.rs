@@ -284,6 +284,33 @@ on_each_backend! {
         assert_error_response(&response, 408);
     }
 
+    fn a_client_that_speaks_tls_to_the_proxy_gets_400_at_once(backend) {
+        // HTTPS_PROXY=https://...: the client opens with a ClientHello and waits for the
+        // server's. The handshake timeout is far beyond the read timeout of the exchange, so
+        // only an answer to the first bytes can pass.
+        let proxy = Proxy::start(backend, &["--handshake-timeout", "600"]);
+        let client_hello_start = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        assert_error_response(&proxy.exchange(client_hello_start), 400);
+        let log = proxy.wait_for_log("use http://");
+        assert!(log.contains("status=400"), "{log}");
+        // A real TLS client is refused the same way, and the proxy goes on serving.
+        if have("openssl") {
+            let output = std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &proxy.addr.to_string(), "-servername", "example.com"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!output.status.success(), "openssl finished a handshake with the proxy");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                format!("{stdout}{stderr}").contains("HTTP/1.1 400") || stderr.contains("wrong version number") || stderr.contains("packet length too long") || stderr.contains("record layer failure"),
+                "openssl output: {stdout} {stderr}"
+            );
+        }
+        assert_error_response(&proxy.exchange(b"GET / HTTP/1.1\r\n\r\n"), 405);
+    }
+
     fn a_client_that_resets_does_not_disturb_others(backend) {
         let echo = targets::echo();
         let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);

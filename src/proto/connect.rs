@@ -100,13 +100,16 @@ pub enum RequestError {
     /// The head exceeds [`MAX_HEAD`].
     #[error("head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
+    /// The client opened with a TLS record: it was told `https://` for the proxy itself.
+    #[error("the client sent TLS to the proxy: use http:// (not https://) in HTTPS_PROXY")]
+    TlsToProxy,
 }
 
 impl RequestError {
     /// The status to answer with.
     pub fn status(&self) -> Status {
         match self {
-            Self::Malformed(_) | Self::BadTarget(_) => Status::BadRequest,
+            Self::Malformed(_) | Self::BadTarget(_) | Self::TlsToProxy => Status::BadRequest,
             Self::NotConnect(_) => Status::MethodNotAllowed,
             Self::RequestLineTooLong => Status::UriTooLong,
             Self::HeaderLineTooLong | Self::TooManyLines | Self::HeadTooLarge => {
@@ -118,6 +121,7 @@ impl RequestError {
 
 /// Parses the bytes received so far. See the [module docs](self).
 pub fn parse(received: &[u8]) -> Result<Parse, RequestError> {
+    check_method_prefix(received)?;
     let Some(head_len) = check_limits(received)? else {
         return Ok(Parse::Partial);
     };
@@ -150,6 +154,38 @@ pub fn parse(received: &[u8]) -> Result<Parse, RequestError> {
         },
         consumed: head_len,
     })
+}
+
+/// TLS's record type for a handshake, the first byte of every ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Refuses a head as soon as its first bytes cannot begin a request line, rather than wait for
+/// the handshake timeout: a request line starts with a method, a token of RFC 9110 `tchar`s
+/// followed by a space (after empty lines, which RFC 9112 lets a server skip). A client that
+/// speaks TLS to the proxy sends 0x16 first and then waits for the server's answer, so without
+/// this it would wait for a 408.
+fn check_method_prefix(received: &[u8]) -> Result<(), RequestError> {
+    if received.first() == Some(&TLS_HANDSHAKE_RECORD) {
+        return Err(RequestError::TlsToProxy);
+    }
+    let start = received
+        .iter()
+        .position(|&byte| byte != b'\r' && byte != b'\n')
+        .unwrap_or(received.len());
+    for &byte in &received[start..] {
+        if byte == b' ' {
+            return Ok(());
+        }
+        if !is_token_byte(byte) {
+            return Err(RequestError::Malformed("invalid method"));
+        }
+    }
+    Ok(())
+}
+
+/// An RFC 9110 `tchar`: the bytes a method (or any token) may consist of.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// Enforces the size limits on what has arrived; returns the head length once it is complete.

@@ -130,6 +130,25 @@ fn malformed_heads_are_400() {
 }
 
 #[test]
+fn a_head_that_cannot_start_a_request_is_refused_at_its_first_byte() {
+    // A TLS ClientHello's first byte, alone: no need to wait for more.
+    assert_eq!(error(b"\x16"), RequestError::TlsToProxy);
+    assert_eq!(error(b"\x16\x03\x01\x02\x00").status(), Status::BadRequest);
+    // A SOCKS5 greeting, and bytes no method may contain.
+    for head in [&b"\x05\x01\x00"[..], b"GE\x00", b"\r\n\xff", b"CONNECT\t"] {
+        assert_eq!(
+            error(head),
+            RequestError::Malformed("invalid method"),
+            "{head:?}"
+        );
+    }
+    // A method still arriving is only partial.
+    for head in ["C", "CONN", "\r\nCONNECT", "CONNECT "] {
+        assert_eq!(parse(head.as_bytes()), Ok(Parse::Partial), "{head:?}");
+    }
+}
+
+#[test]
 fn leading_empty_lines_and_bare_line_feeds_are_tolerated() {
     complete("\r\nCONNECT a.example:443 HTTP/1.1\r\n\r\n");
     complete("CONNECT a.example:443 HTTP/1.0\nHost: a.example\n\n");
