@@ -27,6 +27,7 @@ pub mod policy;
 pub mod proto;
 pub mod relay;
 pub mod sched;
+mod send_queue;
 pub mod server;
 mod tunnel;
 

@@ -21,6 +21,7 @@ use fyntr_platform::{Backend, BufferPool, IoBuffer, PooledPipe, Stream};
 
 use crate::{
     gate::{Direction, FlowHandle},
+    send_queue::SendQueueFit,
     server::WorkerContext,
 };
 
@@ -228,6 +229,7 @@ async fn pump_chunks<B: Backend>(
     // a relay buffer, which is also the most one grant may be (the paced chunk, when paced).
     let interactive_read = INTERACTIVE_READ.min(ctx.config().buffer_size.max(1));
     let mut interactive = true;
+    let mut send_queue = SendQueueFit::new(ctx.bulk_flows());
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
         // makes them readable.
@@ -278,6 +280,9 @@ async fn pump_chunks<B: Backend>(
             Ok(n) => {
                 streaming = n == chunk.limit(splice_chunk, interactive_read);
                 interactive = n < interactive_read;
+                if streaming && !matches!(chunk, Chunk::Interactive(_)) {
+                    send_queue.on_bulk_chunk(tunnel.stream(to));
+                }
                 let read_at = Instant::now();
                 tunnel.last_read.set(read_at);
                 if !Box::pin(forward(tunnel, flow, to, chunk, granted, read_at)).await {

@@ -131,6 +131,7 @@ pub(crate) struct WorkerContext<B: Backend> {
     /// only ever borrowed without an await in between.
     scratch: RefCell<Box<[u8]>>,
     gate: Rc<Gate>,
+    bulk_flows: crate::send_queue::BulkFlows,
     tunnels: Cell<usize>,
     refusing: Cell<usize>,
     stopping: Cell<bool>,
@@ -162,6 +163,11 @@ impl<B: Backend> WorkerContext<B> {
 
     pub(crate) fn gate(&self) -> &Rc<Gate> {
         &self.gate
+    }
+
+    /// The worker's bulk flows, among which kernel send queues are shared out.
+    pub(crate) fn bulk_flows(&self) -> &crate::send_queue::BulkFlows {
+        &self.bulk_flows
     }
 
     /// The shared pacer of new upstream connections, if `--connect-rate` is set.
@@ -240,6 +246,7 @@ async fn run_worker<B: Backend>(
             shared.upload_pacer.clone(),
             shared.download_pacer.clone(),
         ),
+        bulk_flows: Default::default(),
         tunnels: Cell::new(0),
         refusing: Cell::new(0),
         stopping: Cell::new(false),

@@ -205,26 +205,56 @@ async fn bulk_download(
     metrics
 }
 
+/// 100 tunnels uploading at once, counted where their bytes are delivered (the sink target),
+/// over a window that opens once every tunnel is open and streaming: a tunnel the proxy starves
+/// shows up here, whatever the clients managed to push into their socket buffers.
 async fn upload_100(options: &Options, targets: &Targets, proxy: Option<&Running>) -> Vec<Metric> {
+    const TUNNELS: usize = 100;
+    targets.delivered.clear();
     let mut streams = Vec::new();
-    for _ in 0..100 {
-        streams.push(open(proxy, targets.ack).await.expect("open").0);
+    for _ in 0..TUNNELS {
+        streams.push(open(proxy, targets.sink).await.expect("open").0);
     }
-    let start = Instant::now();
-    let until = start + options.duration();
     let tasks: Vec<_> = streams
         .into_iter()
-        .map(|stream| tokio::spawn(upload_for(stream, until, 1 << 20)))
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let chunk = vec![0xa5u8; 256 * 1024];
+                while stream.write_all(&chunk).await.is_ok() {}
+            })
+        })
         .collect();
-    let mut per_tunnel = Vec::new();
-    for task in tasks {
-        per_tunnel.push(task.await.unwrap_or(0) as f64);
+    let opened = Instant::now();
+    while targets.delivered.connections() < TUNNELS && opened.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Every tunnel is open; let them all get going before the window opens.
+    tokio::time::sleep(options.duration() / 4).await;
+    let before = targets.delivered.snapshot();
+    let start = Instant::now();
+    tokio::time::sleep(options.duration()).await;
+    let after = targets.delivered.snapshot();
     let elapsed = start.elapsed().as_secs_f64();
+    for task in tasks {
+        task.abort();
+    }
+    let mut per_tunnel: Vec<f64> = (0..TUNNELS)
+        .map(|i| {
+            let first = before.get(i).copied().unwrap_or(0);
+            after.get(i).copied().unwrap_or(0).saturating_sub(first) as f64
+        })
+        .collect();
+    per_tunnel.sort_by(f64::total_cmp);
     let total: f64 = per_tunnel.iter().sum();
+    let mean = total / TUNNELS as f64;
     let squares: f64 = per_tunnel.iter().map(|b| b * b).sum();
     let jain = if squares > 0.0 {
-        total * total / (per_tunnel.len() as f64 * squares)
+        total * total / (TUNNELS as f64 * squares)
+    } else {
+        0.0
+    };
+    let slowest = if mean > 0.0 {
+        per_tunnel[0] / mean
     } else {
         0.0
     };
@@ -233,6 +263,10 @@ async fn upload_100(options: &Options, targets: &Targets, proxy: Option<&Running
         Metric {
             proxy_only: true,
             ..Metric::better_higher("jain", "index", jain)
+        },
+        Metric {
+            proxy_only: true,
+            ..Metric::better_higher("slowest_to_mean", "ratio", slowest)
         },
     ]
 }

@@ -1,6 +1,12 @@
 //! Loopback targets: sink, source, echo and ack-after-N, each on its own port.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -17,15 +23,53 @@ pub struct Targets {
     pub ack: SocketAddr,
     /// Accepts and holds connections, reading and discarding.
     pub idle: SocketAddr,
+    /// Reads and discards, counting each connection's bytes where they are delivered.
+    pub sink: SocketAddr,
+    /// The byte counters of the sink's connections, in the order they were accepted.
+    pub delivered: Delivered,
+}
+
+/// Per-connection counts of the bytes the sink target has read.
+#[derive(Clone, Default)]
+pub struct Delivered(Arc<Mutex<Vec<Arc<AtomicU64>>>>);
+
+impl Delivered {
+    /// Forgets every connection counted so far (at the start of a scenario).
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
+    /// How many connections the sink has accepted since the last clear.
+    pub fn connections(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Each connection's bytes so far.
+    pub fn snapshot(&self) -> Vec<u64> {
+        let counters = self.0.lock().unwrap();
+        counters
+            .iter()
+            .map(|counter| counter.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn register(&self) -> Arc<AtomicU64> {
+        let counter = Arc::new(AtomicU64::new(0));
+        self.0.lock().unwrap().push(Arc::clone(&counter));
+        counter
+    }
 }
 
 impl Targets {
     pub async fn start() -> Targets {
+        let delivered = Delivered::default();
         Targets {
             source: serve(source).await,
             echo: serve(echo).await,
             ack: serve(ack).await,
             idle: serve(idle).await,
+            sink: serve_sink(delivered.clone()).await,
+            delivered,
         }
     }
 
@@ -36,6 +80,7 @@ impl Targets {
             self.echo.port(),
             self.ack.port(),
             self.idle.port(),
+            self.sink.port(),
         ]
     }
 }
@@ -92,4 +137,26 @@ async fn ack(mut stream: TcpStream) {
 async fn idle(mut stream: TcpStream) {
     let mut buffer = [0u8; 64];
     while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+}
+
+async fn serve_sink(delivered: Delivered) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((mut stream, _)) = listener.accept().await {
+                let counter = delivered.register();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 256 * 1024];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        }
+    });
+    addr
 }

@@ -104,6 +104,10 @@ pub trait Stream: Sized + 'static {
     /// Moves everything `pipe` holds into the socket, waiting for room as needed. Unlike
     /// `write_all` this future may be dropped at any time; bytes not yet moved stay in the pipe.
     fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
+    /// The round-trip time the kernel measures for this connection (Linux).
+    fn round_trip(&self) -> io::Result<std::time::Duration>;
+    /// Bounds what the kernel queues for sending (see [`socket::bound_send_queue`]).
+    fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()>;
     /// Sends FIN: the peer reads EOF, while reading from it continues.
     fn shutdown_write(&self) -> io::Result<()>;
     /// Shuts the socket down both ways so that any pending read or write completes promptly.

@@ -230,6 +230,14 @@ impl crate::Stream for PortableStream {
     fn queued_to_read(&self) -> io::Result<usize> {
         socket::queued_to_read(&self.inner)
     }
+
+    fn round_trip(&self) -> io::Result<std::time::Duration> {
+        crate::socket::round_trip(&self.inner)
+    }
+
+    fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()> {
+        crate::socket::bound_send_queue(&self.inner, unsent, buffer)
+    }
 }
 
 impl Backend for Portable {

@@ -289,6 +289,102 @@ pub fn queued_to_read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<usize> {
     Ok(usize::try_from(queued).unwrap_or(0))
 }
 
+/// The smoothed round-trip time the kernel measures for `socket` (`TCP_INFO`).
+/// `Unsupported` off Linux.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn round_trip<S: std::os::fd::AsFd>(socket: &S) -> io::Result<std::time::Duration> {
+    use std::os::fd::AsRawFd;
+    // Safety: tcp_info is plain data, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // Safety: `info` and `len` are live, and `len` holds the size of `info`.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
+/// Off Linux the round trip is not read.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn round_trip<S: std::os::fd::AsFd>(_socket: &S) -> io::Result<std::time::Duration> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Bounds what the kernel holds for sending on `socket`: at most `unsent` bytes not yet sent
+/// (`TCP_NOTSENT_LOWAT`: the socket is writable only below it), and, when `buffer` is given,
+/// about that many bytes sent or not (`SO_SNDBUF`, which also ends the kernel's autotuning of
+/// this socket's buffer). Off Linux nothing is changed.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn bound_send_queue<S: std::os::fd::AsFd>(
+    socket: &S,
+    unsent: usize,
+    buffer: Option<usize>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_fd().as_raw_fd();
+    let int = |bytes: usize| libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, int(unsent))?;
+    if let Some(buffer) = buffer {
+        // The kernel doubles the value for its bookkeeping, which leaves about `buffer` for data.
+        set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, int(buffer))?;
+    }
+    Ok(())
+}
+
+/// Off Linux the kernel's send queue is left as it is.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn bound_send_queue<S: std::os::fd::AsFd>(
+    _socket: &S,
+    _unsent: usize,
+    _buffer: Option<usize>,
+) -> io::Result<()> {
+    Ok(())
+}
+
+/// The most the kernel's send-buffer autotuning gives a socket (`net.ipv4.tcp_wmem`, third
+/// field; 4 MiB by default, and taken to be that where it cannot be read), read once.
+pub fn autotuned_send_buffer_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .ok()
+            .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(4 << 20)
+    })
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_int_option(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // Safety: the option value is one live c_int, and its size is passed with it.
+    let set = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +481,18 @@ mod tests {
         assert!(peer.is_ipv6(), "{peer}");
         tune_accepted(&accepted, peer);
         assert_eq!(congestion_control(&accepted), LOOPBACK_CONGESTION_CONTROL);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_send_queue_is_bounded_and_the_round_trip_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _receiver = listener.accept().unwrap();
+        assert!(round_trip(&sender).unwrap() < std::time::Duration::from_secs(1));
+        bound_send_queue(&sender, 128 * 1024, Some(256 * 1024)).unwrap();
+        let socket = socket2::SockRef::from(&sender);
+        assert_eq!(socket.send_buffer_size().unwrap(), 2 * 256 * 1024);
     }
 
     #[test]

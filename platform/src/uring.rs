@@ -527,6 +527,14 @@ impl crate::Stream for UringStream {
     fn queued_to_read(&self) -> io::Result<usize> {
         crate::socket::queued_to_read(&self.fd())
     }
+
+    fn round_trip(&self) -> io::Result<std::time::Duration> {
+        crate::socket::round_trip(&self.fd())
+    }
+
+    fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()> {
+        crate::socket::bound_send_queue(&self.fd(), unsent, buffer)
+    }
 }
 
 /// A buffer of the io_uring backend: registered when one is free, plain otherwise.

@@ -1,0 +1,147 @@
+//! How much each bulk socket may hold in the kernel: fitted to its path and to how many bulk
+//! flows its worker carries.
+//!
+//! Whatever a socket queues beyond what its path needs is out of the scheduler's reach. On
+//! loopback the kernel autotunes each send buffer to 4 MiB and each receiver's buffer to as much
+//! as 32 MiB; with 100 spliced uploads into one receiver that could not keep up, the receiver's
+//! windows decided who went: tunnels whose windows had grown first took everything, and a
+//! tenth of them got 2 % of the mean (load benchmark, `upload_100`). With each socket's queue
+//! bounded, the bytes wait in fyntr, where DRR takes them in turn.
+//!
+//! The bound never holds a flow below [`PATH_RATE`]: a socket keeps room for that rate times
+//! its round trip, and a worker's lone bulk flow keeps the kernel's autotuning.
+
+use std::{cell::Cell, time::Duration};
+
+/// The fastest path a flow is sized for: a socket keeps room for this rate times its round
+/// trip (10 Gbit/s).
+const PATH_RATE: f64 = 10e9 / 8.0;
+
+/// What one worker's bulk sockets may hold in the kernel together, shared out equally (but
+/// never below [`MIN_SEND_QUEUE`] each). Two bulk flows or fewer keep the kernel's autotuning.
+const WORKER_SEND_QUEUES: usize = 8 << 20;
+
+/// The least send queue a bulk socket is left: one default spliced chunk.
+pub(crate) const MIN_SEND_QUEUE: usize = 256 * 1024;
+
+/// Unsent bytes a bulk socket may hold (`TCP_NOTSENT_LOWAT`): one spliced chunk. What has been
+/// sent is bounded by the send buffer; this bounds what waits behind it.
+const UNSENT: usize = 256 * 1024;
+
+/// A worker's count of bulk flows (directions that have read a full chunk and not yet ended).
+#[derive(Default)]
+pub(crate) struct BulkFlows(Cell<usize>);
+
+impl BulkFlows {
+    fn count(&self) -> usize {
+        self.0.get()
+    }
+}
+
+/// The send-buffer size for a socket with round trip `round_trip` among `bulk_flows` bulk
+/// flows: `None` to leave the kernel's autotuning (which stops at `autotune_limit`).
+pub(crate) fn send_buffer_for(
+    round_trip: Duration,
+    bulk_flows: usize,
+    autotune_limit: usize,
+) -> Option<usize> {
+    let share = WORKER_SEND_QUEUES / bulk_flows.max(1);
+    let path = (PATH_RATE * round_trip.as_secs_f64()) as usize;
+    let needed = share.max(path).max(MIN_SEND_QUEUE);
+    (needed < autotune_limit).then_some(needed)
+}
+
+/// One relay direction's fit of its destination socket. Registers as a bulk flow of its
+/// worker on the first full chunk and leaves when dropped.
+pub(crate) struct SendQueueFit<'a> {
+    flows: &'a BulkFlows,
+    /// Whether this direction counts among the worker's bulk flows.
+    registered: bool,
+    /// The destination's round trip, read at the first fit.
+    round_trip: Duration,
+    /// The send buffer last set; `None` while the kernel's autotuning runs.
+    applied: Option<usize>,
+}
+
+impl<'a> SendQueueFit<'a> {
+    pub(crate) fn new(flows: &'a BulkFlows) -> Self {
+        Self {
+            flows,
+            registered: false,
+            round_trip: Duration::ZERO,
+            applied: None,
+        }
+    }
+
+    /// Called after each full chunk: fits `socket` on the first one, and again whenever its
+    /// share of the worker's budget has moved by more than an eighth (a flow fitted while alone
+    /// gives way when others arrive, and gets its room back when they leave). Costs a system
+    /// call only when the share moves.
+    pub(crate) fn on_bulk_chunk<S: fyntr_platform::Stream>(&mut self, socket: &S) {
+        let first = !self.registered;
+        if first {
+            self.registered = true;
+            self.flows.0.set(self.flows.count() + 1);
+            self.round_trip = socket.round_trip().unwrap_or(Duration::ZERO);
+        }
+        let limit = fyntr_platform::socket::autotuned_send_buffer_limit();
+        let wanted = match send_buffer_for(self.round_trip, self.flows.count(), limit) {
+            Some(bytes) => Some(bytes),
+            // Autotuning cannot be turned back on: a capped socket gets the most it would give.
+            None if self.applied.is_some() => Some(limit),
+            None => None,
+        };
+        let moved = match (self.applied, wanted) {
+            (Some(applied), Some(wanted)) => applied.abs_diff(wanted) > applied / 8,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if !first && !moved {
+            return;
+        }
+        let buffer = if moved { wanted } else { None };
+        if let Err(error) = socket.bound_send_queue(UNSENT, buffer) {
+            tracing::debug!(%error, "could not bound a send queue");
+        }
+        if buffer.is_some() {
+            self.applied = buffer;
+        }
+    }
+}
+
+impl Drop for SendQueueFit<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.flows.0.set(self.flows.count() - 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 4 << 20;
+
+    #[test]
+    fn a_lone_or_second_bulk_flow_keeps_autotuning() {
+        let loopback = Duration::from_micros(20);
+        assert_eq!(send_buffer_for(loopback, 1, LIMIT), None);
+        assert_eq!(send_buffer_for(loopback, 2, LIMIT), None);
+    }
+
+    #[test]
+    fn many_loopback_flows_share_the_worker_budget_down_to_the_floor() {
+        let loopback = Duration::from_micros(20);
+        assert_eq!(send_buffer_for(loopback, 4, LIMIT), Some(2 << 20));
+        assert_eq!(send_buffer_for(loopback, 50, LIMIT), Some(MIN_SEND_QUEUE));
+    }
+
+    #[test]
+    fn a_long_path_keeps_room_for_the_path_rate() {
+        // 1 ms at 10 Gbit/s is 1.25 MB; 10 ms is more than autotuning gives anyway.
+        let lan = send_buffer_for(Duration::from_millis(1), 50, LIMIT).unwrap();
+        assert_eq!(lan, 1_250_000);
+        assert_eq!(send_buffer_for(Duration::from_millis(10), 50, LIMIT), None);
+    }
+}
