@@ -117,14 +117,30 @@ impl Pacing {
         }
     }
 
-    /// Receive (or send) buffer for a new upstream connection at `rate` while `tunnels` are
-    /// open: the whole `rate x BUFFER_TIME` for a lone tunnel, an equal share of it otherwise,
-    /// so that all remote senders together can put at most about one round trip of data in
-    /// flight and the router's queue stays short. At least 4 KiB, at most 4 MiB.
+    /// Receive window for a paced download at `rate` while `tunnels` are open: the whole
+    /// `rate x BUFFER_TIME` for a lone tunnel, an equal share of it otherwise, so that all
+    /// remote senders together can put at most about one round trip of data in flight and the
+    /// router's queue stays short. At least 4 KiB, at most 4 MiB. The relay moves each
+    /// upstream socket's window to it as tunnels come and go, so a flow left alone can use the
+    /// whole rate.
     pub fn socket_buffer(rate: Rate, tunnels: usize) -> usize {
         let whole = rate.bytes_per_second() * Self::BUFFER_TIME.as_secs_f64();
         let share = whole / tunnels.max(1) as f64;
         (share as usize).clamp(4 * 1024, 4 << 20)
+    }
+
+    /// The window clamp a new upstream socket gets before it connects. The clamp before
+    /// `connect` also sets the first window and the window scale: the share while the whole
+    /// `rate x BUFFER_TIME` fits the unscaled 64 KiB, so new tunnels start with small windows;
+    /// above that the whole, so that the scale lets a lone flow's window grow to it later (the
+    /// first window is then at most 64 KiB).
+    pub fn first_window_clamp(rate: Rate, tunnels: usize) -> usize {
+        let whole = Self::socket_buffer(rate, 1);
+        if whole <= usize::from(u16::MAX) {
+            Self::socket_buffer(rate, tunnels)
+        } else {
+            whole
+        }
     }
 
     /// The relay buffer size to use with these rates: `buffer_size`, or less when a rate is

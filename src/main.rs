@@ -346,7 +346,7 @@ fn run(cli: Cli) -> Result<()> {
 fn describe_rate(rate: Option<Rate>) -> String {
     rate.map_or("off".to_string(), |rate| {
         format!(
-            "{:.2}mbit on the wire (upstream socket buffers up to {} KiB)",
+            "{:.2}mbit on the wire (upstream receive windows up to {} KiB)",
             rate.megabits(),
             Pacing::socket_buffer(rate, 1) / 1024
         )

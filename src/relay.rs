@@ -21,7 +21,7 @@ use fyntr_platform::{Backend, BufferPool, IoBuffer, PooledPipe, Stream};
 
 use crate::{
     gate::{Direction, FlowHandle},
-    send_queue::SendQueueFit,
+    send_queue::{self, SendQueueFit},
     server::WorkerContext,
 };
 
@@ -219,6 +219,10 @@ async fn pump_chunks<B: Backend>(
     // after the read let every new download take a free chunk plus a refilled receive buffer,
     // which at 30 parallel tunnels put the downlink over a 95 % rate (testbed trace).
     let gate_reads = to == Side::Downstream && ctx.config().pacing.download.is_some();
+    // Paced downloads offer the remote sender a window of their current share, moved as
+    // tunnels come and go: a window fixed when the tunnel opened (a thirtieth of the rate in a
+    // burst) held a flow left alone far below the rate.
+    let mut window = WindowShare::default();
     let mut first_read = true;
     // After a read that filled the whole chunk more data is almost surely waiting, so the next
     // read goes straight to the socket without a readiness round trip (on io_uring that saves
@@ -229,7 +233,13 @@ async fn pump_chunks<B: Backend>(
     // a relay buffer, which is also the most one grant may be (the paced chunk, when paced).
     let interactive_read = INTERACTIVE_READ.min(ctx.config().buffer_size.max(1));
     let mut interactive = true;
-    let mut send_queue = SendQueueFit::new(ctx.bulk_flows());
+    let pacing = &ctx.config().pacing;
+    let rate = match to {
+        Side::Upstream => pacing.upload,
+        Side::Downstream => pacing.download,
+    };
+    let unsent = send_queue::unsent_bound(rate.map(|rate| rate.bytes_per_second()));
+    let mut send_queue = SendQueueFit::new(ctx.bulk_flows(), unsent);
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
         // makes them readable.
@@ -244,6 +254,9 @@ async fn pump_chunks<B: Backend>(
         // forward are boxed: they exist only while data moves, so an idle tunnel's task holds
         // just the readiness wait above.
         let splice_chunk = ctx.config().splice_chunk;
+        if gate_reads {
+            window.follow(tunnel.stream(from), ctx.download_window());
+        }
         let granted = if gate_reads {
             Box::pin(grant_before_read(
                 tunnel.stream(from),
@@ -306,6 +319,30 @@ async fn pump_chunks<B: Backend>(
                 tunnel.fail(RelayEnd::Failed(from, error));
                 return written;
             }
+        }
+    }
+}
+
+/// The receive window a paced download last offered its upstream.
+#[derive(Default)]
+struct WindowShare {
+    clamp: Option<usize>,
+}
+
+impl WindowShare {
+    /// Moves `upstream`'s window clamp to `wanted` when it has moved by more than an eighth
+    /// since it was last set (one system call per change, not per chunk).
+    fn follow<S: Stream>(&mut self, upstream: &S, wanted: Option<usize>) {
+        let Some(wanted) = wanted else { return };
+        if self
+            .clamp
+            .is_some_and(|clamp| clamp.abs_diff(wanted) <= clamp / 8)
+        {
+            return;
+        }
+        match upstream.set_window_clamp(wanted) {
+            Ok(()) => self.clamp = Some(wanted),
+            Err(error) => tracing::debug!(%error, "could not move a download's window"),
         }
     }
 }

@@ -24,9 +24,24 @@ const WORKER_SEND_QUEUES: usize = 8 << 20;
 /// The least send queue a bulk socket is left: one default spliced chunk.
 pub(crate) const MIN_SEND_QUEUE: usize = 256 * 1024;
 
-/// Unsent bytes a bulk socket may hold (`TCP_NOTSENT_LOWAT`): one spliced chunk. What has been
-/// sent is bounded by the send buffer; this bounds what waits behind it.
-const UNSENT: usize = 256 * 1024;
+/// Unsent bytes a bulk socket may hold (`TCP_NOTSENT_LOWAT`) when its direction is not paced:
+/// one spliced chunk. What has been sent is bounded by the send buffer; this bounds what waits
+/// behind it.
+pub(crate) const UNSENT: usize = 256 * 1024;
+
+/// Unsent bytes a socket of a paced direction may hold: about this long at the rate. The pacer
+/// spaces what enters the socket, but what TCP cannot send at once (its window full, or after a
+/// loss) waits there and leaves later in one burst at the speed of the first link: 256 KiB of
+/// it overflowed the testbed router's 32 KiB queue. Bounded to a few paced chunks, such data
+/// waits in fyntr, behind the pacer.
+const PACED_UNSENT_TIME: Duration = Duration::from_millis(2);
+
+/// The unsent bound for a direction paced at `bytes_per_second`, or not paced (`None`).
+pub(crate) fn unsent_bound(bytes_per_second: Option<f64>) -> usize {
+    bytes_per_second.map_or(UNSENT, |rate| {
+        ((rate * PACED_UNSENT_TIME.as_secs_f64()) as usize).clamp(4 * 1024, UNSENT)
+    })
+}
 
 /// A worker's count of bulk flows (directions that have read a full chunk and not yet ended).
 #[derive(Default)]
@@ -55,6 +70,8 @@ pub(crate) fn send_buffer_for(
 /// worker on the first full chunk and leaves when dropped.
 pub(crate) struct SendQueueFit<'a> {
     flows: &'a BulkFlows,
+    /// The bound on unsent bytes (see [`unsent_bound`]).
+    unsent: usize,
     /// Whether this direction counts among the worker's bulk flows.
     registered: bool,
     /// The destination's round trip, read at the first fit.
@@ -64,9 +81,10 @@ pub(crate) struct SendQueueFit<'a> {
 }
 
 impl<'a> SendQueueFit<'a> {
-    pub(crate) fn new(flows: &'a BulkFlows) -> Self {
+    pub(crate) fn new(flows: &'a BulkFlows, unsent: usize) -> Self {
         Self {
             flows,
+            unsent,
             registered: false,
             round_trip: Duration::ZERO,
             applied: None,
@@ -100,7 +118,7 @@ impl<'a> SendQueueFit<'a> {
             return;
         }
         let buffer = if moved { wanted } else { None };
-        if let Err(error) = socket.bound_send_queue(UNSENT, buffer) {
+        if let Err(error) = socket.bound_send_queue(self.unsent, buffer) {
             tracing::debug!(%error, "could not bound a send queue");
         }
         if buffer.is_some() {
@@ -135,6 +153,15 @@ mod tests {
         let loopback = Duration::from_micros(20);
         assert_eq!(send_buffer_for(loopback, 4, LIMIT), Some(2 << 20));
         assert_eq!(send_buffer_for(loopback, 50, LIMIT), Some(MIN_SEND_QUEUE));
+    }
+
+    #[test]
+    fn paced_directions_keep_a_few_milliseconds_unsent() {
+        assert_eq!(unsent_bound(None), UNSENT);
+        // 19 Mbit/s: 2 ms is 4.75 KB.
+        assert_eq!(unsent_bound(Some(19e6 / 8.0)), 4750);
+        assert_eq!(unsent_bound(Some(1e3)), 4 * 1024);
+        assert_eq!(unsent_bound(Some(1e12)), UNSENT);
     }
 
     #[test]

@@ -175,19 +175,29 @@ impl<B: Backend> WorkerContext<B> {
         self.shared.connect_pacer.as_deref()
     }
 
-    /// Socket options for a new upstream connection, with buffers shared out among the tunnels
-    /// open now.
+    /// Socket options for a new upstream connection: with `--download-rate`, a first receive
+    /// window of the new tunnel's share (see [`Pacing::first_window_clamp`]).
     pub(crate) fn socket_tuning(&self) -> SocketTuning {
         let tunnels = self.shared.admission.active();
-        let pacing = &self.shared.config.pacing;
         SocketTuning {
-            receive_buffer: pacing
+            window_clamp: self
+                .shared
+                .config
+                .pacing
                 .download
-                .map(|rate| Pacing::socket_buffer(rate, tunnels)),
-            send_buffer: pacing
-                .upload
-                .map(|rate| Pacing::socket_buffer(rate, tunnels)),
+                .map(|rate| Pacing::first_window_clamp(rate, tunnels)),
         }
+    }
+
+    /// The receive window a paced download may offer now: its share of the rate over
+    /// [`Pacing::BUFFER_TIME`] among the tunnels open now.
+    pub(crate) fn download_window(&self) -> Option<usize> {
+        let tunnels = self.shared.admission.active();
+        self.shared
+            .config
+            .pacing
+            .download
+            .map(|rate| Pacing::socket_buffer(rate, tunnels))
     }
 }
 

@@ -54,17 +54,30 @@ async def tunnel(config, index, results, started_at):
                     "bytes": up + down})
 
 
-async def bulk_upload(config, stop, totals, index):
+async def bulk_upload(config, index, results, started_at):
+    """A large upload that starts with the burst (a state file, an artifact): the burst is over
+    only when it has arrived, so a proxy that starves it or holds it below the rate shows."""
+    size = config["bulk_upload_bytes"]
+    begin = time.monotonic()
     try:
-        _, writer = await open_stream(config, config["sink_port"])
+        reader, writer = await open_stream(config, config["burst_port"])
+        writer.write(struct.pack("!II", size, 0))
         chunk = bytes(64 * 1024)
-        while not stop.is_set():
-            writer.write(chunk)
+        sent = 0
+        while sent < size:
+            n = min(len(chunk), size - sent)
+            writer.write(chunk[:n])
             await writer.drain()
-            totals[index] += len(chunk)
+            sent += n
+        # The server closes once it has read everything.
+        ok = await reader.read(1) == b""
         writer.close()
     except (ConnectionError, OSError) as error:
+        ok = False
         print(f"bulk {index}: {error}", file=sys.stderr)
+    end = time.monotonic()
+    results.append({"index": index, "start": begin - started_at, "end": end - started_at, "ok": ok,
+                    "bytes": size})
 
 
 async def main():
@@ -75,10 +88,9 @@ async def main():
     idle_ended = time.monotonic()
     # Burst: tunnels and bulk uploads together.
     results = []
-    stop = asyncio.Event()
+    bulk_results = []
     burst_began = time.monotonic()
-    totals = [0] * config["bulk_uploads"]
-    bulk = [asyncio.create_task(bulk_upload(config, stop, totals, i)) for i in range(config["bulk_uploads"])]
+    bulk = [bulk_upload(config, i, bulk_results, burst_began) for i in range(config["bulk_uploads"])]
     limit = asyncio.Semaphore(config["parallel"])
 
     async def limited(index):
@@ -86,20 +98,18 @@ async def main():
             await tunnel(config, index, results, burst_began)
 
     try:
-        await asyncio.wait_for(asyncio.gather(*(limited(i) for i in range(config["tunnels"]))),
+        await asyncio.wait_for(asyncio.gather(*bulk, *(limited(i) for i in range(config["tunnels"]))),
                                timeout=config["timeout_seconds"])
     except asyncio.TimeoutError:
         print("burst timed out", file=sys.stderr)
     burst_ended = time.monotonic()
-    stop.set()
-    await asyncio.gather(*bulk)
     print(json.dumps({
         "idle_began": idle_began,
         "idle_ended": idle_ended,
         "tunnels": results,
         "burst_began": burst_began,
         "burst_ended": burst_ended,
-        "bulk_bytes": totals,
+        "bulk": bulk_results,
     }))
 
 

@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """The burst-smoothing testbed: does fyntr keep a small router's queue short?
 
-    sudo python3 ci/testbed/run.py [--quick] [--out DIR]
+    sudo python3 ci/testbed/run.py [--quick] [--realtime] [--modes M,...] [--fyntr BINARY] [--out DIR]
 
 Two network namespaces (client, server) are joined by an emulated home router (router.py:
 20 Mbit/s each way, 32 KiB drop-tail queue, 10 ms each way). In the client namespace a
 Terraform-like burst (200 short tunnels, 30 at a time, 128 KiB up and 256 KiB down each, plus 2
-bulk uploads) runs while a probe sends a UDP ping every 10 ms straight to the server (a video
+bulk uploads of 8 MiB that start with it; the burst ends when all have arrived) runs while a probe sends a UDP ping every 10 ms straight to the server (a video
 call or ssh beside the burst). Modes: direct connections, fyntr with defaults, and fyntr paced at
 95 % of the link (--upload-rate/--download-rate 19mbit). Reported per mode: probe RTT p50/p99 and
 loss, idle and during the burst; router drops; burst completion; per-tunnel completion p99;
-Jain's fairness of per-tunnel throughput; and a chart of probe RTT over time (testbed.svg).
+Jain's fairness of per-tunnel throughput; goodput per direction during the burst against the
+link rate; when the bulk uploads finished; and a chart of probe RTT over time (testbed.svg).
 
 Root only (namespaces, TUN); without root it prints why and exits 0. Traffic stays inside the
 namespaces (198.18.0.0/15, the benchmarking range); everything is removed at the end.
@@ -40,8 +41,9 @@ def sh(*args, check=True):
 
 
 class Testbed:
-    def __init__(self, out, realtime_priority):
+    def __init__(self, out, realtime_priority, fyntr_binary):
         self.out = out
+        self.fyntr_binary = fyntr_binary
         self.realtime_priority = realtime_priority
         suffix = str(os.getpid())
         self.client_ns, self.server_ns = f"fyntr-c{suffix}", f"fyntr-s{suffix}"
@@ -138,7 +140,7 @@ class Testbed:
             log_path = os.path.join(self.out, f"fyntr-{name}.log")
             log = open(log_path, "w")
             fyntr = subprocess.Popen(
-                ["ip", "netns", "exec", self.client_ns, os.path.join(ROOT, "target/release/fyntr"),
+                ["ip", "netns", "exec", self.client_ns, self.fyntr_binary,
                  "--allow-port", f"{BURST_PORT},{SINK_PORT}", *fyntr_args],
                 stdout=subprocess.DEVNULL, stderr=log, text=True)
             deadline = time.monotonic() + 10
@@ -168,6 +170,9 @@ class Testbed:
             print(f"{name}: {client.stderr.strip()[:500]}", file=sys.stderr)
         result = json.loads(client.stdout)
         result["expected_tunnels"] = config["tunnels"]
+        result["config_bulk_uploads"] = config["bulk_uploads"]
+        result["config_up_bytes"] = config["up_bytes"]
+        result["config_down_bytes"] = config["down_bytes"]
         origin = result["idle_began"]
         result["idle_samples"] = [{"t": at - origin, "rtt_ms": rtt} for at, rtt in samples
                                   if result["idle_began"] <= at < result["idle_ended"]]
@@ -226,8 +231,26 @@ def summarize(result):
         # Tunnels still running when the burst timed out never reported: they failed too.
         "failed_tunnels": result["expected_tunnels"] - len(ok),
         "jain": jain,
-        "bulk_upload_mb": sum(result["bulk_bytes"]) / 1e6,
+        "failed_bulk_uploads": result["config_bulk_uploads"] - sum(1 for b in result["bulk"] if b["ok"]),
+        "bulk_upload_finished_s": max((b["end"] for b in result["bulk"]), default=float("nan")),
+        # Goodput: payload bytes the burst delivered each way over the burst's duration, as a
+        # share of the link's rate (what an outside tool sees: bytes delivered, not offered).
+        "uplink_goodput_of_rate": burst_goodput(result, "up") / RATE_BITS,
+        "downlink_goodput_of_rate": burst_goodput(result, "down") / RATE_BITS,
     }
+
+
+def burst_goodput(result, direction):
+    """Bits per second of payload the burst moved one way while it ran."""
+    duration = result["burst_ended"] - result["burst_began"]
+    if duration <= 0:
+        return 0.0
+    ok = [t for t in result["tunnels"] if t["ok"]]
+    per_tunnel = result["config_up_bytes"] if direction == "up" else result["config_down_bytes"]
+    total = per_tunnel * len(ok)
+    if direction == "up":
+        total += sum(b["bytes"] for b in result["bulk"] if b["ok"])
+    return total * 8 / duration
 
 
 def svg_chart(results, path):
@@ -269,6 +292,8 @@ def main():
     parser.add_argument("--realtime", action="store_true",
                         help="run the router and the probe at real-time priority (experimental)")
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "testbed"))
+    parser.add_argument("--fyntr", default=os.path.join(ROOT, "target/release/fyntr"),
+                        help="the fyntr binary to run (default: the release build)")
     parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95, fyntr-paced-85, fyntr-paced-95-connect-10")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -278,12 +303,13 @@ def main():
         if shutil.which(tool) is None:
             print(f"testbed skipped: {tool} (iproute2) is not installed")
             return 0
-    if not os.path.exists(os.path.join(ROOT, "target/release/fyntr")):
+    if not os.path.exists(args.fyntr):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     config = {
         "server": SERVER_ADDR, "burst_port": BURST_PORT, "sink_port": SINK_PORT, "probe_port": PROBE_PORT,
         "tunnels": 40 if args.quick else 200, "parallel": 30, "up_bytes": 128 * 1024,
-        "down_bytes": 256 * 1024, "bulk_uploads": 2, "idle_seconds": 1.0 if args.quick else 5.0,
+        "down_bytes": 256 * 1024, "bulk_uploads": 2,
+        "bulk_upload_bytes": (2 if args.quick else 8) * 1024 * 1024, "idle_seconds": 1.0 if args.quick else 5.0,
         "probe_interval": 0.01, "timeout_seconds": 120,
     }
     modes = {
@@ -302,7 +328,7 @@ def main():
     # A SIGTERM (say, from `timeout`) unwinds like Ctrl-C, so the namespaces and processes below
     # are removed instead of left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with Testbed(args.out, args.realtime) as bed:
+    with Testbed(args.out, args.realtime, args.fyntr) as bed:
         for name, fyntr_args in modes.items():
             print(f"testbed: running {name}", file=sys.stderr)
             results[name] = bed.run_mode(name, fyntr_args, config)

@@ -106,6 +106,8 @@ pub trait Stream: Sized + 'static {
     fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
     /// The round-trip time the kernel measures for this connection (Linux).
     fn round_trip(&self) -> io::Result<std::time::Duration>;
+    /// Bounds the receive window this socket offers (see [`socket::set_window_clamp`]).
+    fn set_window_clamp(&self, bytes: usize) -> io::Result<()>;
     /// Bounds what the kernel queues for sending (see [`socket::bound_send_queue`]).
     fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()>;
     /// Sends FIN: the peer reads EOF, while reading from it continues.

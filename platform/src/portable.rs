@@ -235,6 +235,10 @@ impl crate::Stream for PortableStream {
         crate::socket::round_trip(&self.inner)
     }
 
+    fn set_window_clamp(&self, bytes: usize) -> io::Result<()> {
+        crate::socket::set_window_clamp(&self.inner, bytes)
+    }
+
     fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()> {
         crate::socket::bound_send_queue(&self.inner, unsent, buffer)
     }

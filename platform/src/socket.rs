@@ -134,17 +134,17 @@ fn on_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
-/// Socket options for upstream connections when pacing is on.
+/// Socket options for upstream connections when downloads are paced.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SocketTuning {
-    /// `SO_RCVBUF`: bounds the window the destination may fill before fyntr reads.
-    pub receive_buffer: Option<usize>,
-    /// `SO_SNDBUF`: keeps the kernel's send queue short so DRR's order reaches the wire.
-    pub send_buffer: Option<usize>,
+    /// `TCP_WINDOW_CLAMP` before `connect`: bounds the receive window the destination may fill
+    /// before fyntr reads, from the first window on. Unlike `SO_RCVBUF` it leaves the window
+    /// scale and the buffer's autotuning alone, and [`set_window_clamp`] can move it later.
+    pub window_clamp: Option<usize>,
 }
 
 /// A new non-blocking TCP socket for `addr`, with `tuning` applied (before `connect`, so that
-/// the window scale matches the receive buffer); not connected yet.
+/// it bounds the first window too); not connected yet.
 pub(crate) fn socket_for(addr: SocketAddr, tuning: SocketTuning) -> io::Result<Socket> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let socket = Socket::new(
@@ -161,11 +161,8 @@ pub(crate) fn socket_for(addr: SocketAddr, tuning: SocketTuning) -> io::Result<S
     if on_loopback(addr) {
         use_loopback_congestion_control(&socket);
     }
-    if let Some(size) = tuning.receive_buffer {
-        socket.set_recv_buffer_size(size)?;
-    }
-    if let Some(size) = tuning.send_buffer {
-        socket.set_send_buffer_size(size)?;
+    if let Some(clamp) = tuning.window_clamp {
+        set_window_clamp(&socket, clamp)?;
     }
     Ok(socket)
 }
@@ -348,6 +345,28 @@ pub fn bound_send_queue<S: std::os::fd::AsFd>(
     _buffer: Option<usize>,
 ) -> io::Result<()> {
     Ok(())
+}
+
+/// Bounds the receive window `socket` advertises to `bytes` (`TCP_WINDOW_CLAMP`); it may be
+/// moved at any time, and the window follows as data is read (it never shrinks below what was
+/// already offered). Off Linux nothing is changed.
+pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        set_int_option(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_WINDOW_CLAMP,
+            bytes,
+        )
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (socket, bytes);
+        Ok(())
+    }
 }
 
 /// The most the kernel's send-buffer autotuning gives a socket (`net.ipv4.tcp_wmem`, third

@@ -532,6 +532,10 @@ impl crate::Stream for UringStream {
         crate::socket::round_trip(&self.fd())
     }
 
+    fn set_window_clamp(&self, bytes: usize) -> io::Result<()> {
+        crate::socket::set_window_clamp(&self.fd(), bytes)
+    }
+
     fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()> {
         crate::socket::bound_send_queue(&self.fd(), unsent, buffer)
     }
