@@ -114,8 +114,6 @@ pub trait Stream: Sized + 'static {
     fn shutdown_write(&self) -> io::Result<()>;
     /// Shuts the socket down both ways so that any pending read or write completes promptly.
     fn abort(&self);
-    /// The address of the peer.
-    fn peer_addr(&self) -> io::Result<SocketAddr>;
     /// Bytes the kernel holds ready to read now (`FIONREAD`); 0 at EOF or with nothing pending.
     fn queued_to_read(&self) -> io::Result<usize>;
 }

@@ -87,15 +87,6 @@ pub struct HeapBuffer {
 }
 
 impl HeapBuffer {
-    /// A buffer that belongs to no pool (for tests and one-off writes).
-    pub fn detached(bytes: &[u8]) -> Self {
-        Self {
-            data: Some(bytes.to_vec().into_boxed_slice()),
-            len: bytes.len(),
-            pool: None,
-        }
-    }
-
     /// The whole buffer, for a read to fill; call [`HeapBuffer::set_len`] afterwards.
     pub fn spare_mut(&mut self) -> &mut [u8] {
         self.data

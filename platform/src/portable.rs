@@ -223,10 +223,6 @@ impl crate::Stream for PortableStream {
         socket::shutdown_both(&self.inner);
     }
 
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.peer_addr()
-    }
-
     fn queued_to_read(&self) -> io::Result<usize> {
         socket::queued_to_read(&self.inner)
     }

@@ -517,13 +517,6 @@ impl crate::Stream for UringStream {
         crate::socket::shutdown_both(&self.fd());
     }
 
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        socket2::SockRef::from(&self.fd())
-            .peer_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))
-    }
-
     fn queued_to_read(&self) -> io::Result<usize> {
         crate::socket::queued_to_read(&self.fd())
     }

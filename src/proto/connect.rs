@@ -44,8 +44,6 @@ pub enum Parse {
 pub struct ConnectRequest {
     /// Where to connect.
     pub target: Target,
-    /// HTTP minor version: 0 or 1.
-    pub minor_version: u8,
 }
 
 /// A CONNECT destination.
@@ -144,14 +142,10 @@ pub fn parse(received: &[u8]) -> Result<Parse, RequestError> {
     if method != "CONNECT" {
         return Err(RequestError::NotConnect(method.chars().take(32).collect()));
     }
-    let minor_version = request.version.unwrap_or_default();
     let target = parse_authority(request.path.unwrap_or_default())?;
     check_no_content(request.headers)?;
     Ok(Parse::Complete {
-        request: ConnectRequest {
-            target,
-            minor_version,
-        },
+        request: ConnectRequest { target },
         consumed: head_len,
     })
 }

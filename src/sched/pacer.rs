@@ -70,11 +70,6 @@ impl Rate {
     pub fn megabits(self) -> f64 {
         self.0 * 8.0 / 1e6
     }
-
-    /// Time to send `bytes` at this rate.
-    pub fn duration_of(self, bytes: u64) -> Duration {
-        Duration::from_secs_f64(bytes as f64 / self.0)
-    }
 }
 
 /// TCP payload per full segment on a 1500-byte MTU path (1500 - 20 IPv4 - 20 TCP - 12 options).
