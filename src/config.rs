@@ -1,6 +1,6 @@
 //! The proxy's configuration, validated.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use crate::{
     dial::DialPlan,
@@ -36,11 +36,10 @@ pub enum BackendChoice {
     Tokio,
 }
 
-/// Everything a server needs to run.
+/// Everything a server needs to run. Build it with [`Config::default`], set what differs, and
+/// [`Config::resolve`] it (the server does so too).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where to listen.
-    pub listen: SocketAddr,
     /// Concurrent client connections, pending CONNECTs included; never 0 here (the FD guard
     /// turns "unlimited" into what the descriptor limit allows).
     pub connection_cap: usize,
@@ -54,7 +53,8 @@ pub struct Config {
     pub workers: usize,
     /// Destination policy.
     pub policy: PolicyConfig,
-    /// Relay buffer size in bytes: one copied chunk.
+    /// Relay buffer size in bytes: one copied chunk. [`Config::resolve`] makes it smaller when a
+    /// rate is set (see [`Pacing::chunk_size`]).
     pub buffer_size: usize,
     /// Most bytes one spliced chunk holds (see [`SPLICE_CHUNK_FACTOR`]).
     pub splice_chunk: usize,
@@ -165,11 +165,10 @@ impl Pacing {
     }
 }
 
-impl Config {
-    /// A configuration with the defaults of the command line, listening on `listen`.
-    pub fn new(listen: SocketAddr) -> Self {
+impl Default for Config {
+    /// The defaults of the command line.
+    fn default() -> Self {
         Self {
-            listen,
             connection_cap: 1000,
             idle_timeout: Some(Duration::from_secs(300)),
             handshake_timeout: Duration::from_secs(30),
@@ -185,6 +184,23 @@ impl Config {
             scheduler: SchedulerConfig::default(),
             pacing: Pacing::default(),
         }
+    }
+}
+
+impl Config {
+    /// Derives the effective settings from the requested ones: the relay chunk (a few
+    /// hundred microseconds of the slower rate when one is set), the spliced chunk, and the
+    /// quantum cap (one chunk, never under the quantum's floor: a paced chunk may be a single
+    /// segment). Applying it twice changes nothing, so [`crate::server::run`] applies it to
+    /// whatever it is given, and every caller gets the same effective settings.
+    pub fn resolve(mut self) -> Self {
+        self.buffer_size = self.pacing.chunk_size(self.buffer_size);
+        self.splice_chunk = self.pacing.splice_chunk(self.buffer_size);
+        let quantum = &mut self.scheduler.quantum;
+        quantum.max = u32::try_from(self.buffer_size)
+            .unwrap_or(u32::MAX)
+            .max(quantum.min);
+        self
     }
 }
 
@@ -213,6 +229,28 @@ pub fn parse_byte_size(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolving_derives_the_paced_chunk_and_resolving_again_changes_nothing() {
+        let mut config = Config::default();
+        config.pacing.upload = Some(Rate::parse("19mbit").unwrap());
+        let resolved = config.resolve();
+        assert_eq!(resolved.buffer_size, SEGMENT_PAYLOAD as usize);
+        assert_eq!(resolved.splice_chunk, resolved.buffer_size);
+        assert_eq!(
+            resolved.scheduler.quantum.max,
+            resolved.scheduler.quantum.min
+        );
+        let again = resolved.clone().resolve();
+        assert_eq!(again.buffer_size, resolved.buffer_size);
+        assert_eq!(again.splice_chunk, resolved.splice_chunk);
+        let unpaced = Config::default().resolve();
+        assert_eq!(unpaced.buffer_size, DEFAULT_BUFFER_SIZE);
+        assert_eq!(
+            unpaced.splice_chunk,
+            DEFAULT_BUFFER_SIZE * SPLICE_CHUNK_FACTOR
+        );
+    }
 
     #[test]
     fn spliced_chunks_are_bigger_only_when_not_paced() {

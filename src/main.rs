@@ -253,7 +253,7 @@ fn run(cli: Cli) -> Result<()> {
         );
     }
 
-    let mut config = Config::new(listen);
+    let mut config = Config::default();
     config.connection_cap = budget.connection_cap;
     config.idle_timeout = (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout));
     config.handshake_timeout = Duration::from_secs(cli.handshake_timeout);
@@ -281,15 +281,8 @@ fn run(cli: Cli) -> Result<()> {
         download: cli.download_rate,
         connects_per_second: cli.connect_rate,
     };
-    config.buffer_size = config.pacing.chunk_size(cli.buffer_size);
-    config.splice_chunk = config.pacing.splice_chunk(config.buffer_size);
+    let config = config.resolve();
     return_buffers_to_the_system(cli.buffer_size);
-    // A paced chunk may be a single segment, below the smallest quantum: the cap never goes
-    // under the floor.
-    let quantum = &mut config.scheduler.quantum;
-    quantum.max = u32::try_from(config.buffer_size)
-        .unwrap_or(u32::MAX)
-        .max(quantum.min);
 
     let choice_arg = match cli.backend {
         BackendArg::Auto => BackendChoice::Auto,

@@ -228,6 +228,7 @@ pub fn run<B: Backend>(
     listeners: Vec<std::net::TcpListener>,
     shutdown: ShutdownSignal,
 ) -> io::Result<()> {
+    let config = config.resolve();
     let workers = config.workers.max(1);
     let shared = Arc::new(Shared::new(config));
     backend.run_workers(workers, listeners, move |worker| {
