@@ -204,8 +204,8 @@ impl Config {
     }
 }
 
-/// Parses a byte size: a plain number of bytes, or one with a binary suffix (`k`, `KiB`, `m`,
-/// `MiB`; `KB`/`MB` are read as binary too, as buffer sizes always are).
+/// Parses a byte size: a plain number of bytes, or one with a unit of [`crate::units`] (`KB`
+/// is 1000 bytes, `KiB` 1024).
 pub fn parse_byte_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text
@@ -215,14 +215,11 @@ pub fn parse_byte_size(text: &str) -> Result<usize, String> {
     let number: usize = number
         .parse()
         .map_err(|_| format!("{text:?} is not a size such as 65536, 64KiB or 1MiB"))?;
-    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use KiB or MiB)")),
-    };
+    let multiplier = crate::units::bytes_in(unit).ok_or_else(|| {
+        format!("{text:?}: unknown unit {unit:?} (use B, KB, MB, KiB or MiB; KB is 1000 bytes)")
+    })?;
     number
-        .checked_mul(multiplier)
+        .checked_mul(multiplier as usize)
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
@@ -293,7 +290,8 @@ mod tests {
     fn byte_sizes_parse_with_binary_units() {
         assert_eq!(parse_byte_size("65536"), Ok(65536));
         assert_eq!(parse_byte_size("64KiB"), Ok(65536));
-        assert_eq!(parse_byte_size("64k"), Ok(65536));
+        assert_eq!(parse_byte_size("64k"), Ok(64_000));
+        assert_eq!(parse_byte_size("64KB"), Ok(64_000));
         assert_eq!(parse_byte_size("1MiB"), Ok(1 << 20));
         assert!(parse_byte_size("64 parsecs").is_err());
         assert!(parse_byte_size("").is_err());

@@ -30,5 +30,6 @@ pub mod sched;
 mod send_queue;
 pub mod server;
 mod tunnel;
+pub mod units;
 
 pub use fyntr_platform as platform;

@@ -117,7 +117,8 @@ struct Cli {
     #[arg(long, env = "FYNTR_WORKERS", value_parser = clap::value_parser!(u64).range(1..1025))]
     workers: Option<u64>,
 
-    /// Size of one relay buffer (one read, one scheduled chunk), e.g. 65536, 64KiB, 256KiB.
+    /// Size of one relay buffer (one read, one scheduled chunk), e.g. 65536, 64KiB, 256KiB
+    /// (KiB/MiB are powers of 1024; KB/MB and a bare k/m powers of 1000).
     #[arg(long, env = "FYNTR_BUFFER_SIZE", default_value = "64KiB", value_name = "BYTES",
           value_parser = parse_buffer_size)]
     buffer_size: usize,
@@ -127,7 +128,8 @@ struct Cli {
     #[arg(long, env = "FYNTR_ZERO_COPY", value_enum, default_value_t = Switch::On)]
     zero_copy: Switch,
 
-    /// Total upload rate (client to destination), e.g. 19mbit, 2.5MB, 500KiB (per second).
+    /// Total upload rate (client to destination), e.g. 19mbit, 2.5MB, 500KiB (per second;
+    /// kbit/mbit and KB/MB are powers of 1000, as in tc; KiB/MiB powers of 1024).
     /// Paces all tunnels together, in small bursts, sharing the rate fairly with DRR. Set it a
     /// little below the uplink (95 %) to keep the router's queue short. Default: off.
     #[arg(long, env = "FYNTR_UPLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
@@ -253,33 +255,38 @@ fn run(cli: Cli) -> Result<()> {
         );
     }
 
-    let mut config = Config::default();
-    config.connection_cap = budget.connection_cap;
-    config.idle_timeout = (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout));
-    config.handshake_timeout = Duration::from_secs(cli.handshake_timeout);
-    config.shutdown_grace = Duration::from_secs(cli.shutdown_grace);
-    config.workers = workers;
-    config.dial.attempt_timeout = Duration::from_secs(cli.connect_timeout);
-    config.policy = PolicyConfig {
-        allowed_ports: cli.allow_port,
-        no_default_allowed_port: cli.no_default_allow_port,
-        denied: fyntr::policy::default_denied()
-            .into_iter()
-            .chain(cli.deny_cidr)
-            .collect(),
-        allowed: cli.allow_cidr,
-        allowed_domains: cli.allow_domain,
-    };
-
-    config.buffer_size = cli.buffer_size;
-    if cli.zero_copy == Switch::Off {
-        config.pipes_per_worker = 0;
-    }
-    config.pipe_budget = PipeBudget::for_this_user().total();
-    config.pacing = Pacing {
-        upload: cli.upload_rate,
-        download: cli.download_rate,
-        connects_per_second: cli.connect_rate,
+    let config = Config {
+        connection_cap: budget.connection_cap,
+        idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
+        handshake_timeout: Duration::from_secs(cli.handshake_timeout),
+        shutdown_grace: Duration::from_secs(cli.shutdown_grace),
+        workers,
+        policy: PolicyConfig {
+            allowed_ports: cli.allow_port,
+            no_default_allowed_port: cli.no_default_allow_port,
+            denied: fyntr::policy::default_denied()
+                .into_iter()
+                .chain(cli.deny_cidr)
+                .collect(),
+            allowed: cli.allow_cidr,
+            allowed_domains: cli.allow_domain,
+        },
+        buffer_size: cli.buffer_size,
+        pipes_per_worker: match cli.zero_copy {
+            Switch::On => fyntr::limits::PIPES_PER_WORKER,
+            Switch::Off => 0,
+        },
+        pipe_budget: PipeBudget::for_this_user().total(),
+        pacing: Pacing {
+            upload: cli.upload_rate,
+            download: cli.download_rate,
+            connects_per_second: cli.connect_rate,
+        },
+        dial: fyntr::dial::DialPlan {
+            attempt_timeout: Duration::from_secs(cli.connect_timeout),
+            ..Default::default()
+        },
+        ..Config::default()
     };
     let config = config.resolve();
     return_buffers_to_the_system(cli.buffer_size);

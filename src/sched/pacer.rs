@@ -36,23 +36,17 @@ impl Rate {
         let number: f64 = number
             .parse()
             .map_err(|_| format!("{original:?} is not a rate such as 19mbit, 2.5MB or 500KiB"))?;
-        let bytes_per_unit = match unit.trim() {
-            "" | "B" => 1.0,
-            "bit" => 1.0 / 8.0,
-            "kbit" | "Kbit" => 1e3 / 8.0,
-            "mbit" | "Mbit" => 1e6 / 8.0,
-            "gbit" | "Gbit" => 1e9 / 8.0,
-            "KB" | "kB" | "k" | "K" => 1e3,
-            "MB" | "M" | "m" => 1e6,
-            "GB" | "G" | "g" => 1e9,
-            "KiB" => 1024.0,
-            "MiB" => 1024.0 * 1024.0,
-            "GiB" => 1024.0 * 1024.0 * 1024.0,
-            other => {
-                return Err(format!(
-                    "{original:?}: unknown unit {other:?} (use bit, kbit, mbit, gbit, B, KB, MB, GB, KiB, MiB or GiB)"
-                ))
-            }
+        if unit.trim() == "b" {
+            return Err(format!(
+                "{original:?}: \"b\" is ambiguous in a rate: write B for bytes or bit for bits"
+            ));
+        }
+        let Some(bytes_per_unit) =
+            crate::units::bytes_in_bits(unit).or_else(|| crate::units::bytes_in(unit))
+        else {
+            return Err(format!(
+                "{original:?}: unknown unit {unit:?} (use bit, kbit, mbit, gbit, B, KB, MB, GB, KiB, MiB or GiB; K, M, G are powers of 1000)"
+            ));
         };
         let rate = number * bytes_per_unit;
         if !(rate.is_finite() && rate >= 1.0) {
@@ -231,6 +225,11 @@ mod tests {
         assert_eq!(Rate::parse("500KiB").unwrap().0, 512_000.0);
         assert_eq!(Rate::parse("1gbit/s").unwrap().0, 1.25e8);
         assert_eq!(Rate::parse("4000").unwrap().0, 4000.0);
+        assert_eq!(
+            Rate::parse("64k").unwrap().0,
+            64e3,
+            "k is SI, as in every unit"
+        );
         for bad in ["", "fast", "10 parsecs", "0mbit", "-1MB", "1b"] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }
