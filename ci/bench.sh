@@ -14,9 +14,12 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     [ -x /usr/sbin/squid ] || missing+=(squid)
     if ((${#missing[@]})); then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-        # The packages start system services; the benchmark runs its own instances.
-        systemctl stop tinyproxy squid 2>/dev/null || pkill -x tinyproxy || true
-        pkill -x squid || true
+        # The packages start their system services; the benchmark runs its own instances, so
+        # stop those services through their init system (which knows their PIDs), and nothing
+        # else of that name that may run on this host.
+        for service in tinyproxy squid; do
+            systemctl stop "$service" 2>/dev/null || service "$service" stop 2>/dev/null || true
+        done
     fi
 fi
 micro=false
