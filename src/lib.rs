@@ -6,18 +6,24 @@
 //!   shutdown. [`server::run`] is the entry point (the binary and the tests both call it).
 //! - [`tunnel`](crate::tunnel) (private): one client: read the head within the handshake timeout,
 //!   check the [`policy`], [`dial`] the upstream, answer 200, then [`relay`].
+//! - `worker` (private): what all workers share and what one worker's tasks share; it hands the
+//!   relay only what the relay uses. `admission` (private, re-exported by [`server`]): the
+//!   connection cap.
 //! - [`relay`]: both directions of an established tunnel, with half-close and idle timeout;
-//!   every write is granted by the worker's scheduler.
+//!   every write is granted by the worker's scheduler. `send_queue` (private) bounds what bulk
+//!   sockets hold in the kernel, so that the scheduler, not the kernel, decides who goes.
 //! - [`sched`]: the sans-io Deficit Round-Robin scheduler (no I/O, no clock inside).
 //! - [`proto`]: the sans-io CONNECT head parser and the responses.
 //! - [`policy`]: destination ports, CIDRs and domains.
-//! - [`config`], [`limits`]: the validated configuration and the file-descriptor guard.
+//! - [`config`], [`limits`], [`units`]: the validated configuration, the file-descriptor guard,
+//!   and the byte units of sizes and rates.
 //! - [`backend`]: picking io_uring or Tokio once at start (with a probe), then running the
 //!   server monomorphised for it.
 //!
 //! Bytes move through the backend crate `fyntr-platform`; this crate is generic over its
 //! [`Backend`](fyntr_platform::Backend) trait and is monomorphised per backend.
 
+mod admission;
 pub mod backend;
 pub mod config;
 pub mod dial;
@@ -31,5 +37,6 @@ mod send_queue;
 pub mod server;
 mod tunnel;
 pub mod units;
+mod worker;
 
 pub use fyntr_platform as platform;

@@ -17,13 +17,39 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fyntr_platform::{Backend, BufferPool, IoBuffer, PooledPipe, Stream};
+use fyntr_platform::{Backend, BufferPool, IoBuffer, PipePool, PooledPipe, Stream};
 
 use crate::{
-    gate::{Direction, FlowHandle},
-    send_queue::{self, SendQueueFit},
-    server::WorkerContext,
+    admission::Admission,
+    config::{Config, Pacing},
+    gate::{Direction, FlowHandle, Gate},
+    send_queue::{self, BulkFlows, SendQueueFit},
 };
+
+/// What a relay uses of its worker: no more, so that it depends on nothing above it.
+pub(crate) struct RelayContext<'a, B: Backend> {
+    pub(crate) config: &'a Config,
+    /// The connection cap's count of open tunnels, among which paced windows are shared.
+    pub(crate) admission: &'a Admission,
+    pub(crate) pool: &'a B::Pool,
+    pub(crate) pipes: &'a PipePool,
+    /// Where interactive messages land first; only ever borrowed without an await in between.
+    pub(crate) scratch: &'a RefCell<Box<[u8]>>,
+    pub(crate) gate: &'a std::rc::Rc<Gate>,
+    pub(crate) bulk_flows: &'a BulkFlows,
+}
+
+impl<B: Backend> RelayContext<'_, B> {
+    /// The receive window a paced download may offer now: its share of the rate over
+    /// [`Pacing::BUFFER_TIME`] among the tunnels open now.
+    fn download_window(&self) -> Option<usize> {
+        let tunnels = self.admission.active();
+        self.config
+            .pacing
+            .download
+            .map(|rate| Pacing::socket_buffer(rate, tunnels))
+    }
+}
 
 /// The largest read of an interactive message. A read shorter than this marks its direction as
 /// interactive, and the next read there copies (`recv`) instead of splicing: a short `recv`
@@ -136,7 +162,7 @@ impl<S: Stream> Tunnel<'_, S> {
 /// Relays between `downstream` and `upstream` until the tunnel ends. `pipelined` holds bytes the
 /// client sent after its request head; they go upstream first.
 pub(crate) async fn relay<B: Backend>(
-    ctx: &WorkerContext<B>,
+    ctx: &RelayContext<'_, B>,
     downstream: &B::Stream,
     upstream: &B::Stream,
     pipelined: &[u8],
@@ -155,7 +181,7 @@ pub(crate) async fn relay<B: Backend>(
         )
     };
     tokio::pin!(pumps);
-    let ((upload, upload_wait), (download, download_wait)) = match ctx.config().idle_timeout {
+    let ((upload, upload_wait), (download, download_wait)) = match ctx.config.idle_timeout {
         None => pumps.await,
         Some(idle) => {
             tokio::select! {
@@ -180,7 +206,7 @@ pub(crate) async fn relay<B: Backend>(
 /// One direction: reads from `from` and writes to the other side. Returns bytes written and the
 /// time spent waiting for grants.
 async fn pump<B: Backend>(
-    ctx: &WorkerContext<B>,
+    ctx: &RelayContext<'_, B>,
     tunnel: &Tunnel<'_, B::Stream>,
     from: Side,
     pipelined: &[u8],
@@ -189,13 +215,13 @@ async fn pump<B: Backend>(
         Side::Downstream => (Side::Upstream, Direction::Upload),
         Side::Upstream => (Side::Downstream, Direction::Download),
     };
-    let flow = ctx.gate().open_flow(direction);
+    let flow = ctx.gate.open_flow(direction);
     let written = pump_chunks(ctx, tunnel, from, to, &flow, pipelined).await;
     (written, flow.waited())
 }
 
 async fn pump_chunks<B: Backend>(
-    ctx: &WorkerContext<B>,
+    ctx: &RelayContext<'_, B>,
     tunnel: &Tunnel<'_, B::Stream>,
     from: Side,
     to: Side,
@@ -205,7 +231,7 @@ async fn pump_chunks<B: Backend>(
     let mut written = 0;
     // Pipelined bytes (a TLS ClientHello sent with the CONNECT) are sent like a small message:
     // chunks of at most a relay buffer, so that each grant stays within one paced chunk.
-    for chunk in pipelined.chunks(ctx.config().buffer_size.max(1)) {
+    for chunk in pipelined.chunks(ctx.config.buffer_size.max(1)) {
         let read_at = Instant::now();
         let bytes = Chunk::Interactive(Box::from(chunk));
         if !Box::pin(forward(tunnel, flow, to, bytes, 0, read_at)).await {
@@ -218,7 +244,7 @@ async fn pump_chunks<B: Backend>(
     // the remote senders' windows (and so the router's queue) open only at the rate. Granting
     // after the read let every new download take a free chunk plus a refilled receive buffer,
     // which at 30 parallel tunnels put the downlink over a 95 % rate (testbed trace).
-    let gate_reads = to == Side::Downstream && ctx.config().pacing.download.is_some();
+    let gate_reads = to == Side::Downstream && ctx.config.pacing.download.is_some();
     // Paced downloads offer the remote sender a window of their current share, moved as
     // tunnels come and go: a window fixed when the tunnel opened (a thirtieth of the rate in a
     // burst) held a flow left alone far below the rate.
@@ -231,15 +257,15 @@ async fn pump_chunks<B: Backend>(
     let mut streaming = false;
     // Tunnels start with small messages (TLS handshakes); see INTERACTIVE_READ. Never more than
     // a relay buffer, which is also the most one grant may be (the paced chunk, when paced).
-    let interactive_read = INTERACTIVE_READ.min(ctx.config().buffer_size.max(1));
+    let interactive_read = INTERACTIVE_READ.min(ctx.config.buffer_size.max(1));
     let mut interactive = true;
-    let pacing = &ctx.config().pacing;
+    let pacing = &ctx.config.pacing;
     let rate = match to {
         Side::Upstream => pacing.upload,
         Side::Downstream => pacing.download,
     };
     let unsent = send_queue::unsent_bound(rate.map(|rate| rate.bytes_per_second()));
-    let mut send_queue = SendQueueFit::new(ctx.bulk_flows(), unsent);
+    let mut send_queue = SendQueueFit::new(ctx.bulk_flows, unsent);
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
         // makes them readable.
@@ -253,7 +279,7 @@ async fn pump_chunks<B: Backend>(
         // back to waiting for readiness without holding the pipe. A copying read and the
         // forward are boxed: they exist only while data moves, so an idle tunnel's task holds
         // just the readiness wait above.
-        let splice_chunk = ctx.config().splice_chunk;
+        let splice_chunk = ctx.config.splice_chunk;
         if gate_reads {
             window.follow(tunnel.stream(from), ctx.download_window());
         }
@@ -272,7 +298,7 @@ async fn pump_chunks<B: Backend>(
         let (read, chunk) = if interactive && !streaming && !gate_reads {
             read_interactive(ctx, tunnel.stream(from), interactive_read)
         } else {
-            match ctx.pipes().take() {
+            match ctx.pipes.take() {
                 Some(mut pipe) => {
                     let read = tunnel.stream(from).try_splice_in(&mut pipe, splice_max);
                     (read, Chunk::Spliced(pipe))
@@ -379,11 +405,11 @@ impl<B: IoBuffer> Chunk<B> {
 /// Reads one interactive message: into the worker's scratch buffer, then into a copy of exactly
 /// its size, which lives until it is written (small, and no pool buffer is pinned for it).
 fn read_interactive<B: Backend>(
-    ctx: &WorkerContext<B>,
+    ctx: &RelayContext<'_, B>,
     stream: &B::Stream,
     max: usize,
 ) -> (io::Result<usize>, Chunk<B::Buffer>) {
-    let mut scratch = ctx.scratch().borrow_mut();
+    let mut scratch = ctx.scratch.borrow_mut();
     let read = stream.try_recv(&mut scratch[..max]);
     let bytes = match read {
         Ok(n) => Box::from(&scratch[..n]),
@@ -396,10 +422,10 @@ fn read_interactive<B: Backend>(
 /// never dropped mid-flight: if the tunnel goes idle, the watchdog shuts the sockets down, which
 /// completes it.
 async fn read_copied<B: Backend>(
-    ctx: &WorkerContext<B>,
+    ctx: &RelayContext<'_, B>,
     stream: &B::Stream,
 ) -> (io::Result<usize>, Chunk<B::Buffer>) {
-    let buffer = ctx.pool().take().await;
+    let buffer = ctx.pool.take().await;
     let (read, buffer) = stream.read(buffer).await;
     (read, Chunk::Copied(buffer))
 }

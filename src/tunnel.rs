@@ -13,7 +13,8 @@ use crate::{
     dial,
     proto::{self, response::ESTABLISHED, Parse, Status, Target},
     relay::{self, RelayEnd, Traffic},
-    server::{Ticket, WorkerContext},
+    server::Ticket,
+    worker::WorkerContext,
 };
 
 /// After an error response, how long to keep reading what the client still sends, so that
@@ -81,7 +82,7 @@ async fn run<B: Backend>(
     else {
         return;
     };
-    let (traffic, end) = relay::relay(ctx, client, &upstream, &pipelined).await;
+    let (traffic, end) = relay::relay(&ctx.relay_context(), client, &upstream, &pipelined).await;
     report.traffic = traffic;
     report.outcome = Outcome::Relayed(end);
 }
