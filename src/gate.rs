@@ -155,8 +155,8 @@ impl Gate {
     ///
     /// Its own runs never notify it: a task that woke itself would find the permit at once and
     /// loop without yielding, and the flows it just granted could not run on this thread until
-    /// no timeout was left. With pacing that held every grant back for a whole DRR round and
-    /// then wrote them all at once (a 20 KiB burst every 10 ms at 19 Mbit/s, seen with strace).
+    /// no timeout was left. With pacing that would hold every grant back for a whole DRR round
+    /// and then write them all at once (a 20 KiB burst every 10 ms at 19 Mbit/s).
     pub(crate) async fn run_timer(self: Rc<Self>) {
         loop {
             match self.next_timeout() {
@@ -250,7 +250,8 @@ mod tests {
     use crate::sched::pacer::{on_the_wire, Rate};
 
     /// Paced grants reach their flows as they are made: the timer task yields after each of its
-    /// runs. (It used to wake itself and spin, so no flow ran until the whole round was granted.)
+    /// runs. (A timer that woke itself would spin, and no flow would run until the whole round
+    /// was granted.)
     #[tokio::test]
     async fn each_paced_grant_reaches_its_flow_before_the_next_is_made() {
         const CHUNK: usize = 1448;

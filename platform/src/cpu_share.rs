@@ -4,16 +4,16 @@
 //! always finds more to do (a handful of chatty tunnels, or bulk relays) never blocks, and the
 //! kernel then lets it run until its time slice ends at a scheduler tick (4 ms at `HZ=250`)
 //! while the client and server threads that would produce and consume its next bytes wait on
-//! the same core. On the load benchmark's 1 KiB ping-pong (10 tunnels, 2 cores) that made the
-//! p99 round trip one tick, 4.0 ms, against 52 us at the median.
+//! the same core. On the load benchmark's 1 KiB ping-pong (10 tunnels, 2 cores) that makes the
+//! p99 round trip one tick, 4.0 ms, against 52 us at the median, when workers never yield.
 //!
 //! [`share_cpu`] is called after each relayed chunk. Once [`BURST`] has passed since the worker
 //! last yielded, it calls `sched_yield` if the worker moved less than [`BULK_BYTES`] in that
 //! time: on Linux's EEVDF scheduler that moves the worker behind the threads already waiting for
 //! its core, and returns at once when none are. A worker relaying small messages is
 //! latency-bound, and its peers' next messages are what it waits for. A worker moving bulk data
-//! is throughput-bound and keeps its core: yielding there too cost the load benchmark's 100
-//! uploads a tenth of their aggregate rate and its fairness (Jain's index 0.965), for no gain.
+//! is throughput-bound and keeps its core: yielding there too costs the load benchmark's 100
+//! uploads a tenth of their aggregate rate and some fairness (Jain's index 0.965), for no gain.
 //! The burst is wall time since the last yield, not CPU time since the worker last slept
 //! (neither runtime tells when its thread blocks), so a worker that sleeps a lot yields at most
 //! once per wake-up that finds work: one cheap system call per [`BURST`] at most.

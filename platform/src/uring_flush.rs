@@ -3,9 +3,10 @@
 //! tokio-uring 0.5 pushes each operation onto the submission queue and submits the queue only
 //! when its thread parks (Tokio's `on_thread_park` hook) or when the queue is full. A worker that
 //! is relaying bulk data never parks: its tasks yield to each other after every chunk, and a
-//! yield polls epoll without parking. So while bulk tunnels ran, a new tunnel's accept, request
-//! head read and 200 waited in the queue until the worker next went idle: a tunnel beside four
-//! bulk tunnels took up to 370 ms to open (tests/fairness.rs).
+//! yield polls epoll without parking. So while bulk tunnels run, a new tunnel's accept, request
+//! head read and 200 would wait in the queue until the worker next went idle: up to 370 ms for
+//! a tunnel beside four bulk tunnels (tests/fairness.rs), where with [`submit_queued`] it takes
+//! about 2 ms.
 //!
 //! tokio-uring does not expose its ring's descriptor or a way to submit, so each worker finds
 //! its ring's descriptor when it creates the runtime (the one `anon_inode:[io_uring]` descriptor
