@@ -124,8 +124,7 @@ on_each_backend! {
         let delivered: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let least = *delivered.iter().min().unwrap();
         let most = *delivered.iter().max().unwrap();
-        // Printed for the record: workers that hold unequal numbers of tunnels give theirs
-        // unequal shares (see docs/performance.md).
+        // Printed for the record (see docs/performance.md for what spreads the shares).
         let mean = delivered.iter().sum::<u64>() as f64 / TUNNELS as f64;
         eprintln!(
             "{backend:?}: delivered per tunnel: least {least}, most {most}, mean {mean:.0}"
