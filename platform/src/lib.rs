@@ -108,6 +108,8 @@ pub trait Stream: Sized + 'static {
     fn round_trip(&self) -> io::Result<std::time::Duration>;
     /// Bounds the receive window this socket offers (see [`socket::set_window_clamp`]).
     fn set_window_clamp(&self, bytes: usize) -> io::Result<()>;
+    /// Fixes the receive buffer, ending its autotuning (see [`socket::fix_receive_buffer`]).
+    fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()>;
     /// Bounds what the kernel queues for sending (see [`socket::bound_send_queue`]).
     fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()>;
     /// Sends FIN: the peer reads EOF, while reading from it continues.

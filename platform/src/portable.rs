@@ -231,6 +231,10 @@ impl crate::Stream for PortableStream {
         crate::socket::round_trip(&self.inner)
     }
 
+    fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+        crate::socket::fix_receive_buffer(&self.inner, bytes)
+    }
+
     fn set_window_clamp(&self, bytes: usize) -> io::Result<()> {
         crate::socket::set_window_clamp(&self.inner, bytes)
     }

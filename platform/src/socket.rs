@@ -349,7 +349,9 @@ pub fn bound_send_queue<S: std::os::fd::AsFd>(
 
 /// Bounds the receive window `socket` advertises to `bytes` (`TCP_WINDOW_CLAMP`); it may be
 /// moved at any time, and the window follows as data is read (it never shrinks below what was
-/// already offered). Off Linux nothing is changed.
+/// already offered). The kernel's receive-buffer autotuning raises the clamp whenever it grows
+/// the buffer, so a clamp meant to hold must be paired with [`fix_receive_buffer`] once the
+/// connection is up. Off Linux nothing is changed.
 pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
@@ -359,6 +361,27 @@ pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::R
             socket.as_fd().as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_WINDOW_CLAMP,
+            bytes,
+        )
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (socket, bytes);
+        Ok(())
+    }
+}
+
+/// Fixes the receive buffer of a connected `socket` at about `bytes` (`SO_RCVBUF`), which ends
+/// its autotuning; the window scale, agreed at connect, stays. Off Linux nothing is changed.
+pub fn fix_receive_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        set_int_option(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
             bytes,
         )
     }

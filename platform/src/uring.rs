@@ -525,6 +525,10 @@ impl crate::Stream for UringStream {
         crate::socket::round_trip(&self.fd())
     }
 
+    fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+        crate::socket::fix_receive_buffer(&self.fd(), bytes)
+    }
+
     fn set_window_clamp(&self, bytes: usize) -> io::Result<()> {
         crate::socket::set_window_clamp(&self.fd(), bytes)
     }
