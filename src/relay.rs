@@ -250,12 +250,12 @@ async fn pump_chunks<B: Backend>(
     // With --download-rate, downloads are paced where they enter: the grant is taken before the
     // read, for exactly the bytes the kernel holds, so fyntr never reads ahead of the rate and
     // the remote senders' windows (and so the router's queue) open only at the rate. Granting
-    // after the read let every new download take a free chunk plus a refilled receive buffer,
-    // which at 30 parallel tunnels put the downlink over a 95 % rate (testbed trace).
+    // after the read would let every new download take a free chunk plus a refilled receive
+    // buffer, which at 30 parallel tunnels puts the downlink over a 95 % rate (testbed trace).
     let gate_reads = to == Side::Downstream && ctx.config.pacing.download.is_some();
     // Paced downloads offer the remote sender a window of their current share, moved as
-    // tunnels come and go: a window fixed when the tunnel opened (a thirtieth of the rate in a
-    // burst) held a flow left alone far below the rate.
+    // tunnels come and go: a window fixed when the tunnel opens (a thirtieth of the rate in a
+    // burst) would hold a flow left alone far below the rate.
     let mut window = WindowShare::default();
     let mut first_read = true;
     // After a read that filled the whole chunk more data is almost surely waiting, so the next
