@@ -9,7 +9,8 @@
 //! bounded, the bytes wait in fyntr, where DRR takes them in turn.
 //!
 //! The bound never holds a flow below [`PATH_RATE`]: a socket keeps room for that rate times
-//! its round trip, and a worker's lone bulk flow keeps the kernel's autotuning.
+//! its round trip, and a worker's one or two bulk flows keep the kernel's autotuning (and, when
+//! not paced, are left alone altogether).
 
 use std::{cell::Cell, time::Duration};
 
@@ -114,7 +115,10 @@ impl<'a> SendQueueFit<'a> {
             (None, Some(_)) => true,
             (_, None) => false,
         };
-        if !first && !moved {
+        // An unpaced flow that keeps autotuning has nothing to share its socket with: it is
+        // left alone (a lone bulk download with the unsent bound ran 5 % slower).
+        let leave_alone = self.unsent == UNSENT && wanted.is_none();
+        if (!first && !moved) || (first && leave_alone) {
             return;
         }
         let buffer = if moved { wanted } else { None };
