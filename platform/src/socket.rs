@@ -326,13 +326,10 @@ pub fn bound_send_queue<S: std::os::fd::AsFd>(
     unsent: usize,
     buffer: Option<usize>,
 ) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_fd().as_raw_fd();
-    let int = |bytes: usize| libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, int(unsent))?;
+    set_size_option(socket, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, unsent)?;
     if let Some(buffer) = buffer {
         // The kernel doubles the value for its bookkeeping, which leaves about `buffer` for data.
-        set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, int(buffer))?;
+        set_size_option(socket, libc::SOL_SOCKET, libc::SO_SNDBUF, buffer)?;
     }
     Ok(())
 }
@@ -354,16 +351,7 @@ pub fn bound_send_queue<S: std::os::fd::AsFd>(
 /// connection is up. Off Linux nothing is changed.
 pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::fd::AsRawFd;
-        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        set_int_option(
-            socket.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_WINDOW_CLAMP,
-            bytes,
-        )
-    }
+    return set_size_option(socket, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, bytes);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         let _ = (socket, bytes);
@@ -375,21 +363,25 @@ pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::R
 /// its autotuning; the window scale, agreed at connect, stays. Off Linux nothing is changed.
 pub fn fix_receive_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::fd::AsRawFd;
-        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        set_int_option(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            bytes,
-        )
-    }
+    return set_size_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         let _ = (socket, bytes);
         Ok(())
     }
+}
+
+/// Sets the integer socket option `level`/`name` to `bytes`, saturated to a C int.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_size_option<S: std::os::fd::AsFd>(
+    socket: &S,
+    level: libc::c_int,
+    name: libc::c_int,
+    bytes: usize,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(socket.as_fd().as_raw_fd(), level, name, bytes)
 }
 
 /// The most the kernel's send-buffer autotuning gives a socket (`net.ipv4.tcp_wmem`, third
