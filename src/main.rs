@@ -311,6 +311,18 @@ fn run(cli: Cli) -> Result<()> {
         .allowed_ports()
         .map(|p| p.to_string())
         .collect();
+    // Signals are watched before the start line: a SIGINT sent as soon as the proxy says it
+    // listens must drain it, not kill it with the default action.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (watching, watched) = std::sync::mpsc::channel();
+    let grace = Duration::from_secs(cli.shutdown_grace);
+    std::thread::Builder::new()
+        .name("fyntr-signals".into())
+        .spawn(move || wait_for_signals(stop, grace, watching))
+        .context("starting the signal thread")?;
+    if watched.recv_timeout(Duration::from_secs(5)).is_err() {
+        warn!("the signal thread did not start watching within 5 s");
+    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         backend = backend.name(),
@@ -331,11 +343,6 @@ fn run(cli: Cli) -> Result<()> {
         "fyntr listening on {bound}"
     );
 
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    std::thread::Builder::new()
-        .name("fyntr-signals".into())
-        .spawn(move || wait_for_signals(stop, Duration::from_secs(cli.shutdown_grace)))
-        .context("starting the signal thread")?;
     backend
         .run(config, listeners, shutdown)
         .context("running the workers")?;
@@ -450,7 +457,11 @@ fn refuse_unsupported(cli: &Cli) -> Result<()> {
 }
 
 /// Waits for SIGINT or SIGTERM, then asks the server to drain. A second signal exits at once.
-fn wait_for_signals(stop: tokio::sync::watch::Sender<bool>, grace: Duration) {
+fn wait_for_signals(
+    stop: tokio::sync::watch::Sender<bool>,
+    grace: Duration,
+    watching: std::sync::mpsc::Sender<()>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -462,14 +473,20 @@ fn wait_for_signals(stop: tokio::sync::watch::Sender<bool>, grace: Duration) {
         }
     };
     runtime.block_on(async move {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            error!("cannot watch for SIGTERM");
+        use tokio::signal::unix::{signal, SignalKind};
+        // Both handlers are installed here, when the streams are made, before the caller is
+        // told that signals are watched.
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            error!("cannot watch for SIGINT and SIGTERM");
+            let _ = watching.send(());
             return;
         };
+        let _ = watching.send(());
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received, stopping"),
+            _ = interrupt.recv() => info!("SIGINT received, stopping"),
             _ = terminate.recv() => info!("SIGTERM received, stopping"),
         }
         info!(
@@ -478,7 +495,7 @@ fn wait_for_signals(stop: tokio::sync::watch::Sender<bool>, grace: Duration) {
         );
         let _ = stop.send(true);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
         warn!("second signal, exiting now");
