@@ -329,7 +329,7 @@ pub fn bound_send_queue<S: std::os::fd::AsFd>(
     set_size_option(socket, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, unsent)?;
     if let Some(buffer) = buffer {
         // The kernel doubles the value for its bookkeeping, which leaves about `buffer` for data.
-        set_size_option(socket, libc::SOL_SOCKET, libc::SO_SNDBUF, buffer)?;
+        socket2::SockRef::from(socket).set_send_buffer_size(buffer)?;
     }
     Ok(())
 }
@@ -360,15 +360,9 @@ pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::R
 }
 
 /// Fixes the receive buffer of a connected `socket` at about `bytes` (`SO_RCVBUF`), which ends
-/// its autotuning; the window scale, agreed at connect, stays. Off Linux nothing is changed.
+/// its autotuning; the window scale, agreed at connect, stays.
 pub fn fix_receive_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    return set_size_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let _ = (socket, bytes);
-        Ok(())
-    }
+    socket2::SockRef::from(socket).set_recv_buffer_size(bytes)
 }
 
 /// Sets the integer socket option `level`/`name` to `bytes`, saturated to a C int.
@@ -380,8 +374,21 @@ fn set_size_option<S: std::os::fd::AsFd>(
     bytes: usize,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    set_int_option(socket.as_fd().as_raw_fd(), level, name, bytes)
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // Safety: the option value is one live c_int, and its size is passed with it.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The most the kernel's send-buffer autotuning gives a socket (`net.ipv4.tcp_wmem`, third
@@ -394,29 +401,6 @@ pub fn autotuned_send_buffer_limit() -> usize {
             .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
             .unwrap_or(4 << 20)
     })
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn set_int_option(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // Safety: the option value is one live c_int, and its size is passed with it.
-    let set = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if set < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
