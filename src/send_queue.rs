@@ -75,7 +75,7 @@ pub(crate) struct SendQueueFit<'a> {
     unsent: usize,
     /// Whether this direction counts among the worker's bulk flows.
     registered: bool,
-    /// The destination's round trip, read at the first fit.
+    /// The destination's path round trip, read at the first fit.
     round_trip: Duration,
     /// The send buffer last set; `None` while the kernel's autotuning runs.
     applied: Option<usize>,
@@ -101,7 +101,11 @@ impl<'a> SendQueueFit<'a> {
         if first {
             self.registered = true;
             self.flows.0.set(self.flows.count() + 1);
-            self.round_trip = socket.round_trip().unwrap_or(Duration::ZERO);
+            // The path's round trip, not what the queues on it add at this moment: a flow that
+            // started while a receiver lagged would otherwise keep a buffer sized to the lag.
+            self.round_trip = socket
+                .tcp_stats()
+                .map_or(Duration::ZERO, |stats| stats.base_round_trip());
         }
         let limit = fyntr_platform::socket::autotuned_send_buffer_limit();
         let wanted = match send_buffer_for(self.round_trip, self.flows.count(), limit) {

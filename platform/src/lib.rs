@@ -27,12 +27,14 @@
 
 use std::{future::Future, io, net::SocketAddr};
 
+mod balance;
 pub mod cpu_share;
 pub mod pipe_budget;
 mod pool;
 pub mod portable;
 pub mod socket;
 pub mod splice;
+pub mod tcp_info;
 #[cfg(target_os = "linux")]
 pub mod uring;
 #[cfg(target_os = "linux")]
@@ -42,6 +44,7 @@ pub use pipe_budget::PipeBudget;
 pub use pool::{HeapBuffer, HeapPool};
 pub use socket::SocketTuning;
 pub use splice::{Pipe, PipePool, PooledPipe};
+pub use tcp_info::TcpStats;
 
 /// An owned data buffer that crosses the backend boundary.
 ///
@@ -104,8 +107,8 @@ pub trait Stream: Sized + 'static {
     /// Moves everything `pipe` holds into the socket, waiting for room as needed. Unlike
     /// `write_all` this future may be dropped at any time; bytes not yet moved stay in the pipe.
     fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
-    /// The round-trip time the kernel measures for this connection (Linux).
-    fn round_trip(&self) -> io::Result<std::time::Duration>;
+    /// What the kernel knows of this connection's path (Linux; `Unsupported` elsewhere).
+    fn tcp_stats(&self) -> io::Result<TcpStats>;
     /// Bounds the receive window this socket offers (see [`socket::set_window_clamp`]).
     fn set_window_clamp(&self, bytes: usize) -> io::Result<()>;
     /// Fixes the receive buffer, ending its autotuning (see [`socket::fix_receive_buffer`]).

@@ -1,79 +1,114 @@
 //! The portable backend: a Tokio current-thread runtime per worker (epoll on Linux, kqueue on
 //! macOS). It runs everywhere, and on Linux wherever io_uring is unavailable.
 
-use std::{
-    cell::{Cell, RefCell},
-    future::Future,
-    io,
-    net::SocketAddr,
-    thread,
+use std::{cell::Cell, future::Future, io, net::SocketAddr, sync::Arc, task::Poll, thread};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    balance::{Balance, Handoff, Load, WorkerShare},
+    socket, Backend, HeapBuffer, HeapPool, IoBuffer, Pipe, SocketTuning, Worker,
 };
-
-use tokio::{net::TcpListener, sync::mpsc};
-
-use crate::{socket, Backend, HeapBuffer, HeapPool, IoBuffer, Pipe, SocketTuning, Worker};
 
 /// The portable (Tokio) backend.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Portable;
 
-/// A listener of the portable backend.
-pub enum PortableListener {
-    /// The worker accepts on its own socket.
-    Socket {
-        /// The socket.
-        listener: TcpListener,
-        /// Set once [`crate::Listener::stop`] was called.
-        stopped: Cell<bool>,
-        /// See [`crate::socket::tunes_loopback_peers`].
-        tunes_loopback_peers: bool,
-    },
-    /// An acceptor thread hands connections to this worker.
-    Handoff(RefCell<mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>>),
+/// A listener of the portable backend: the worker's own socket, or, where `SO_REUSEPORT` does
+/// not balance, the connections an acceptor thread hands over. Either way connections go to
+/// the least loaded worker ([`crate::balance`]).
+pub struct PortableListener {
+    /// The worker's own socket, if it has one.
+    socket: Option<OwnSocket>,
+    share: WorkerShare,
+    /// See [`crate::socket::tunes_loopback_peers`].
+    tunes_loopback_peers: bool,
+}
+
+/// A worker's own listening socket.
+struct OwnSocket {
+    listener: TcpListener,
+    /// Set once [`crate::Listener::stop`] was called.
+    stopped: Cell<bool>,
+}
+
+/// What a listener's wait ended with.
+enum Arrival {
+    /// A connection from this worker's socket.
+    Accepted(io::Result<(tokio::net::TcpStream, SocketAddr)>),
+    /// A connection another worker or the acceptor thread handed over.
+    HandedOver(Handoff),
+}
+
+impl PortableListener {
+    /// Waits for a connection on this worker's socket or one handed over.
+    async fn next_arrival(&self) -> io::Result<Arrival> {
+        std::future::poll_fn(|cx| {
+            let handed = self.share.poll_handoff(cx);
+            if let Poll::Ready(Some(handoff)) = handed {
+                return Poll::Ready(Ok(Arrival::HandedOver(handoff)));
+            }
+            match &self.socket {
+                Some(own) if own.stopped.get() => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "listener stopped",
+                ))),
+                Some(own) => own
+                    .listener
+                    .poll_accept(cx)
+                    .map(|accepted| Ok(Arrival::Accepted(accepted))),
+                None if handed.is_ready() => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "acceptor stopped",
+                ))),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Counts and tunes a connection this worker takes.
+    fn tuned(&self, mut stream: PortableStream, peer: SocketAddr, load: Load) -> PortableStream {
+        if self.tunes_loopback_peers {
+            socket::tune_accepted(&stream.inner, peer);
+        }
+        stream.load = Some(load);
+        stream
+    }
 }
 
 impl crate::Listener for PortableListener {
     type Stream = PortableStream;
 
     async fn accept(&self) -> io::Result<(PortableStream, SocketAddr)> {
-        match self {
-            Self::Socket {
-                listener,
-                stopped,
-                tunes_loopback_peers,
-            } => {
-                if stopped.get() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "listener stopped",
-                    ));
+        loop {
+            match self.next_arrival().await? {
+                Arrival::HandedOver(handoff) => {
+                    let stream = PortableStream::from_std(handoff.stream)?;
+                    return Ok((self.tuned(stream, handoff.peer, handoff.load), handoff.peer));
                 }
-                let (stream, peer) = listener.accept().await?;
-                if *tunes_loopback_peers {
-                    socket::tune_accepted(&stream, peer);
+                Arrival::Accepted(accepted) => {
+                    let (stream, peer) = accepted?;
+                    if let Some(load) = self.share.keep() {
+                        let stream = PortableStream::accepted(stream)?;
+                        return Ok((self.tuned(stream, peer, load), peer));
+                    }
+                    if let Some((stream, load)) = self.share.hand_off(stream.into_std()?, peer) {
+                        return Ok((
+                            self.tuned(PortableStream::from_std(stream)?, peer, load),
+                            peer,
+                        ));
+                    }
                 }
-                Ok((PortableStream::accepted(stream)?, peer))
-            }
-            Self::Handoff(receiver) => {
-                // Borrowed only within each poll, so `stop` can close it meanwhile.
-                let next = std::future::poll_fn(|cx| receiver.borrow_mut().poll_recv(cx)).await;
-                let (stream, peer) = next.ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotConnected, "acceptor stopped")
-                })?;
-                Ok((PortableStream::from_std(stream)?, peer))
             }
         }
     }
 
     fn stop(&self) {
-        match self {
-            Self::Socket {
-                listener, stopped, ..
-            } => {
-                stopped.set(true);
-                socket::stop_listening(listener);
-            }
-            Self::Handoff(receiver) => receiver.borrow_mut().close(),
+        self.share.stop();
+        if let Some(own) = &self.socket {
+            own.stopped.set(true);
+            socket::stop_listening(&own.listener);
         }
     }
 }
@@ -81,6 +116,8 @@ impl crate::Listener for PortableListener {
 /// A connected stream of the portable backend.
 pub struct PortableStream {
     inner: tokio::net::TcpStream,
+    /// A client connection's place in its worker's count ([`crate::balance`]).
+    load: Option<Load>,
 }
 
 impl PortableStream {
@@ -89,14 +126,14 @@ impl PortableStream {
         if !socket::ACCEPTED_INHERIT_NODELAY {
             inner.set_nodelay(true)?;
         }
-        Ok(Self { inner })
+        Ok(Self { inner, load: None })
     }
 
     /// Wraps a connection this worker dialled, or one the acceptor thread accepted.
     fn new(inner: tokio::net::TcpStream) -> io::Result<Self> {
         // A proxy forwards each chunk as soon as it has it; Nagle would only add latency.
         inner.set_nodelay(true)?;
-        Ok(Self { inner })
+        Ok(Self { inner, load: None })
     }
 
     /// Adopts a connection the acceptor thread accepted (where `SO_REUSEPORT` does not balance).
@@ -227,8 +264,8 @@ impl crate::Stream for PortableStream {
         socket::queued_to_read(&self.inner)
     }
 
-    fn round_trip(&self) -> io::Result<std::time::Duration> {
-        crate::socket::round_trip(&self.inner)
+    fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
+        crate::tcp_info::read(&self.inner)
     }
 
     fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
@@ -308,71 +345,76 @@ impl Backend for Portable {
 }
 
 /// Where a worker's connections come from, before its runtime exists.
-enum ListenerSource {
-    Socket(std::net::TcpListener),
-    Handoff(mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>),
+struct ListenerSource {
+    socket: Option<std::net::TcpListener>,
+    share: WorkerShare,
+    tunes_loopback_peers: bool,
 }
 
 impl ListenerSource {
     fn into_listener(self) -> io::Result<PortableListener> {
-        Ok(match self {
-            Self::Socket(listener) => PortableListener::Socket {
-                tunes_loopback_peers: socket::tunes_loopback_peers(listener.local_addr()),
+        let socket = match self.socket {
+            Some(listener) => Some(OwnSocket {
                 listener: TcpListener::from_std(listener)?,
                 stopped: Cell::new(false),
-            },
-            Self::Handoff(receiver) => PortableListener::Handoff(RefCell::new(receiver)),
+            }),
+            None => None,
+        };
+        Ok(PortableListener {
+            socket,
+            share: self.share,
+            tunes_loopback_peers: self.tunes_loopback_peers,
         })
     }
 }
 
-/// One listener per worker when there are enough, otherwise one acceptor thread that deals
-/// connections to the workers in turn.
+/// One listener per worker when there are enough, otherwise one acceptor thread that hands
+/// each connection to the least loaded worker.
 fn listener_sources(
     workers: usize,
     mut listeners: Vec<std::net::TcpListener>,
 ) -> io::Result<Vec<ListenerSource>> {
+    let first = listeners
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener to run on"))?;
+    let tunes_loopback_peers = socket::tunes_loopback_peers(first.local_addr());
+    let (balance, shares) = Balance::new(workers);
     if listeners.len() >= workers {
         listeners.truncate(workers);
-        return Ok(listeners.into_iter().map(ListenerSource::Socket).collect());
+        return Ok(listeners
+            .into_iter()
+            .zip(shares)
+            .map(|(listener, share)| ListenerSource {
+                socket: Some(listener),
+                share,
+                tunes_loopback_peers,
+            })
+            .collect());
     }
-    let listener = listeners
-        .into_iter()
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener to run on"))?;
+    let listener = listeners.swap_remove(0);
     listener.set_nonblocking(false)?;
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
     thread::Builder::new()
         .name("fyntr-acceptor".into())
-        .spawn(move || hand_out_connections(listener, senders))?;
-    Ok(receivers.into_iter().map(ListenerSource::Handoff).collect())
+        .spawn(move || hand_out_connections(listener, balance))?;
+    Ok(shares
+        .into_iter()
+        .map(|share| ListenerSource {
+            socket: None,
+            share,
+            tunes_loopback_peers,
+        })
+        .collect())
 }
 
-/// The acceptor thread: accepts in a blocking loop and deals connections round-robin. It ends when
-/// every worker has stopped receiving (the process then exits with it).
-fn hand_out_connections(
-    listener: std::net::TcpListener,
-    senders: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
-) {
-    let mut next = 0;
+/// The acceptor thread: accepts in a blocking loop and hands each connection to the least
+/// loaded worker. It ends when every worker has stopped (the process then exits with it).
+fn hand_out_connections(listener: std::net::TcpListener, balance: Arc<Balance>) {
     loop {
         match listener.accept() {
-            Ok(mut connection) => {
-                // Skip workers that have stopped; give up when none is left.
-                let mut tries = 0;
-                loop {
-                    match senders[next % senders.len()].send(connection) {
-                        Ok(()) => break,
-                        Err(mpsc::error::SendError(back)) => connection = back,
-                    }
-                    next += 1;
-                    tries += 1;
-                    if tries == senders.len() {
-                        return;
-                    }
+            Ok((stream, peer)) => {
+                if balance.hand_to_least_loaded(stream, peer).is_err() {
+                    return;
                 }
-                next += 1;
             }
             Err(error) if socket::is_resource_exhaustion(&error) => {
                 thread::sleep(std::time::Duration::from_millis(100));

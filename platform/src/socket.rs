@@ -286,36 +286,6 @@ pub fn queued_to_read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<usize> {
     Ok(usize::try_from(queued).unwrap_or(0))
 }
 
-/// The smoothed round-trip time the kernel measures for `socket` (`TCP_INFO`).
-/// `Unsupported` off Linux.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn round_trip<S: std::os::fd::AsFd>(socket: &S) -> io::Result<std::time::Duration> {
-    use std::os::fd::AsRawFd;
-    // Safety: tcp_info is plain data, valid when zeroed.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // Safety: `info` and `len` are live, and `len` holds the size of `info`.
-    let got = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
-}
-
-/// Off Linux the round trip is not read.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub fn round_trip<S: std::os::fd::AsFd>(_socket: &S) -> io::Result<std::time::Duration> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
 /// Bounds what the kernel holds for sending on `socket`: at most `unsent` bytes not yet sent
 /// (`TCP_NOTSENT_LOWAT`: the socket is writable only below it), and, when `buffer` is given,
 /// about that many bytes sent or not (`SO_SNDBUF`, which also ends the kernel's autotuning of
@@ -503,11 +473,10 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_send_queue_is_bounded_and_the_round_trip_read() {
+    fn a_send_queue_is_bounded() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let _receiver = listener.accept().unwrap();
-        assert!(round_trip(&sender).unwrap() < std::time::Duration::from_secs(1));
         bound_send_queue(&sender, 128 * 1024, Some(256 * 1024)).unwrap();
         let socket = socket2::SockRef::from(&sender);
         assert_eq!(socket.send_buffer_size().unwrap(), 2 * 256 * 1024);

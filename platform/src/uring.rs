@@ -23,6 +23,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsRawFd, BorrowedFd, RawFd},
+    task::Poll,
 };
 
 use tokio::io::{unix::AsyncFd, Interest};
@@ -30,6 +31,7 @@ use tokio_uring::buf::{fixed::FixedBuf, fixed::FixedBufPool, BoundedBuf, IoBuf, 
 use tracing::warn;
 
 use crate::{
+    balance::{Balance, Handoff, Load, WorkerShare},
     uring_flush::{create_runtime, submit_queued},
     Backend, BufferPool, HeapBuffer, HeapPool, IoBuffer, Pipe, SocketTuning, Worker,
 };
@@ -165,15 +167,28 @@ fn classify(step: &str, error: &io::Error) -> Unavailable {
 /// on one wake-up and returns it non-blocking, with the listener's `TCP_NODELAY`. On the load
 /// benchmark's churn (`strace -c -f` on fyntr) a ring accept costs 27.6 system calls per tunnel
 /// where `accept4` costs 24.8 (`io_uring_enter` and `epoll_wait` 1.2 each against 0.3).
+///
+/// A connection accepted while this worker carries more than its share goes to another worker
+/// before any byte of it is read ([`crate::balance`]).
 pub struct UringListener {
     inner: AsyncFd<std::net::TcpListener>,
     /// See [`crate::socket::tunes_loopback_peers`].
     tunes_loopback_peers: bool,
+    share: WorkerShare,
+}
+
+/// What a listener's wait ended with.
+enum Arrival {
+    /// A connection from this worker's socket.
+    Accepted(io::Result<(std::net::TcpStream, SocketAddr)>),
+    /// A connection another worker handed over.
+    HandedOver(Handoff),
 }
 
 impl UringListener {
-    fn new(listener: std::net::TcpListener) -> io::Result<Self> {
+    fn new(listener: std::net::TcpListener, share: WorkerShare) -> io::Result<Self> {
         Ok(Self {
+            share,
             tunes_loopback_peers: crate::socket::tunes_loopback_peers(listener.local_addr()),
             // Safety: the AsyncFd owns the listener, whose descriptor stays open and the same
             // until the AsyncFd is dropped.
@@ -187,27 +202,72 @@ impl crate::Listener for UringListener {
     type Stream = UringStream;
 
     async fn accept(&self) -> io::Result<(UringStream, SocketAddr)> {
-        let (stream, peer) = loop {
-            let mut guard = self.inner.readable().await?;
-            // WouldBlock clears the readiness this guard saw; a connection arriving meanwhile
-            // sets it again.
-            if let Ok(accepted) =
-                guard.try_io(|listener| crate::socket::accept_non_blocking(listener.get_ref()))
-            {
-                break accepted?;
+        loop {
+            match self.next_arrival().await {
+                Arrival::HandedOver(handoff) => {
+                    return self.adopt(handoff.stream, handoff.peer, handoff.load)
+                }
+                Arrival::Accepted(accepted) => {
+                    let (stream, peer) = accepted?;
+                    let kept = match self.share.keep() {
+                        Some(load) => Some((stream, load)),
+                        None => self.share.hand_off(stream, peer),
+                    };
+                    if let Some((stream, load)) = kept {
+                        return self.adopt(stream, peer, load);
+                    }
+                }
             }
-        };
+        }
+    }
+
+    fn stop(&self) {
+        self.share.stop();
+        // The listener becomes readable (hung up) and every accept fails with EINVAL.
+        crate::socket::stop_listening(self.inner.get_ref());
+    }
+}
+
+impl UringListener {
+    /// Waits for a connection on this worker's socket or one handed over by another worker.
+    async fn next_arrival(&self) -> Arrival {
+        std::future::poll_fn(|cx| {
+            // `None` once stopped: then only the socket is left, and it fails.
+            if let Poll::Ready(Some(handoff)) = self.share.poll_handoff(cx) {
+                return Poll::Ready(Arrival::HandedOver(handoff));
+            }
+            loop {
+                let mut guard = match self.inner.poll_read_ready(cx) {
+                    Poll::Ready(Ok(guard)) => guard,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Arrival::Accepted(Err(error))),
+                    Poll::Pending => return Poll::Pending,
+                };
+                // WouldBlock clears the readiness this guard saw; polling again registers for
+                // the next connection.
+                if let Ok(accepted) =
+                    guard.try_io(|listener| crate::socket::accept_non_blocking(listener.get_ref()))
+                {
+                    return Poll::Ready(Arrival::Accepted(accepted));
+                }
+            }
+        })
+        .await
+    }
+
+    /// Makes an accepted connection this worker's stream.
+    fn adopt(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        load: Load,
+    ) -> io::Result<(UringStream, SocketAddr)> {
         // TCP_NODELAY came with it from the listener (Linux: ACCEPTED_INHERIT_NODELAY).
-        let stream = UringStream::register(tokio_uring::net::TcpStream::from_std(stream))?;
+        let mut stream = UringStream::register(tokio_uring::net::TcpStream::from_std(stream))?;
+        stream.load = Some(load);
         if self.tunes_loopback_peers {
             crate::socket::tune_accepted(&stream.fd(), peer);
         }
         Ok((stream, peer))
-    }
-
-    fn stop(&self) {
-        // The listener becomes readable (hung up) and every accept fails with EINVAL.
-        crate::socket::stop_listening(self.inner.get_ref());
     }
 }
 
@@ -231,6 +291,8 @@ pub struct UringStream {
     /// A ring read happened since the last splice: ring reads do not clear Tokio's readiness,
     /// so `readable` must confirm it with a peek.
     ring_reads: Cell<bool>,
+    /// A client connection's place in its worker's count ([`crate::balance`]).
+    load: Option<Load>,
 }
 
 impl UringStream {
@@ -253,6 +315,7 @@ impl UringStream {
             inner,
             pending_error: Cell::new(None),
             ring_reads: Cell::new(false),
+            load: None,
         })
     }
 
@@ -521,8 +584,8 @@ impl crate::Stream for UringStream {
         crate::socket::queued_to_read(&self.fd())
     }
 
-    fn round_trip(&self) -> io::Result<std::time::Duration> {
-        crate::socket::round_trip(&self.fd())
+    fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
+        crate::tcp_info::read(&self.fd())
     }
 
     fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
@@ -682,12 +745,14 @@ impl Backend for Uring {
             ));
         }
         listeners.truncate(workers);
-        crate::run_worker_threads("fyntr-uring", listeners, move |index, listener| {
+        let (_balance, shares) = Balance::new(workers);
+        let sources: Vec<_> = listeners.into_iter().zip(shares).collect();
+        crate::run_worker_threads("fyntr-uring", sources, move |index, (listener, share)| {
             let mut builder = tokio_uring::builder();
             builder.entries(RING_ENTRIES);
             let runtime = create_runtime(|| tokio_uring::Runtime::new(&builder))?;
             runtime.block_on(async {
-                let listener = UringListener::new(listener)?;
+                let listener = UringListener::new(listener, share)?;
                 worker(Worker { index, listener }).await;
                 Ok(())
             })
