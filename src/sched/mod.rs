@@ -23,6 +23,7 @@
 //! No I/O and no clock inside: time comes in as `now`, so the behaviour is tested with a virtual
 //! clock (see the simulation tests).
 
+pub mod autorate;
 mod drr;
 pub mod pacer;
 pub mod quantum;

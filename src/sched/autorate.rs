@@ -1,0 +1,662 @@
+//! Finding a direction's bottleneck rate from what fyntr observes, with no configuration
+//! (`--upload-rate auto`, the default).
+//!
+//! Sans-io: every tick (about 100 ms) the caller sums what its busy upstream sockets reported
+//! ([`Sample`]: bytes delivered, the queueing delay of the path, the share of bytes sent again,
+//! whether the pacer held anything back) and [`AutoRate::on_tick`] answers with the rate to pace
+//! the direction's total at, or `None` for no pacing.
+//!
+//! - **Off** until fyntr's own traffic builds a queue: pacing costs nothing where nothing is
+//!   congested. A queue means the queueing delay over [`AutoRateConfig::bloat`] in 3 of the last
+//!   6 ticks (the rule of cake-autorate), or more than 2 % of the bytes sent again (BBR's loss
+//!   threshold), while at least [`AutoRateConfig::min_load`] moves.
+//! - **Paced**: a cut sets the rate just below what was delivered (`0.95` of it at the bloat
+//!   threshold, down to `0.85` at three times the threshold), at most once per
+//!   [`AutoRateConfig::refractory`] and only while the queue is not already draining. After a
+//!   cut the rate holds for [`AutoRateConfig::hold`]; then, while the pacer is the limit (it
+//!   holds bytes back) and the path keeps up, the rate grows by a step that doubles every
+//!   [`AutoRateConfig::step_every`] of growth without a queue, so a link that got faster is
+//!   found again within seconds; the next queue cuts it back.
+//! - **A stall** (nothing delivered: radio silence, a Wi-Fi roam, or a pause in the traffic)
+//!   is not congestion: the delay that the stalled bytes report once they arrive is ignored
+//!   for [`AutoRateConfig::stall_grace`].
+//! - **Contended**: when cut after cut leaves the queue as full, the queue is someone else's (a
+//!   loss-based flow that fills any buffer). Backing off further would hand it the whole link,
+//!   so pacing stops for [`AutoRateConfig::contended_pause`] (TCP then takes its share), then
+//!   tries again.
+//! - Back to **off** after [`AutoRateConfig::off_after`] without a queue.
+//!
+//! The delay is measured from the round trips of fyntr's own sockets against their base round
+//! trip, so a queue in either direction of the path raises it: when both directions carry bulk
+//! data, both may be cut for a queue that only one of them built.
+
+use std::time::{Duration, Instant};
+
+use super::pacer::{Rate, SEGMENT_HEADERS, SEGMENT_PAYLOAD};
+
+/// What one direction's sockets reported over one tick.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// When the tick ended.
+    pub now: Instant,
+    /// How long the tick lasted.
+    pub interval: Duration,
+    /// Payload bytes the far ends acknowledged (upload) or fyntr received (download).
+    pub delivered: u64,
+    /// The path's queueing delay (a low rank of the busy sockets' round trip over their base
+    /// round trip), if any socket had a fresh figure.
+    pub queue_delay: Option<Duration>,
+    /// The share of bytes sent that were sent again, if known.
+    pub loss: Option<f64>,
+    /// Whether the pacer held bytes back during the tick (fyntr had more to send than the rate).
+    pub backlogged: bool,
+}
+
+/// The controller's constants.
+#[derive(Clone, Copy, Debug)]
+pub struct AutoRateConfig {
+    /// Queueing delay that counts as a queue of fyntr's making. CoDel's target (RFC 8289); a
+    /// 32 KiB router buffer at 20 Mbit/s holds 13 ms.
+    pub bloat: Duration,
+    /// Queueing delay under which the path counts as clear, so that the rate may grow.
+    pub clear: Duration,
+    /// Least delivery, bytes per second, at which a queue is acted on (1 Mbit/s): below it a
+    /// delay is someone else's.
+    pub min_load: f64,
+    /// Least rate ever set, bytes per second.
+    pub floor: f64,
+    /// Least time between two cuts: the delay signal lags by a few round trips.
+    pub refractory: Duration,
+    /// How long the rate holds after a cut before it may grow.
+    pub hold: Duration,
+    /// The first growth step per tick, as a fraction of the rate.
+    pub first_step: f64,
+    /// The largest growth step per tick.
+    pub max_step: f64,
+    /// How often the growth step doubles while the rate grows without a queue.
+    pub step_every: Duration,
+    /// Share of bytes sent again that counts as a queue overflowing.
+    pub loss: f64,
+    /// How long a delay reported after a stall is ignored.
+    pub stall_grace: Duration,
+    /// Cuts in a row that leave the queue as full before it counts as someone else's.
+    pub contended_after: u32,
+    /// How long pacing stops when the queue is someone else's.
+    pub contended_pause: Duration,
+    /// How long without a queue before pacing stops.
+    pub off_after: Duration,
+}
+
+impl Default for AutoRateConfig {
+    fn default() -> Self {
+        Self {
+            bloat: Duration::from_millis(5),
+            clear: Duration::from_micros(2_500),
+            min_load: 125_000.0,
+            floor: 32_000.0,
+            refractory: Duration::from_millis(300),
+            hold: Duration::from_secs(1),
+            first_step: 0.005,
+            max_step: 0.08,
+            step_every: Duration::from_millis(500),
+            loss: 0.02,
+            stall_grace: Duration::from_secs(1),
+            contended_after: 5,
+            contended_pause: Duration::from_secs(10),
+            off_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the controller is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No pacing: nothing showed a queue of fyntr's making.
+    Off,
+    /// Pacing at the estimated rate.
+    Paced,
+    /// Not pacing for a while: the queue belongs to a flow that does not go through fyntr.
+    Contended,
+}
+
+impl Mode {
+    /// A word for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Paced => "paced",
+            Self::Contended => "contended",
+        }
+    }
+}
+
+/// Ticks over which delivery is averaged: one sample per socket per tick is lumpy.
+const LOAD_TICKS: usize = 3;
+/// Ticks the bloat rule looks back over, and how many of them must show a queue.
+const BLOAT_WINDOW: u32 = 6;
+const BLOAT_TICKS: u32 = 3;
+
+/// Payload bytes to the bytes the pacer counts: payload plus the headers of its segments.
+const WIRE_PER_PAYLOAD: f64 = (SEGMENT_PAYLOAD + SEGMENT_HEADERS) as f64 / SEGMENT_PAYLOAD as f64;
+
+/// One direction's rate controller.
+#[derive(Debug)]
+pub struct AutoRate {
+    config: AutoRateConfig,
+    mode: Mode,
+    /// The rate in force while paced, in bytes on the wire per second.
+    rate: f64,
+    /// The last ticks' delivery (bytes, seconds), newest last.
+    load: [(f64, f64); LOAD_TICKS],
+    /// One bit per recent tick, newest lowest: whether it showed a queue.
+    bloat_bits: u32,
+    last_cut: Option<Instant>,
+    /// The queueing delay at the last cut: a smaller one since means the cut works.
+    delay_at_cut: Duration,
+    /// What the path delivered when it last built a queue: the estimate of its rate.
+    ceiling: f64,
+    cuts_in_a_row: u32,
+    step: f64,
+    step_since: Instant,
+    last_queue: Instant,
+    stalled_until: Option<Instant>,
+    contended_until: Option<Instant>,
+    last_delay: Option<Duration>,
+}
+
+impl AutoRate {
+    /// A controller that starts off, at `now`.
+    pub fn new(config: AutoRateConfig, now: Instant) -> Self {
+        Self {
+            config,
+            mode: Mode::Off,
+            rate: 0.0,
+            load: [(0.0, 0.0); LOAD_TICKS],
+            bloat_bits: 0,
+            last_cut: None,
+            delay_at_cut: Duration::ZERO,
+            ceiling: 0.0,
+            cuts_in_a_row: 0,
+            step: config.first_step,
+            step_since: now,
+            last_queue: now,
+            stalled_until: None,
+            contended_until: None,
+            last_delay: None,
+        }
+    }
+
+    /// What the controller is doing.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The rate in force, if paced.
+    pub fn rate(&self) -> Option<Rate> {
+        (self.mode == Mode::Paced).then_some(Rate(self.rate))
+    }
+
+    /// Delivery over the last ticks, in bytes on the wire per second.
+    pub fn delivery(&self) -> f64 {
+        let (bytes, seconds) = self
+            .load
+            .iter()
+            .fold((0.0, 0.0), |(b, s), (bytes, secs)| (b + bytes, s + secs));
+        if seconds > 0.0 {
+            bytes / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The last queueing delay reported.
+    pub fn queue_delay(&self) -> Option<Duration> {
+        self.last_delay
+    }
+
+    /// Takes one tick's sample; returns the rate to pace at, `None` for none.
+    pub fn on_tick(&mut self, sample: &Sample) -> Option<Rate> {
+        let now = sample.now;
+        self.load.rotate_left(1);
+        self.load[LOAD_TICKS - 1] = (
+            sample.delivered as f64 * WIRE_PER_PAYLOAD,
+            sample.interval.as_secs_f64(),
+        );
+        if sample.queue_delay.is_some() {
+            self.last_delay = sample.queue_delay;
+        }
+        let load = self.delivery();
+        let tick_load =
+            sample.delivered as f64 * WIRE_PER_PAYLOAD / sample.interval.as_secs_f64().max(1e-3);
+        // A stall (or a pause): nothing delivered while paced. What stalled bytes report on
+        // arrival is their wait, not a queue. The pacer cannot tell a stall from a pause: in a
+        // stall the sockets' windows fill and fyntr stops writing, so it holds nothing back.
+        let stalled =
+            self.mode == Mode::Paced && tick_load < 0.05 * self.rate.max(self.config.min_load);
+        if stalled {
+            self.stalled_until = Some(now + self.config.stall_grace);
+        }
+        let in_grace = self.stalled_until.is_some_and(|until| now < until);
+        let delay = sample.queue_delay.unwrap_or(Duration::ZERO);
+        let lossy = sample.loss.is_some_and(|loss| loss > self.config.loss);
+        let queue = !in_grace && (delay > self.config.bloat || lossy);
+        let clear = !in_grace && delay < self.config.clear && !lossy;
+        self.bloat_bits = ((self.bloat_bits << 1) | u32::from(queue)) & ((1 << BLOAT_WINDOW) - 1);
+        if queue {
+            self.last_queue = now;
+        }
+        match self.mode {
+            Mode::Off => {
+                let queue_ticks = self.bloat_bits.count_ones();
+                if load >= self.config.min_load && (queue_ticks >= BLOAT_TICKS || lossy) && queue {
+                    self.mode = Mode::Paced;
+                    self.rate = load;
+                    self.cut(now, load, delay, lossy);
+                }
+            }
+            Mode::Paced => self.paced_tick(sample, now, load, delay, queue, clear, lossy),
+            Mode::Contended => {
+                if self.contended_until.is_some_and(|until| now >= until) {
+                    // Try again: pace just below what moves now.
+                    self.mode = Mode::Paced;
+                    self.rate = (0.95 * load).max(self.config.floor);
+                    self.last_cut = Some(now);
+                    self.delay_at_cut = delay;
+                    self.cuts_in_a_row = 0;
+                    self.step = self.config.first_step;
+                    self.step_since = now;
+                }
+            }
+        }
+        if self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after {
+            self.mode = Mode::Off;
+            self.bloat_bits = 0;
+        }
+        self.rate()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn paced_tick(
+        &mut self,
+        sample: &Sample,
+        now: Instant,
+        load: f64,
+        delay: Duration,
+        queue: bool,
+        clear: bool,
+        lossy: bool,
+    ) {
+        let since_cut = self
+            .last_cut
+            .map_or(Duration::MAX, |cut| now.duration_since(cut));
+        // Pushing: fyntr has more to send than the rate, or moves enough to build a queue. Past
+        // a step down the pacer holds nothing back (the sockets' windows are the limit), and
+        // what moves is a fraction of the rate.
+        let pushing = sample.backlogged || load >= self.config.min_load;
+        if queue && pushing && since_cut >= self.config.refractory {
+            let draining = delay < self.delay_at_cut.mul_f64(0.8);
+            if draining {
+                // The last cut works; the signal lags behind it.
+                self.delay_at_cut = delay;
+                self.cuts_in_a_row = 0;
+            } else {
+                self.cuts_in_a_row += 1;
+                if self.cuts_in_a_row >= self.config.contended_after {
+                    self.mode = Mode::Contended;
+                    self.contended_until = Some(now + self.config.contended_pause);
+                    return;
+                }
+                self.cut(now, load, delay, lossy);
+            }
+            return;
+        }
+        if !clear {
+            return;
+        }
+        self.cuts_in_a_row = 0;
+        if since_cut < self.config.hold {
+            return;
+        }
+        if !sample.backlogged {
+            // Nothing to learn about a rate that fyntr does not use up.
+            self.step = self.config.first_step;
+            self.step_since = now;
+            return;
+        }
+        if load < 0.85 * self.rate {
+            // The path no longer keeps up with the rate: stop accelerating.
+            self.step = self.config.first_step;
+            self.step_since = now;
+            return;
+        }
+        // Near the rate at which the path last queued, grow by the smallest step (the queue
+        // comes back within a second or so, and the cut it brings is small); away from it, in
+        // steps that keep doubling, so that a path that got faster is found within seconds.
+        let near_ceiling = self.rate >= 0.92 * self.ceiling && self.rate <= 1.05 * self.ceiling;
+        if near_ceiling {
+            self.step = self.config.first_step;
+            self.step_since = now;
+        } else if now.duration_since(self.step_since) >= self.config.step_every {
+            self.step = (self.step * 2.0).min(self.config.max_step);
+            self.step_since = now;
+        }
+        self.rate *= 1.0 + self.step;
+    }
+
+    /// Sets the rate just below what was delivered, the further below the larger the queue.
+    fn cut(&mut self, now: Instant, load: f64, delay: Duration, lossy: bool) {
+        let bloat = self.config.bloat.as_secs_f64();
+        let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
+        let factor = if lossy && delay <= self.config.bloat {
+            0.7
+        } else {
+            0.95 - 0.1 * over
+        };
+        self.ceiling = load;
+        self.rate = (factor * load.min(self.rate)).max(self.config.floor);
+        self.last_cut = Some(now);
+        self.delay_at_cut = delay;
+        self.step = self.config.first_step;
+        self.step_since = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(100);
+    const STEP: Duration = Duration::from_millis(1);
+    const MBIT: f64 = 1e6 / 8.0;
+
+    /// A drop-tail router queue in front of a link, as a fluid: fyntr's bytes and another
+    /// flow's share it in proportion to what each put in.
+    struct Link {
+        capacity: f64,
+        buffer: f64,
+        fyntr_queued: f64,
+        other_queued: f64,
+        /// Smoothed queueing delay, as a socket's smoothed round trip follows it.
+        observed: f64,
+        since_delivery: f64,
+    }
+
+    /// What the simulation records per tick.
+    #[derive(Default)]
+    struct Tick {
+        delivered: f64,
+        queue_delay: f64,
+        rate: Option<f64>,
+        other_delivered: f64,
+    }
+
+    impl Link {
+        fn new(megabits: f64) -> Self {
+            Self {
+                capacity: megabits * MBIT,
+                buffer: 32.0 * 1024.0,
+                fyntr_queued: 0.0,
+                other_queued: 0.0,
+                observed: 0.0,
+                since_delivery: 0.0,
+            }
+        }
+
+        fn queued(&self) -> f64 {
+            self.fyntr_queued + self.other_queued
+        }
+
+        /// One millisecond: offers in, delivery out. Returns (fyntr delivered, fyntr dropped,
+        /// other delivered, fyntr offered).
+        fn step(&mut self, fyntr_offer: f64, other_offer: f64) -> (f64, f64, f64) {
+            let dt = STEP.as_secs_f64();
+            let (offer_f, offer_o) = (fyntr_offer * dt, other_offer * dt);
+            // What leaves during the step makes room too.
+            let space = (self.buffer + self.capacity * dt - self.queued()).max(0.0);
+            let keep = if offer_f + offer_o > space {
+                space / (offer_f + offer_o)
+            } else {
+                1.0
+            };
+            self.fyntr_queued += offer_f * keep;
+            self.other_queued += offer_o * keep;
+            let dropped = offer_f * (1.0 - keep);
+            let out = (self.capacity * dt).min(self.queued());
+            let (mut out_f, mut out_o) = (0.0, 0.0);
+            if out > 0.0 {
+                out_f = out * self.fyntr_queued / self.queued();
+                out_o = out - out_f;
+                self.fyntr_queued -= out_f;
+                self.other_queued -= out_o;
+            }
+            if out > 0.0 {
+                // What the bytes delivered now waited: the queue ahead of them, plus a stall
+                // they sat through.
+                let waited = self.queued() / self.capacity.max(1.0) + self.since_delivery;
+                self.observed += (waited - self.observed) / 20.0;
+                self.since_delivery = 0.0;
+            } else {
+                self.since_delivery += dt;
+            }
+            (out_f, dropped, out_o)
+        }
+    }
+
+    /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
+    /// second. Unpaced, a backlogged fyntr keeps the queue full as loss-based TCP does.
+    struct Run {
+        controller: AutoRate,
+        link: Link,
+        now: Instant,
+        demand: Option<f64>,
+        /// Another flow's greedy demand beside fyntr's, when on.
+        competitor: bool,
+        ticks: Vec<Tick>,
+    }
+
+    impl Run {
+        fn new(megabits: f64) -> Self {
+            let now = Instant::now();
+            Self {
+                controller: AutoRate::new(AutoRateConfig::default(), now),
+                link: Link::new(megabits),
+                now,
+                demand: None,
+                competitor: false,
+                ticks: Vec::new(),
+            }
+        }
+
+        fn greedy_offer(&self) -> f64 {
+            // Enough to keep the queue full: what leaves, plus what the buffer has room for.
+            self.link.capacity * 1.02 + (self.link.buffer - self.link.queued()).max(0.0) * 10.0
+        }
+
+        /// Runs `ticks` ticks of 100 ms.
+        fn run(&mut self, ticks: usize, stall_ticks: std::ops::Range<usize>) {
+            for _ in 0..ticks {
+                let tick_index = self.ticks.len();
+                let stalled = stall_ticks.contains(&tick_index);
+                let rate = self.controller.rate().map(Rate::bytes_per_second);
+                let (mut delivered, mut dropped, mut offered, mut other) = (0.0, 0.0, 0.0, 0.0);
+                let mut backlogged = false;
+                let capacity = self.link.capacity;
+                if stalled {
+                    self.link.capacity = 0.0;
+                }
+                for _ in 0..(TICK.as_millis() / STEP.as_millis()) {
+                    // TCP's own limit: what keeps the queue full. The pacer holds bytes back
+                    // only where it is below both that and the demand; above them the
+                    // sockets' windows are the limit and the pacer sees no backlog.
+                    let tcp = self.greedy_offer();
+                    let wanted = self.demand.map_or(tcp, |demand| demand.min(tcp));
+                    let offer = match rate {
+                        Some(rate) => {
+                            backlogged |= wanted > rate / WIRE_PER_PAYLOAD;
+                            wanted.min(rate / WIRE_PER_PAYLOAD)
+                        }
+                        None => wanted,
+                    };
+                    let other_offer = if self.competitor {
+                        self.greedy_offer()
+                    } else {
+                        0.0
+                    };
+                    let (out, drop, out_other) = self.link.step(offer, other_offer);
+                    delivered += out;
+                    dropped += drop;
+                    offered += offer * STEP.as_secs_f64();
+                    other += out_other;
+                }
+                self.link.capacity = capacity;
+                self.now += TICK;
+                let queue_delay = (delivered > 0.0)
+                    .then(|| Duration::from_secs_f64(self.link.observed));
+                let sample = Sample {
+                    now: self.now,
+                    interval: TICK,
+                    delivered: delivered as u64,
+                    queue_delay,
+                    loss: (offered > 0.0).then(|| dropped / offered),
+                    backlogged,
+                };
+                let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
+                if std::env::var_os("AUTORATE_TRACE").is_some() {
+                    eprintln!(
+                        "{tick_index} {:?} rate {:?} delivered {:.2} delay {:.1} ms backlogged {backlogged} loss {:.3}",
+                        self.controller.mode(),
+                        rate.map(|r| r / MBIT),
+                        delivered / MBIT / TICK.as_secs_f64(),
+                        self.link.observed * 1e3,
+                        sample.loss.unwrap_or(0.0),
+                    );
+                }
+                self.ticks.push(Tick {
+                    delivered,
+                    queue_delay: self.link.observed,
+                    rate,
+                    other_delivered: other,
+                });
+            }
+        }
+
+        /// Utilisation of the link by fyntr over ticks `range`, at `megabits`.
+        fn utilisation(&self, range: std::ops::Range<usize>, megabits: f64) -> f64 {
+            let ticks = &self.ticks[range];
+            let bytes: f64 = ticks.iter().map(|t| t.delivered).sum();
+            bytes / (megabits * MBIT * TICK.as_secs_f64() * ticks.len() as f64)
+        }
+
+        /// The 99th percentile of the queueing delay over ticks `range`, in milliseconds.
+        fn delay_p99_ms(&self, range: std::ops::Range<usize>) -> f64 {
+            let mut delays: Vec<f64> = self.ticks[range].iter().map(|t| t.queue_delay).collect();
+            delays.sort_by(f64::total_cmp);
+            delays[(delays.len() * 99 / 100).min(delays.len() - 1)] * 1e3
+        }
+    }
+
+    #[test]
+    fn it_converges_below_a_full_link_and_keeps_the_queue_short() {
+        let mut run = Run::new(20.0);
+        run.run(300, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        let utilisation = run.utilisation(50..300, 20.0);
+        let p99 = run.delay_p99_ms(50..300);
+        assert!(utilisation >= 0.85, "utilisation {utilisation:.2}");
+        assert!(p99 <= 10.0, "queueing delay p99 {p99:.1} ms");
+    }
+
+    #[test]
+    fn it_tracks_a_rate_that_steps_down_and_up() {
+        let mut run = Run::new(20.0);
+        run.run(300, 0..0);
+        run.link.capacity = 5.0 * MBIT;
+        run.run(300, 0..0);
+        run.link.capacity = 20.0 * MBIT;
+        run.run(300, 0..0);
+        // Drained within 2 s of the step down.
+        let drained = run.ticks[300..]
+            .iter()
+            .position(|t| t.queue_delay < 0.005)
+            .expect("the queue drains");
+        assert!(drained <= 20, "drained after {drained} ticks");
+        // 90 % of the new rate within 5 s of the step up.
+        let ramped = run.ticks[600..]
+            .iter()
+            .position(|t| t.delivered >= 0.9 * 20.0 * MBIT * TICK.as_secs_f64())
+            .expect("the rate grows back");
+        assert!(ramped <= 50, "90 % of the rate after {ramped} ticks");
+        for (phase, megabits) in [(320..600, 5.0), (660..900, 20.0)] {
+            let utilisation = run.utilisation(phase.clone(), megabits);
+            let p99 = run.delay_p99_ms(phase.clone());
+            assert!(utilisation >= 0.8, "{phase:?}: utilisation {utilisation:.2}");
+            assert!(p99 <= 15.0, "{phase:?}: queueing delay p99 {p99:.1} ms");
+        }
+    }
+
+    #[test]
+    fn a_competing_flow_that_fills_the_queue_does_not_push_it_to_the_floor() {
+        let mut run = Run::new(20.0);
+        run.run(100, 0..0);
+        run.competitor = true;
+        run.run(600, 0..0);
+        let ticks = &run.ticks[200..700];
+        let mine: f64 = ticks.iter().map(|t| t.delivered).sum();
+        let theirs: f64 = ticks.iter().map(|t| t.other_delivered).sum();
+        let share = mine / (mine + theirs);
+        assert!(share >= 0.3, "fyntr's share beside the other flow: {share:.2}");
+        let floored = ticks
+            .iter()
+            .filter(|t| t.rate.is_some_and(|rate| rate <= 2.0 * 32_000.0))
+            .count();
+        assert_eq!(floored, 0, "ticks at the floor");
+        // The other flow leaves: the queue is fyntr's again, and pacing keeps it short.
+        run.competitor = false;
+        run.run(300, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        let p99 = run.delay_p99_ms(900..1000);
+        assert!(p99 <= 10.0, "queueing delay p99 {p99:.1} ms once alone again");
+    }
+
+    #[test]
+    fn a_one_second_stall_is_not_congestion() {
+        let mut run = Run::new(20.0);
+        run.run(300, 0..0);
+        let before = run.controller.rate().expect("paced").bytes_per_second();
+        run.run(40, 300..310);
+        let after = run.controller.rate().expect("still paced").bytes_per_second();
+        assert!(
+            after >= 0.9 * before,
+            "rate {:.2} Mbit/s before the stall, {:.2} after",
+            before / MBIT,
+            after / MBIT
+        );
+    }
+
+    #[test]
+    fn a_fast_link_that_never_queues_stays_unpaced() {
+        let mut run = Run::new(1000.0);
+        run.demand = Some(50e6);
+        run.run(300, 0..0);
+        assert!(run.ticks.iter().all(|t| t.rate.is_none()));
+    }
+
+    #[test]
+    fn light_traffic_over_a_queue_it_did_not_build_stays_unpaced() {
+        let mut run = Run::new(20.0);
+        run.demand = Some(50_000.0);
+        run.competitor = true;
+        run.run(300, 0..0);
+        assert!(run.ticks.iter().all(|t| t.rate.is_none()));
+    }
+
+    #[test]
+    fn pacing_stops_after_a_long_time_without_a_queue() {
+        let mut run = Run::new(20.0);
+        run.run(100, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        run.demand = Some(0.0);
+        run.run(6_100, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Off);
+    }
+}
