@@ -74,13 +74,50 @@ pub struct Config {
     pub pacing: Pacing,
 }
 
+/// How one direction's total is paced.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum RateSetting {
+    /// Not paced.
+    Off,
+    /// Paced at this rate.
+    Fixed(Rate),
+    /// Paced at the bottleneck rate fyntr estimates, while its own traffic builds a queue
+    /// there (see [`crate::sched::autorate`]).
+    #[default]
+    Auto,
+}
+
+impl RateSetting {
+    /// Parses `auto`, `off`, or a rate (see [`Rate::parse`]).
+    pub fn parse(text: &str) -> Result<RateSetting, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(RateSetting::Auto),
+            "off" | "none" | "0" => Ok(RateSetting::Off),
+            _ => Rate::parse(text).map(RateSetting::Fixed),
+        }
+    }
+
+    /// The fixed rate, if one is set.
+    pub fn fixed(self) -> Option<Rate> {
+        match self {
+            RateSetting::Fixed(rate) => Some(rate),
+            RateSetting::Off | RateSetting::Auto => None,
+        }
+    }
+
+    /// Whether fyntr estimates the rate.
+    pub fn is_auto(self) -> bool {
+        self == RateSetting::Auto
+    }
+}
+
 /// Burst smoothing: total rates each way and a rate of new upstream connections.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Pacing {
     /// Total client-to-destination rate.
-    pub upload: Option<Rate>,
+    pub upload: RateSetting,
     /// Total destination-to-client rate (paced by how fast fyntr reads from upstream).
-    pub download: Option<Rate>,
+    pub download: RateSetting,
     /// New upstream connections per second.
     pub connects_per_second: Option<f64>,
 }
@@ -101,9 +138,10 @@ impl Pacing {
     /// 19 Mbit/s.
     pub const CHUNK_TIME: Duration = Duration::from_micros(500);
 
-    /// Whether a byte rate is set either way.
+    /// Whether a fixed byte rate is set either way (what the relay's chunk sizes are fixed
+    /// for; with `auto` they follow the estimated rate instead).
     pub fn paces_bytes(&self) -> bool {
-        self.upload.is_some() || self.download.is_some()
+        self.upload.fixed().is_some() || self.download.fixed().is_some()
     }
 
     /// The spliced chunk for relay buffers of `buffer_size`: bigger when not paced, the same
@@ -150,7 +188,7 @@ impl Pacing {
         if !self.paces_bytes() {
             return buffer_size;
         }
-        let slowest = [self.upload, self.download]
+        let slowest = [self.upload.fixed(), self.download.fixed()]
             .into_iter()
             .flatten()
             .map(Rate::bytes_per_second)
@@ -158,8 +196,15 @@ impl Pacing {
         if slowest.is_infinite() {
             return buffer_size;
         }
+        Self::chunk_for(Rate(slowest), buffer_size)
+    }
+
+    /// One paced chunk at `rate`: [`Pacing::CHUNK_TIME`] of it in whole segments (at least
+    /// one), at most `buffer_size`.
+    pub fn chunk_for(rate: Rate, buffer_size: usize) -> usize {
         let segment = SEGMENT_PAYLOAD as usize;
-        let segments = (slowest * Self::CHUNK_TIME.as_secs_f64() / segment as f64).round();
+        let segments =
+            (rate.bytes_per_second() * Self::CHUNK_TIME.as_secs_f64() / segment as f64).round();
         let chunk = (segments as usize).max(1) * segment;
         chunk.min(buffer_size.max(segment))
     }
@@ -228,9 +273,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rate_settings_parse_auto_off_and_rates() {
+        assert_eq!(RateSetting::parse("auto"), Ok(RateSetting::Auto));
+        assert_eq!(RateSetting::parse("AUTO"), Ok(RateSetting::Auto));
+        assert_eq!(RateSetting::parse("off"), Ok(RateSetting::Off));
+        assert_eq!(
+            RateSetting::parse("19mbit"),
+            Ok(RateSetting::Fixed(Rate(19e6 / 8.0)))
+        );
+        assert!(RateSetting::parse("automatic").is_err());
+        assert!(RateSetting::parse("0mbit").is_err());
+        assert_eq!(RateSetting::default(), RateSetting::Auto);
+        assert_eq!(RateSetting::Auto.fixed(), None);
+    }
+
+    #[test]
     fn resolving_derives_the_paced_chunk_and_resolving_again_changes_nothing() {
         let mut config = Config::default();
-        config.pacing.upload = Some(Rate::parse("19mbit").unwrap());
+        config.pacing.upload = RateSetting::Fixed(Rate::parse("19mbit").unwrap());
         let resolved = config.resolve();
         assert_eq!(resolved.buffer_size, SEGMENT_PAYLOAD as usize);
         assert_eq!(resolved.splice_chunk, resolved.buffer_size);
@@ -260,7 +320,7 @@ mod tests {
             "never below the buffer size"
         );
         let paced = Pacing {
-            upload: Some(Rate::parse("19mbit").unwrap()),
+            upload: RateSetting::Fixed(Rate::parse("19mbit").unwrap()),
             ..Pacing::default()
         };
         let chunk = paced.chunk_size(64 * 1024);
@@ -271,7 +331,7 @@ mod tests {
     #[test]
     fn paced_chunks_are_about_half_a_millisecond_of_whole_segments() {
         let paced = |rate: &str| Pacing {
-            download: Some(Rate::parse(rate).unwrap()),
+            download: RateSetting::Fixed(Rate::parse(rate).unwrap()),
             ..Pacing::default()
         };
         // 19 Mbit/s is 1187 bytes per half millisecond: one segment; 100 Mbit/s, four.

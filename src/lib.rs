@@ -12,7 +12,9 @@
 //! - [`relay`]: both directions of an established tunnel, with half-close and idle timeout;
 //!   every write is granted by the worker's scheduler. `send_queue` (private) bounds what bulk
 //!   sockets hold in the kernel, so that the scheduler, not the kernel, decides who goes.
-//! - [`sched`]: the sans-io Deficit Round-Robin scheduler (no I/O, no clock inside).
+//! - [`sched`]: the sans-io Deficit Round-Robin scheduler, the pacers and the `auto` rate
+//!   controller (no I/O, no clock inside). `auto_pacing` (private) feeds the controller what
+//!   the relays' upstream sockets report and sets the pacers' rates.
 //! - [`proto`]: the sans-io CONNECT head parser and the responses.
 //! - [`policy`]: destination ports, CIDRs and domains.
 //! - [`config`], [`limits`], [`units`]: the validated configuration, the file-descriptor guard,
@@ -24,6 +26,7 @@
 //! [`Backend`](fyntr_platform::Backend) trait and is monomorphised per backend.
 
 mod admission;
+mod auto_pacing;
 pub mod backend;
 pub mod config;
 pub mod dial;

@@ -11,11 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use fyntr::{
     backend,
-    config::{BackendChoice, Config, Pacing},
+    config::{BackendChoice, Config, Pacing, RateSetting},
     limits,
     platform::{socket, PipeBudget},
     policy::{Policy, PolicyConfig},
-    sched::pacer::Rate,
 };
 use ipnet::IpNet;
 use tracing::{error, info, warn};
@@ -128,17 +127,18 @@ struct Cli {
     #[arg(long, env = "FYNTR_ZERO_COPY", value_enum, default_value_t = Switch::On)]
     zero_copy: Switch,
 
-    /// Total upload rate (client to destination), e.g. 19mbit, 2.5MB, 500KiB (per second;
-    /// kbit/mbit and KB/MB are powers of 1000, as in tc; KiB/MiB powers of 1024).
-    /// Paces all tunnels together, in small bursts, sharing the rate fairly with DRR. Set it a
-    /// little below the uplink (95 %) to keep the router's queue short. Default: off.
-    #[arg(long, env = "FYNTR_UPLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
-    upload_rate: Option<Rate>,
+    /// Total upload rate (client to destination): auto, off, or a rate such as 19mbit, 2.5MB,
+    /// 500KiB (per second; kbit/mbit and KB/MB are powers of 1000, as in tc; KiB/MiB powers of
+    /// 1024). auto paces all tunnels together just below the bottleneck rate fyntr measures,
+    /// only while its own traffic builds a queue there; a rate paces at exactly that (set it a
+    /// little below the uplink, 95 %); both share the rate fairly with DRR.
+    #[arg(long, env = "FYNTR_UPLOAD_RATE", value_name = "RATE", default_value = "auto", value_parser = parse_rate)]
+    upload_rate: RateSetting,
 
     /// Total download rate (destination to client), like --upload-rate; paced by how fast fyntr
-    /// reads from upstream, with small upstream receive buffers. Default: off.
-    #[arg(long, env = "FYNTR_DOWNLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
-    download_rate: Option<Rate>,
+    /// reads from upstream and by the receive windows it offers.
+    #[arg(long, env = "FYNTR_DOWNLOAD_RATE", value_name = "RATE", default_value = "auto", value_parser = parse_rate)]
+    download_rate: RateSetting,
 
     /// New upstream connections per second (a small burst allowed). Requests over the rate wait
     /// their turn in order, within the handshake timeout (503 if none comes). Default: off.
@@ -185,8 +185,8 @@ fn parse_buffer_size(text: &str) -> Result<usize, String> {
     Ok(size)
 }
 
-fn parse_rate(text: &str) -> Result<Rate, String> {
-    Rate::parse(text)
+fn parse_rate(text: &str) -> Result<RateSetting, String> {
+    RateSetting::parse(text)
 }
 
 fn parse_connect_rate(text: &str) -> Result<f64, String> {
@@ -350,14 +350,16 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn describe_rate(rate: Option<Rate>) -> String {
-    rate.map_or("off".to_string(), |rate| {
-        format!(
+fn describe_rate(setting: RateSetting) -> String {
+    match setting {
+        RateSetting::Off => "off".to_string(),
+        RateSetting::Auto => "auto".to_string(),
+        RateSetting::Fixed(rate) => format!(
             "{:.2}mbit on the wire (upstream receive windows up to {} KiB)",
             rate.megabits(),
             Pacing::socket_buffer(rate, 1) / 1024
-        )
-    })
+        ),
+    }
 }
 
 /// What the start line says about the pipes all workers may hold (see `PipeBudget`).

@@ -21,10 +21,14 @@ use fyntr_platform::{Backend, BufferPool, IoBuffer, PipePool, PooledPipe, Stream
 
 use crate::{
     admission::Admission,
+    auto_pacing::{PathSampler, Way},
     config::{Config, Pacing},
     gate::{Direction, FlowHandle, Gate},
+    sched::pacer::{Pacer, Rate},
     send_queue::{self, BulkFlows, SendQueueFit},
 };
+
+use crate::auto_pacing::AutoPacing;
 
 /// What a relay uses of its worker: no more, so that it depends on nothing above it.
 pub(crate) struct RelayContext<'a, B: Backend> {
@@ -37,25 +41,27 @@ pub(crate) struct RelayContext<'a, B: Backend> {
     pub(crate) scratch: &'a RefCell<Box<[u8]>>,
     pub(crate) gate: &'a std::rc::Rc<Gate>,
     pub(crate) bulk_flows: &'a BulkFlows,
+    /// The shared pacers, whose rates the relay's chunks and windows follow.
+    pub(crate) upload_pacer: Option<&'a Pacer>,
+    pub(crate) download_pacer: Option<&'a Pacer>,
+    /// Where upstream sockets report their paths with `auto`.
+    pub(crate) auto_pacing: Option<&'a AutoPacing>,
 }
 
 impl<B: Backend> RelayContext<'_, B> {
-    /// The receive window a paced download may offer now: its share of the rate over
-    /// [`Pacing::BUFFER_TIME`] among the tunnels open now.
-    fn download_window(&self) -> Option<usize> {
-        let tunnels = self.admission.active();
-        self.config
-            .pacing
-            .download
-            .map(|rate| Pacing::socket_buffer(rate, tunnels))
+    /// The rate the bytes going to `to` are paced at now, if any: fixed, or what `auto` set.
+    fn live_rate(&self, to: Side) -> Option<Rate> {
+        match to {
+            Side::Upstream => self.upload_pacer,
+            Side::Downstream => self.download_pacer,
+        }
+        .and_then(Pacer::rate)
     }
 
-    /// The receive window a paced download offers when it is the only tunnel.
-    fn lone_download_window(&self) -> Option<usize> {
-        self.config
-            .pacing
-            .download
-            .map(|rate| Pacing::socket_buffer(rate, 1))
+    /// The receive window a download paced at `rate` may offer now: its share of the rate
+    /// over [`Pacing::BUFFER_TIME`] among the tunnels open now.
+    fn download_window(&self, rate: Rate) -> usize {
+        Pacing::socket_buffer(rate, self.admission.active())
     }
 }
 
@@ -168,12 +174,14 @@ impl<S: Stream> Tunnel<'_, S> {
 }
 
 /// Relays between `downstream` and `upstream` until the tunnel ends. `pipelined` holds bytes the
-/// client sent after its request head; they go upstream first.
+/// client sent after its request head; they go upstream first. With `observe_path`, the
+/// upstream socket's path figures feed `auto` pacing.
 pub(crate) async fn relay<B: Backend>(
     ctx: &RelayContext<'_, B>,
     downstream: &B::Stream,
     upstream: &B::Stream,
     pipelined: &[u8],
+    observe_path: bool,
 ) -> (Traffic, RelayEnd) {
     let tunnel = Tunnel {
         downstream,
@@ -184,8 +192,8 @@ pub(crate) async fn relay<B: Backend>(
     };
     let pumps = async {
         tokio::join!(
-            pump(ctx, &tunnel, Side::Downstream, pipelined),
-            pump(ctx, &tunnel, Side::Upstream, &[]),
+            pump(ctx, &tunnel, Side::Downstream, pipelined, observe_path),
+            pump(ctx, &tunnel, Side::Upstream, &[], observe_path),
         )
     };
     tokio::pin!(pumps);
@@ -218,13 +226,14 @@ async fn pump<B: Backend>(
     tunnel: &Tunnel<'_, B::Stream>,
     from: Side,
     pipelined: &[u8],
+    observe_path: bool,
 ) -> (u64, Duration) {
     let (to, direction) = match from {
         Side::Downstream => (Side::Upstream, Direction::Upload),
         Side::Upstream => (Side::Downstream, Direction::Download),
     };
     let flow = ctx.gate.open_flow(direction);
-    let written = pump_chunks(ctx, tunnel, from, to, &flow, pipelined).await;
+    let written = pump_chunks(ctx, tunnel, from, to, &flow, pipelined, observe_path).await;
     (written, flow.waited())
 }
 
@@ -235,6 +244,7 @@ async fn pump_chunks<B: Backend>(
     to: Side,
     flow: &FlowHandle,
     pipelined: &[u8],
+    observe_path: bool,
 ) -> u64 {
     let mut written = 0;
     // Pipelined bytes (a TLS ClientHello sent with the CONNECT) are sent like a small message:
@@ -247,16 +257,26 @@ async fn pump_chunks<B: Backend>(
         }
         written += chunk.len() as u64;
     }
-    // With --download-rate, downloads are paced where they enter: the grant is taken before the
+    // With a download rate, downloads are paced where they enter: the grant is taken before the
     // read, for exactly the bytes the kernel holds, so fyntr never reads ahead of the rate and
     // the remote senders' windows (and so the router's queue) open only at the rate. Granting
     // after the read would let every new download take a free chunk plus a refilled receive
     // buffer, which at 30 parallel tunnels puts the downlink over a 95 % rate (testbed trace).
-    let gate_reads = to == Side::Downstream && ctx.config.pacing.download.is_some();
     // Paced downloads offer the remote sender a window of their current share, moved as
-    // tunnels come and go: a window fixed when the tunnel opens (a thirtieth of the rate in a
-    // burst) would hold a flow left alone far below the rate.
+    // tunnels come and go and as the rate moves: a window fixed when the tunnel opens (a
+    // thirtieth of the rate in a burst) would hold a flow left alone far below the rate.
     let mut window = WindowShare::default();
+    // With `auto`, the upstream socket reports its path once a tick while this direction
+    // moves data (never for loopback destinations: see auto_pacing).
+    let way = match to {
+        Side::Upstream => Way::Upload,
+        Side::Downstream => Way::Download,
+    };
+    let mut sampler = PathSampler::new(
+        ctx.auto_pacing.filter(|_| observe_path),
+        tunnel.stream(Side::Upstream),
+        way,
+    );
     let mut first_read = true;
     // After a read that filled the whole chunk more data is almost surely waiting, so the next
     // read goes straight to the socket without a readiness round trip (on io_uring that saves
@@ -265,14 +285,14 @@ async fn pump_chunks<B: Backend>(
     let mut streaming = false;
     // Tunnels start with small messages (TLS handshakes); see INTERACTIVE_READ. Never more than
     // a relay buffer, which is also the most one grant may be (the paced chunk, when paced).
-    let interactive_read = INTERACTIVE_READ.min(ctx.config.buffer_size.max(1));
+    let buffer_size = ctx.config.buffer_size.max(1);
     let mut interactive = true;
     let pacing = &ctx.config.pacing;
-    let rate = match to {
-        Side::Upstream => pacing.upload,
-        Side::Downstream => pacing.download,
+    let fixed_rate = match to {
+        Side::Upstream => pacing.upload.fixed(),
+        Side::Downstream => pacing.download.fixed(),
     };
-    let unsent = send_queue::unsent_bound(rate.map(|rate| rate.bytes_per_second()));
+    let unsent = send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()));
     let mut send_queue = SendQueueFit::new(ctx.bulk_flows, unsent);
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
@@ -287,13 +307,22 @@ async fn pump_chunks<B: Backend>(
         // back to waiting for readiness without holding the pipe. A copying read and the
         // forward are boxed: they exist only while data moves, so an idle tunnel's task holds
         // just the readiness wait above.
-        let splice_chunk = ctx.config.splice_chunk;
-        if gate_reads {
-            window.follow(
+        // The rate in force now: fixed, or what `auto` set (it may come and go). A paced
+        // chunk is a fraction of a millisecond of it (see Pacing::CHUNK_TIME).
+        let live_rate = ctx.live_rate(to);
+        let splice_chunk = live_rate.map_or(ctx.config.splice_chunk, |rate| {
+            Pacing::chunk_for(rate, buffer_size)
+        });
+        let interactive_read = INTERACTIVE_READ.min(buffer_size).min(splice_chunk);
+        // With a download rate, downloads are paced where they enter (see above).
+        let gate_reads = to == Side::Downstream && live_rate.is_some();
+        match live_rate.filter(|_| gate_reads) {
+            Some(rate) => window.follow(
                 tunnel.stream(from),
-                ctx.download_window(),
-                ctx.lone_download_window(),
-            );
+                ctx.download_window(rate),
+                Pacing::socket_buffer(rate, 1),
+            ),
+            None => window.release(tunnel.stream(from)),
         }
         let granted = if gate_reads {
             Box::pin(grant_before_read(
@@ -340,6 +369,9 @@ async fn pump_chunks<B: Backend>(
                     return written;
                 }
                 written += n as u64;
+                if let Some(sampler) = &mut sampler {
+                    sampler.sample();
+                }
                 // A worker busy with small messages would otherwise hold its core until a
                 // scheduler tick while the threads it relays for wait (see cpu_share).
                 fyntr_platform::cpu_share::share_cpu(read_at, n);
@@ -365,20 +397,28 @@ async fn pump_chunks<B: Backend>(
 #[derive(Default)]
 struct WindowShare {
     clamp: Option<usize>,
+    /// The receive buffer fixed for it, while one is.
+    buffer: Option<usize>,
 }
 
 impl WindowShare {
+    /// What a download's socket gets when pacing stops (`auto` found no queue): the largest
+    /// window fyntr ever offers a paced download. The buffer stays fixed (autotuning cannot
+    /// be turned back on), at a size that fills 40 Mbit/s over 100 ms.
+    const RELEASED: usize = 4 << 20;
+
     /// Moves `upstream`'s window clamp to `wanted` when it has moved by more than an eighth
-    /// since it was last set (one system call per change, not per chunk). The first time, it
-    /// also fixes the receive buffer at twice the `lone` window (room for the largest clamp
-    /// with the kernel's overhead): autotuning would otherwise raise the clamp as soon as fyntr
-    /// read faster than the buffer filled, and the remote senders' windows with it (testbed:
-    /// downlink queue 18.8 KB mean with the clamp alone, 2.4 KB with buffers fixed at connect).
-    fn follow<S: Stream>(&mut self, upstream: &S, wanted: Option<usize>, lone: Option<usize>) {
-        let Some(wanted) = wanted else { return };
-        if self.clamp.is_none() {
-            if let Err(error) = upstream.fix_receive_buffer(2 * lone.unwrap_or(wanted)) {
-                tracing::debug!(%error, "could not fix a download's receive buffer");
+    /// since it was last set (one system call per change, not per chunk). It also fixes the
+    /// receive buffer at twice the `lone` window (room for the largest clamp with the kernel's
+    /// overhead), and again whenever that grows: autotuning would otherwise raise the clamp as
+    /// soon as fyntr read faster than the buffer filled, and the remote senders' windows with
+    /// it (testbed: downlink queue 18.8 KB mean with the clamp alone, 2.4 KB with buffers
+    /// fixed at connect).
+    fn follow<S: Stream>(&mut self, upstream: &S, wanted: usize, lone: usize) {
+        if self.buffer.is_none_or(|buffer| buffer < 2 * lone) {
+            match upstream.fix_receive_buffer(2 * lone) {
+                Ok(()) => self.buffer = Some(2 * lone),
+                Err(error) => tracing::debug!(%error, "could not fix a download's receive buffer"),
             }
         }
         if self
@@ -390,6 +430,20 @@ impl WindowShare {
         match upstream.set_window_clamp(wanted) {
             Ok(()) => self.clamp = Some(wanted),
             Err(error) => tracing::debug!(%error, "could not move a download's window"),
+        }
+    }
+
+    /// Opens the window again once the download is no longer paced.
+    fn release<S: Stream>(&mut self, upstream: &S) {
+        if self.clamp.take().is_none() {
+            return;
+        }
+        self.buffer = None;
+        if let Err(error) = upstream
+            .fix_receive_buffer(Self::RELEASED)
+            .and_then(|()| upstream.set_window_clamp(Self::RELEASED))
+        {
+            tracing::debug!(%error, "could not open a download's window");
         }
     }
 }

@@ -82,7 +82,17 @@ async fn run<B: Backend>(
     else {
         return;
     };
-    let (traffic, end) = relay::relay(&ctx.relay_context(), client, &upstream, &pipelined).await;
+    let observe_path = report
+        .upstream
+        .is_some_and(|reached| !reached.ip().is_loopback());
+    let (traffic, end) = relay::relay(
+        &ctx.relay_context(),
+        client,
+        &upstream,
+        &pipelined,
+        observe_path,
+    )
+    .await;
     report.traffic = traffic;
     report.outcome = Outcome::Relayed(end);
 }

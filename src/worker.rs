@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 
 use crate::{
     admission::Admission,
-    config::{Config, Pacing},
+    auto_pacing::AutoPacing,
+    config::{Config, Pacing, RateSetting},
     dial::SocketTuning,
     gate::Gate,
     policy::Policy,
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) admission: Arc<Admission>,
     upload_pacer: Option<Arc<Pacer>>,
     download_pacer: Option<Arc<Pacer>>,
+    /// The directions paced with `auto`, if any.
+    auto_pacing: Option<Arc<AutoPacing>>,
     connect_pacer: Option<Arc<Pacer>>,
     /// What every worker's pipe pool draws from.
     pipe_budget: PipeBudget,
@@ -41,23 +44,40 @@ impl Shared {
         // A byte pacer's burst is one whole chunk plus 2 ms of the rate: room for a timer that
         // fires late (Tokio's resolution is 1 ms) without losing the rate, no more. With 2 ms
         // in all, late timers cost a fifth of a 19 Mbit/s rate on loopback.
-        let byte_pacer = |rate: Option<Rate>| {
-            rate.map(|rate| {
+        // With `auto`, the pacer starts unlimited and the controllers set its rate.
+        let byte_pacer = |setting: RateSetting| match setting {
+            RateSetting::Off => None,
+            RateSetting::Auto => Some(Arc::new(Pacer::unlimited(epoch))),
+            RateSetting::Fixed(rate) => {
                 let slack = (rate.bytes_per_second() * 0.002) as u64;
                 let chunk = on_the_wire(config.buffer_size as u64);
-                Arc::new(Pacer::new(rate, chunk + slack, epoch))
-            })
+                Some(Arc::new(Pacer::new(rate, chunk + slack, epoch)))
+            }
         };
         // Connections: a burst of a tenth of a second's worth, at least one.
         let connect_pacer = config.pacing.connects_per_second.map(|per_second| {
             let burst = (per_second / 10.0).floor().max(1.0) as u64;
             Arc::new(Pacer::new(Rate(per_second), burst, epoch))
         });
+        let upload_pacer = byte_pacer(config.pacing.upload);
+        let download_pacer = byte_pacer(config.pacing.download);
+        let auto = |setting: RateSetting, pacer: &Option<Arc<Pacer>>| {
+            pacer.clone().filter(|_| setting.is_auto())
+        };
+        let auto_pacing = AutoPacing::new(
+            auto(config.pacing.upload, &upload_pacer),
+            auto(config.pacing.download, &download_pacer),
+            config.buffer_size,
+        );
+        if let Some(auto_pacing) = &auto_pacing {
+            AutoPacing::start(auto_pacing);
+        }
         Shared {
             policy: Policy::new(&config.policy),
             admission: Arc::new(Admission::new(config.connection_cap)),
-            upload_pacer: byte_pacer(config.pacing.upload),
-            download_pacer: byte_pacer(config.pacing.download),
+            upload_pacer,
+            download_pacer,
+            auto_pacing,
             connect_pacer,
             pipe_budget: config
                 .pipe_budget
@@ -120,6 +140,9 @@ impl<B: Backend> WorkerContext<B> {
             scratch: &self.scratch,
             gate: &self.gate,
             bulk_flows: &self.bulk_flows,
+            upload_pacer: self.shared.upload_pacer.as_deref(),
+            download_pacer: self.shared.download_pacer.as_deref(),
+            auto_pacing: self.shared.auto_pacing.as_deref(),
         }
     }
 
@@ -145,16 +168,16 @@ impl<B: Backend> WorkerContext<B> {
         self.shared.connect_pacer.as_deref()
     }
 
-    /// Socket options for a new upstream connection: with `--download-rate`, a first receive
-    /// window of the new tunnel's share (see [`Pacing::first_window_clamp`]).
+    /// Socket options for a new upstream connection: while downloads are paced, a first
+    /// receive window of the new tunnel's share (see [`Pacing::first_window_clamp`]).
     pub(crate) fn socket_tuning(&self) -> SocketTuning {
         let tunnels = self.shared.admission.active();
         SocketTuning {
             window_clamp: self
                 .shared
-                .config
-                .pacing
-                .download
+                .download_pacer
+                .as_ref()
+                .and_then(|pacer| pacer.rate())
                 .map(|rate| Pacing::first_window_clamp(rate, tunnels)),
         }
     }

@@ -101,11 +101,24 @@ on_each_backend! {
     }
 }
 
+on_each_backend! {
+    fn rates_default_to_auto_and_can_be_turned_off(backend) {
+        let proxy = Proxy::start(backend, &[]);
+        let log = proxy.log();
+        assert!(log.contains("upload_rate=auto") && log.contains("download_rate=auto"), "{log}");
+        drop(proxy);
+        let proxy = Proxy::start(backend, &["--upload-rate", "off", "--download-rate", "OFF"]);
+        let log = proxy.log();
+        assert!(log.contains("upload_rate=off") && log.contains("download_rate=off"), "{log}");
+    }
+}
+
 #[test]
 fn bad_rates_are_refused_clearly() {
     for args in [
         &["--upload-rate", "fast"][..],
         &["--download-rate", "0mbit"],
+        &["--upload-rate", "automatic"],
         &["--connect-rate", "-3"],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_fyntr"))

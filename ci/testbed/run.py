@@ -7,8 +7,9 @@ Two network namespaces (client, server) are joined by an emulated home router (r
 20 Mbit/s each way, 32 KiB drop-tail queue, 10 ms each way). In the client namespace a
 Terraform-like burst (200 short tunnels, 30 at a time, 128 KiB up and 256 KiB down each, plus 2
 bulk uploads of 8 MiB that start with it; the burst ends when all have arrived) runs while a probe sends a UDP ping every 10 ms straight to the server (a video
-call or ssh beside the burst). Modes: direct connections, fyntr with defaults, and fyntr paced at
-95 % of the link (--upload-rate/--download-rate 19mbit). Reported per mode: probe RTT p50/p99 and
+call or ssh beside the burst). Modes: direct connections, fyntr with defaults (rates auto),
+fyntr unpaced (--upload-rate/--download-rate off), and fyntr paced at 95 % of the link
+(--upload-rate/--download-rate 19mbit). Reported per mode: probe RTT p50/p99 and
 loss, idle and during the burst; router drops; burst completion; per-tunnel completion p99;
 Jain's fairness of per-tunnel throughput; goodput per direction during the burst against the
 link rate; when the bulk uploads finished; and a chart of probe RTT over time (testbed.svg).
@@ -294,7 +295,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "testbed"))
     parser.add_argument("--fyntr", default=os.path.join(ROOT, "target/release/fyntr"),
                         help="the fyntr binary to run (default: the release build)")
-    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-tokio, fyntr-paced-95, fyntr-paced-85, fyntr-paced-95-connect-10")
+    parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-unpaced, fyntr-tokio, fyntr-paced-95, fyntr-paced-85, fyntr-paced-95-connect-10")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("testbed skipped: it needs root (network namespaces and TUN devices)")
@@ -315,6 +316,7 @@ def main():
     modes = {
         "direct": None,
         "fyntr": ["--backend", "auto"],
+        "fyntr-unpaced": ["--backend", "auto", "--upload-rate", "off", "--download-rate", "off"],
         "fyntr-tokio": ["--backend", "tokio"],
         "fyntr-paced-95": ["--backend", "auto", "--upload-rate", "19mbit", "--download-rate", "19mbit"],
         "fyntr-paced-85": ["--backend", "auto", "--upload-rate", "17mbit", "--download-rate", "17mbit"],

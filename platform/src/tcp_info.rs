@@ -14,6 +14,9 @@ use std::{io, time::Duration};
 pub struct TcpStats {
     /// The smoothed round trip.
     pub round_trip: Duration,
+    /// The receiver's estimate of the round trip (from timestamps, or one window's time); it
+    /// follows a queue on the path while data comes in even when this side sends nothing.
+    pub receive_round_trip: Duration,
     /// The least round trip seen recently (the path without queueing); zero if unknown.
     pub min_round_trip: Duration,
     /// Bytes per second of the most recent delivery-rate sample.
@@ -143,6 +146,7 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
     let micros = |us: u64| Duration::from_micros(us);
     Ok(TcpStats {
         round_trip: micros(raw.rtt.into()),
+        receive_round_trip: micros(raw.rcv_rtt.into()),
         min_round_trip: micros(raw.min_rtt.into()),
         delivery_rate: raw.delivery_rate,
         delivery_rate_app_limited: raw.flags & 1 != 0,

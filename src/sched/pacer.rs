@@ -93,48 +93,101 @@ pub fn acks_on_the_wire(payload: u64) -> u64 {
     payload.div_ceil(2 * SEGMENT_PAYLOAD) * SEGMENT_HEADERS
 }
 
-/// A shared pacer: admits bytes at most at its rate, with a bounded burst.
+/// A shared pacer: admits bytes at most at its rate, with a bounded burst. The rate may change
+/// at any time ([`Pacer::set_rate`], for `auto`), and may be none: an unlimited pacer admits
+/// everything at the cost of one atomic load.
 #[derive(Debug)]
 pub struct Pacer {
     epoch: Instant,
-    nanos_per_byte: f64,
-    burst_nanos: u64,
+    /// Nanoseconds per byte as `f64` bits; 0 means unlimited.
+    nanos_per_byte: AtomicU64,
+    burst_nanos: AtomicU64,
     /// Theoretical arrival time, in nanoseconds since `epoch`.
     tat: AtomicU64,
+    /// Admissions refused: whether bytes waited for the rate.
+    refusals: AtomicU64,
 }
 
 impl Pacer {
-    /// A pacer of `rate` allowing `burst_bytes` back to back. `burst_bytes` must cover the
-    /// largest single admission (one relay chunk), or that chunk could never pass.
+    /// A pacer of `rate` allowing `burst_bytes` back to back. `burst_bytes` should cover the
+    /// largest single admission (one relay chunk); a larger one passes only when the pacer is
+    /// idle.
     pub fn new(rate: Rate, burst_bytes: u64, epoch: Instant) -> Pacer {
-        let nanos_per_byte = 1e9 / rate.bytes_per_second();
+        let pacer = Pacer::unlimited(epoch);
+        pacer.set_rate(Some(rate), burst_bytes);
+        pacer
+    }
+
+    /// A pacer that admits everything until it is given a rate.
+    pub fn unlimited(epoch: Instant) -> Pacer {
         Pacer {
             epoch,
-            nanos_per_byte,
-            burst_nanos: (burst_bytes as f64 * nanos_per_byte) as u64,
+            nanos_per_byte: AtomicU64::new(0),
+            burst_nanos: AtomicU64::new(0),
             tat: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the rate (`None`: unlimited) and the burst, for the admissions that follow.
+    pub fn set_rate(&self, rate: Option<Rate>, burst_bytes: u64) {
+        let nanos_per_byte = rate.map_or(0.0, |rate| 1e9 / rate.bytes_per_second());
+        self.burst_nanos.store(
+            (burst_bytes as f64 * nanos_per_byte) as u64,
+            Ordering::Relaxed,
+        );
+        self.nanos_per_byte
+            .store(nanos_per_byte.to_bits(), Ordering::Release);
+    }
+
+    /// The rate in force; `None` when unlimited.
+    pub fn rate(&self) -> Option<Rate> {
+        let nanos_per_byte = self.nanos_per_byte();
+        (nanos_per_byte > 0.0).then(|| Rate(1e9 / nanos_per_byte))
+    }
+
+    /// How many admissions were refused so far.
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::Relaxed)
+    }
+
+    fn nanos_per_byte(&self) -> f64 {
+        f64::from_bits(self.nanos_per_byte.load(Ordering::Acquire))
     }
 
     /// Admits `bytes` at `now`, or says when to try again.
     pub fn try_admit(&self, bytes: u64, now: Instant) -> Result<(), Instant> {
+        let nanos_per_byte = self.nanos_per_byte();
+        if nanos_per_byte == 0.0 {
+            return Ok(());
+        }
         let now_nanos = self.nanos_at(now);
-        let cost = self.cost_of(bytes);
-        self.advance(|tat| {
-            let next = tat.max(now_nanos) + cost;
-            let earliest = next.saturating_sub(self.burst_nanos);
+        let cost = (bytes as f64 * nanos_per_byte) as u64;
+        let burst = self.burst_nanos.load(Ordering::Relaxed);
+        let admitted = self.advance(|tat| {
+            let start = tat.max(now_nanos);
+            let next = start + cost;
+            // Never later than `start`: an admission larger than the burst (a chunk read before
+            // the rate fell) passes once the pacer is idle.
+            let earliest = next.saturating_sub(burst).min(start);
             if earliest > now_nanos {
                 return Err(self.epoch + Duration::from_nanos(earliest));
             }
             Ok(next)
-        })
-        .map(|_| ())
+        });
+        if admitted.is_err() {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted.map(|_| ())
     }
 
     /// Counts `bytes` that went out without asking (the ACKs of the other direction's data, a
     /// remote sender's initial window): later admissions wait for them, but they are never
     /// refused.
     pub fn charge(&self, bytes: u64, now: Instant) {
+        if self.nanos_per_byte() == 0.0 {
+            return;
+        }
         let now_nanos = self.nanos_at(now);
         let cost = self.cost_of(bytes);
         let Ok(_) = self.advance(|tat| Ok::<_, Infallible>(tat.max(now_nanos) + cost));
@@ -146,7 +199,8 @@ impl Pacer {
         let now_nanos = self.nanos_at(now);
         let deadline_nanos = self.nanos_at(deadline);
         let cost = self.cost_of(cost_bytes);
-        let proceed_at = |next: u64| next.saturating_sub(self.burst_nanos).max(now_nanos);
+        let burst = self.burst_nanos.load(Ordering::Relaxed);
+        let proceed_at = |next: u64| next.saturating_sub(burst).max(now_nanos);
         let next = self
             .advance(|tat| {
                 let next = tat.max(now_nanos) + cost;
@@ -180,7 +234,7 @@ impl Pacer {
     }
 
     fn cost_of(&self, bytes: u64) -> u64 {
-        (bytes as f64 * self.nanos_per_byte) as u64
+        (bytes as f64 * self.nanos_per_byte()) as u64
     }
 }
 
@@ -266,6 +320,33 @@ mod tests {
             most_in_one_ms <= 16_384 + 4096,
             "burst of {most_in_one_ms} in one ms"
         );
+    }
+
+    #[test]
+    fn the_rate_can_change_and_be_lifted() {
+        let start = Instant::now();
+        let pacer = Pacer::unlimited(start);
+        assert_eq!(pacer.rate(), None);
+        for _ in 0..100 {
+            assert!(pacer.try_admit(1 << 20, start).is_ok(), "unlimited");
+        }
+        pacer.set_rate(Some(Rate(1000.0)), 1000);
+        assert_eq!(pacer.rate(), Some(Rate(1000.0)));
+        assert!(pacer.try_admit(1000, start).is_ok());
+        assert!(pacer.try_admit(1000, start).is_err());
+        assert_eq!(pacer.refusals(), 1);
+        pacer.set_rate(None, 0);
+        assert!(pacer.try_admit(1000, start).is_ok(), "lifted");
+    }
+
+    #[test]
+    fn an_admission_larger_than_the_burst_passes_when_idle() {
+        let start = Instant::now();
+        let pacer = Pacer::new(Rate(1000.0), 100, start);
+        assert!(pacer.try_admit(5000, start).is_ok(), "idle: passes");
+        let retry = pacer.try_admit(5000, start).unwrap_err();
+        assert_eq!(retry.duration_since(start), Duration::from_secs(5));
+        assert!(pacer.try_admit(5000, retry).is_ok());
     }
 
     #[test]
