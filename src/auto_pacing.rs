@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use crate::{
     config::Pacing,
+    gate::Direction,
     sched::{
         autorate::{AutoRate, AutoRateConfig, Sample},
         pacer::{on_the_wire, Pacer, Rate},
@@ -53,19 +54,11 @@ pub(crate) struct AutoPacing {
     buffer_size: usize,
 }
 
-/// Which way a report goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Way {
-    Upload = 0,
-    Download = 1,
-}
-
-impl Way {
-    fn name(self) -> &'static str {
-        match self {
-            Way::Upload => "upload",
-            Way::Download => "download",
-        }
+/// A word for logs.
+fn name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Upload => "upload",
+        Direction::Download => "download",
     }
 }
 
@@ -92,7 +85,7 @@ impl AutoPacing {
     }
 
     /// Whether `way` is paced with `auto`.
-    pub(crate) fn covers(&self, way: Way) -> bool {
+    pub(crate) fn covers(&self, way: Direction) -> bool {
         self.directions[way as usize].is_some()
     }
 
@@ -107,7 +100,7 @@ impl AutoPacing {
         }
     }
 
-    fn report(&self, way: Way, report: PathReport) {
+    fn report(&self, way: Direction, report: PathReport) {
         let Some(direction) = &self.directions[way as usize] else {
             return;
         };
@@ -148,14 +141,18 @@ struct PathReport {
 pub(crate) struct PathSampler<'a, S: Stream> {
     auto: &'a AutoPacing,
     upstream: &'a S,
-    way: Way,
+    way: Direction,
     last: TcpStats,
     at: Option<Instant>,
 }
 
 impl<'a, S: Stream> PathSampler<'a, S> {
     /// A sampler of `upstream` for `way`, if `auto` covers it.
-    pub(crate) fn new(auto: Option<&'a AutoPacing>, upstream: &'a S, way: Way) -> Option<Self> {
+    pub(crate) fn new(
+        auto: Option<&'a AutoPacing>,
+        upstream: &'a S,
+        way: Direction,
+    ) -> Option<Self> {
         let auto = auto.filter(|auto| auto.covers(way))?;
         Some(Self {
             auto,
@@ -182,7 +179,7 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         };
         let base = (!stats.min_round_trip.is_zero()).then_some(stats.min_round_trip);
         let report = match self.way {
-            Way::Upload => PathReport {
+            Direction::Upload => PathReport {
                 delivered: stats.bytes_acked.saturating_sub(self.last.bytes_acked),
                 sent: stats.bytes_sent.saturating_sub(self.last.bytes_sent),
                 resent: stats
@@ -191,7 +188,7 @@ impl<'a, S: Stream> PathSampler<'a, S> {
                 queue_delay: base.map(|base| stats.round_trip.saturating_sub(base)),
                 base,
             },
-            Way::Download => PathReport {
+            Direction::Download => PathReport {
                 delivered: stats
                     .bytes_received
                     .saturating_sub(self.last.bytes_received),
@@ -234,7 +231,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
         let now = Instant::now();
         let interval = now.duration_since(last_tick);
         last_tick = now;
-        for way in [Way::Upload, Way::Download] {
+        for way in [Direction::Upload, Direction::Download] {
             let Some(direction) = &auto.directions[way as usize] else {
                 continue;
             };
@@ -267,7 +264,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                     .pacer
                     .set_rate(rate, rate.map_or(0, |rate| auto.burst(rate)));
                 debug!(
-                    direction = way.name(),
+                    direction = name(way),
                     mode = controller.mode().name(),
                     rate = %describe(rate),
                     delivered_mbit = controller.delivery() * 8.0 / 1e6,
@@ -279,14 +276,14 @@ fn run_controllers(weak: Weak<AutoPacing>) {
         if now.duration_since(last_report) >= REPORT_EVERY {
             let seconds = now.duration_since(last_report).as_secs_f64();
             last_report = now;
-            for way in [Way::Upload, Way::Download] {
+            for way in [Direction::Upload, Direction::Download] {
                 let delivered = std::mem::take(&mut delivered_since_report[way as usize]);
                 if delivered == 0 || !auto.covers(way) {
                     continue;
                 }
                 let controller = &controllers[way as usize];
                 info!(
-                    direction = way.name(),
+                    direction = name(way),
                     mode = controller.mode().name(),
                     rate = %describe(controller.rate()),
                     throughput_mbit = format!("{:.2}", delivered as f64 * 8.0 / 1e6 / seconds),

@@ -188,6 +188,11 @@ pub(crate) struct FlowHandle {
 }
 
 impl FlowHandle {
+    /// Which way this flow's bytes go.
+    pub(crate) fn direction(&self) -> Direction {
+        self.direction
+    }
+
     /// Waits until a chunk of `len` bytes may be written.
     pub(crate) async fn acquire(&self, len: usize) {
         let len = u32::try_from(len).unwrap_or(u32::MAX);

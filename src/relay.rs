@@ -21,14 +21,12 @@ use fyntr_platform::{Backend, BufferPool, IoBuffer, PipePool, PooledPipe, Stream
 
 use crate::{
     admission::Admission,
-    auto_pacing::{PathSampler, Way},
+    auto_pacing::{AutoPacing, PathSampler},
     config::{Config, Pacing},
     gate::{Direction, FlowHandle, Gate},
     sched::pacer::{Pacer, Rate},
     send_queue::{self, BulkFlows, SendQueueFit},
 };
-
-use crate::auto_pacing::AutoPacing;
 
 /// What a relay uses of its worker: no more, so that it depends on nothing above it.
 pub(crate) struct RelayContext<'a, B: Backend> {
@@ -268,14 +266,10 @@ async fn pump_chunks<B: Backend>(
     let mut window = WindowShare::default();
     // With `auto`, the upstream socket reports its path once a tick while this direction
     // moves data (never for loopback destinations: see auto_pacing).
-    let way = match to {
-        Side::Upstream => Way::Upload,
-        Side::Downstream => Way::Download,
-    };
     let mut sampler = PathSampler::new(
         ctx.auto_pacing.filter(|_| observe_path),
         tunnel.stream(Side::Upstream),
-        way,
+        flow.direction(),
     );
     let mut first_read = true;
     // After a read that filled the whole chunk more data is almost surely waiting, so the next
