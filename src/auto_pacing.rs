@@ -2,11 +2,18 @@
 //! sockets' kernels know (through [`PathSampler`]) into [`AutoPacing`], and one thread ticks
 //! each direction's [`AutoRate`] controller every [`TICK`] and sets the shared pacer's rate.
 //!
+//! A socket's own least round trip includes the queue that was there when it opened, and a
+//! burst's tunnels open while the burst builds one: so the base round trip of each upstream
+//! address is remembered across its connections ([`BaseMemory`]), as the kernel's TCP
+//! metrics cache remembers a destination's round trip.
+//!
 //! Upstream sockets to loopback are not observed: there is no link to find, and a loaded
 //! machine's loopback round trips (tens of milliseconds with both cores busy) would read as a
 //! queue.
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -19,7 +26,7 @@ use crate::{
     gate::Direction,
     sched::{
         autorate::{AutoRate, AutoRateConfig, Sample},
-        pacer::{on_the_wire, Pacer, Rate},
+        pacer::{acks_on_the_wire, on_the_wire, Pacer, Rate},
     },
 };
 
@@ -34,10 +41,80 @@ struct Observed {
     delivered: u64,
     sent: u64,
     resent: u64,
-    /// One queueing delay per report.
-    delays: Vec<Duration>,
     /// The least base round trip reported.
     base: Option<Duration>,
+}
+
+/// How recently a socket must have sent data for its smoothed round trip to count.
+const FRESH_ROUND_TRIP: Duration = Duration::from_secs(1);
+/// How long a remembered base round trip lasts without being seen again: routes change.
+const BASE_WINDOW: Duration = Duration::from_secs(300);
+/// Upstream addresses remembered at most; past it the memory starts again.
+const BASE_PEERS: usize = 4096;
+
+/// The base round trip of each upstream address over the last [`BASE_WINDOW`] or two: a
+/// windowed minimum kept as two buckets, the current one and the one before. Each bucket
+/// keeps the two least distinct figures and answers the greater: one socket's figure below
+/// every other's (a mismeasured sample) does not set the base of all.
+#[derive(Default)]
+struct BaseMemory {
+    peers: HashMap<IpAddr, RememberedBase>,
+}
+
+struct RememberedBase {
+    current: LeastTwo,
+    previous: LeastTwo,
+    since: Instant,
+}
+
+/// The two least distinct figures seen; the second is the first until another comes.
+#[derive(Clone, Copy)]
+struct LeastTwo([Duration; 2]);
+
+impl LeastTwo {
+    fn new(first: Duration) -> Self {
+        Self([first, first])
+    }
+
+    fn empty() -> Self {
+        Self([Duration::MAX, Duration::MAX])
+    }
+
+    fn take(&mut self, figure: Duration) {
+        let [least, second] = &mut self.0;
+        if figure < *least {
+            *second = *least;
+            *least = figure;
+        } else if figure > *least && (figure < *second || *second == *least) {
+            *second = figure;
+        }
+    }
+
+    fn base(self) -> Duration {
+        self.0[1]
+    }
+}
+
+impl BaseMemory {
+    /// Takes a socket's least round trip to `peer`; returns the peer's base round trip.
+    fn observe(&mut self, peer: IpAddr, least: Duration, now: Instant) -> Duration {
+        if self.peers.len() >= BASE_PEERS && !self.peers.contains_key(&peer) {
+            self.peers.clear();
+        }
+        let base = self.peers.entry(peer).or_insert(RememberedBase {
+            current: LeastTwo::new(least),
+            previous: LeastTwo::empty(),
+            since: now,
+        });
+        if now.duration_since(base.since) >= BASE_WINDOW {
+            base.previous = base.current;
+            base.current = LeastTwo::new(least);
+            base.since = now;
+        } else {
+            base.current.take(least);
+        }
+        base.current.base().min(base.previous.base()).min(least)
+    }
 }
 
 /// One direction under `auto`.
@@ -52,6 +129,9 @@ pub(crate) struct AutoPacing {
     directions: [Option<AutoDirection>; 2],
     /// The relay buffer: the largest chunk, of which a paced burst must hold one.
     buffer_size: usize,
+    bases: Mutex<BaseMemory>,
+    /// The queueing delays reported since the last tick, one per report, of either direction.
+    path_delays: Mutex<Vec<Duration>>,
 }
 
 /// A word for logs.
@@ -81,6 +161,8 @@ impl AutoPacing {
         Some(Arc::new(AutoPacing {
             directions: [direction(upload), direction(download)],
             buffer_size,
+            bases: Mutex::new(BaseMemory::default()),
+            path_delays: Mutex::new(Vec::new()),
         }))
     }
 
@@ -111,12 +193,24 @@ impl AutoPacing {
         observed.delivered += report.delivered;
         observed.sent += report.sent;
         observed.resent += report.resent;
-        if let Some(delay) = report.queue_delay {
-            observed.delays.push(delay);
-        }
         if let Some(base) = report.base {
             observed.base = Some(observed.base.map_or(base, |least| least.min(base)));
         }
+        drop(observed);
+        if let Some(delay) = report.queue_delay {
+            self.path_delays
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(delay);
+        }
+    }
+
+    /// The base round trip to `peer`, given a socket's own least round trip.
+    fn base_to(&self, peer: IpAddr, least: Duration) -> Duration {
+        self.bases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .observe(peer, least, Instant::now())
     }
 
     /// The pacer's burst at `rate`: one paced chunk plus 2 ms of the rate (as for a fixed
@@ -141,15 +235,18 @@ struct PathReport {
 pub(crate) struct PathSampler<'a, S: Stream> {
     auto: &'a AutoPacing,
     upstream: &'a S,
+    peer: IpAddr,
     way: Direction,
     last: TcpStats,
     at: Option<Instant>,
 }
 
 impl<'a, S: Stream> PathSampler<'a, S> {
-    /// A sampler of `upstream` for `way`, if `auto` covers it.
+    /// A sampler of `upstream` (connected to `peer`) for `way`, if `auto` covers it and the
+    /// path is observed.
     pub(crate) fn new(
         auto: Option<&'a AutoPacing>,
+        peer: Option<IpAddr>,
         upstream: &'a S,
         way: Direction,
     ) -> Option<Self> {
@@ -157,6 +254,7 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         Some(Self {
             auto,
             upstream,
+            peer: peer?,
             way,
             last: TcpStats::default(),
             at: None,
@@ -177,15 +275,23 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         let Ok(stats) = self.upstream.tcp_stats() else {
             return;
         };
-        let base = (!stats.min_round_trip.is_zero()).then_some(stats.min_round_trip);
+        let base = (!stats.min_round_trip.is_zero())
+            .then(|| self.auto.base_to(self.peer, stats.min_round_trip));
+        // The delay of the path, from either direction's sockets: a round trip crosses the
+        // queues of both. Only a smoothed round trip that data sent lately keeps fresh counts;
+        // the receiver's estimate (tcpi_rcv_rtt) stays where it was for seconds while data
+        // streams in, so it is not used.
+        let queue_delay = base
+            .filter(|_| stats.since_data_sent < FRESH_ROUND_TRIP)
+            .map(|base| stats.round_trip.saturating_sub(base));
         let report = match self.way {
             Direction::Upload => PathReport {
-                delivered: stats.bytes_acked.saturating_sub(self.last.bytes_acked),
+                delivered: delivered_bytes(&stats, &self.last),
                 sent: stats.bytes_sent.saturating_sub(self.last.bytes_sent),
                 resent: stats
                     .bytes_retransmitted
                     .saturating_sub(self.last.bytes_retransmitted),
-                queue_delay: base.map(|base| stats.round_trip.saturating_sub(base)),
+                queue_delay,
                 base,
             },
             Direction::Download => PathReport {
@@ -194,15 +300,33 @@ impl<'a, S: Stream> PathSampler<'a, S> {
                     .saturating_sub(self.last.bytes_received),
                 sent: 0,
                 resent: 0,
-                queue_delay: base
-                    .filter(|_| !stats.receive_round_trip.is_zero())
-                    .map(|base| stats.receive_round_trip.saturating_sub(base)),
+                queue_delay,
                 base,
             },
         };
         self.last = stats;
         self.auto.report(self.way, report);
     }
+}
+
+/// Payload bytes that reached the peer between two snapshots: segments delivered (selectively
+/// acknowledged ones too, so that a loss recovery does not read as a slow path) at the
+/// sender's segment size, or the bytes acknowledged where the kernel does not count segments.
+fn delivered_bytes(now: &TcpStats, before: &TcpStats) -> u64 {
+    let acked = now.bytes_acked.saturating_sub(before.bytes_acked);
+    if now.delivered_segments == 0 || now.send_mss == 0 {
+        return acked;
+    }
+    // The first segment delivered is the SYN. Segments may be short, so the count is bounded
+    // by what could have arrived: what was in flight before, and what was sent since.
+    let segments = now
+        .delivered_segments
+        .saturating_sub(before.delivered_segments.max(1));
+    let could_arrive = before.bytes_sent.saturating_sub(before.bytes_acked)
+        + now.bytes_sent.saturating_sub(before.bytes_sent);
+    (u64::from(segments) * u64::from(now.send_mss))
+        .min(could_arrive)
+        .max(acked)
 }
 
 impl<S: Stream> Drop for PathSampler<'_, S> {
@@ -231,16 +355,31 @@ fn run_controllers(weak: Weak<AutoPacing>) {
         let now = Instant::now();
         let interval = now.duration_since(last_tick);
         last_tick = now;
+        let mut observed = auto.directions.each_ref().map(|direction| {
+            direction
+                .as_ref()
+                .map_or_else(Observed::default, |direction| {
+                    std::mem::take(
+                        &mut *direction
+                            .observed
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    )
+                })
+        });
+        let path_delay = median(std::mem::take(
+            &mut *auto
+                .path_delays
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        ));
         for way in [Direction::Upload, Direction::Download] {
             let Some(direction) = &auto.directions[way as usize] else {
                 continue;
             };
-            let observed = std::mem::take(
-                &mut *direction
-                    .observed
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            );
+            // The pacer also counts the ACKs this direction carries for the opposite one.
+            let acks = acks_on_the_wire(observed[1 - way as usize].delivered);
+            let observed = std::mem::take(&mut observed[way as usize]);
             let refused = direction.pacer.refusals();
             let backlogged = refused != refusals[way as usize];
             refusals[way as usize] = refused;
@@ -252,14 +391,17 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 now,
                 interval,
                 delivered: observed.delivered,
-                queue_delay: low_rank(observed.delays),
+                acks,
+                queue_delay: path_delay,
                 loss: (observed.sent > 0).then(|| observed.resent as f64 / observed.sent as f64),
                 backlogged,
+                opposite_load: controllers[1 - way as usize].delivery(),
+                opposite_cut: controllers[1 - way as usize].last_cut(),
             };
             let controller = &mut controllers[way as usize];
-            let before = (controller.mode(), direction.pacer.rate());
+            let before = controller.rate();
             let rate = controller.on_tick(&sample);
-            if rate != before.1 {
+            if rate != before {
                 direction
                     .pacer
                     .set_rate(rate, rate.map_or(0, |rate| auto.burst(rate)));
@@ -296,16 +438,13 @@ fn run_controllers(weak: Weak<AutoPacing>) {
     }
 }
 
-/// The path's queueing delay from the sockets' reports: the second lowest of three or more,
-/// else the lowest. A queue at the shared bottleneck delays every socket; one far-away
-/// server's own queue delays only its socket, and a low rank ignores it.
-fn low_rank(mut delays: Vec<Duration>) -> Option<Duration> {
+/// The path's queueing delay from the sockets' reports: their median (the lower one of an
+/// even count). A queue at the shared bottleneck delays every socket; one far-away server's
+/// own queue delays only its sockets, and a socket whose base was measured through a queue
+/// reads low: the median ignores both while they are the fewer.
+fn median(mut delays: Vec<Duration>) -> Option<Duration> {
     delays.sort_unstable();
-    match delays.len() {
-        0 => None,
-        1 | 2 => Some(delays[0]),
-        _ => Some(delays[1]),
-    }
+    (!delays.is_empty()).then(|| delays[(delays.len() - 1) / 2])
 }
 
 fn describe(rate: Option<Rate>) -> String {
@@ -325,11 +464,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_delay_is_a_low_rank_of_the_reports() {
+    fn the_delay_is_the_median_of_the_reports() {
         let ms = Duration::from_millis;
-        assert_eq!(low_rank(vec![]), None);
-        assert_eq!(low_rank(vec![ms(9)]), Some(ms(9)));
-        assert_eq!(low_rank(vec![ms(9), ms(3)]), Some(ms(3)));
-        assert_eq!(low_rank(vec![ms(40), ms(2), ms(7), ms(8)]), Some(ms(7)));
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![ms(9)]), Some(ms(9)));
+        assert_eq!(median(vec![ms(9), ms(3)]), Some(ms(3)));
+        assert_eq!(median(vec![ms(40), ms(2), ms(7), ms(8)]), Some(ms(7)));
+        assert_eq!(
+            median(vec![ms(40), ms(0), ms(7), ms(8), ms(9)]),
+            Some(ms(8))
+        );
+    }
+
+    #[test]
+    fn a_base_measured_through_a_queue_gives_way_to_the_one_remembered() {
+        let ms = Duration::from_millis;
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let start = Instant::now();
+        let mut memory = BaseMemory::default();
+        assert_eq!(memory.observe(peer, ms(20), start), ms(20));
+        // A connection opened while a queue stood: its own least round trip is 32 ms.
+        assert_eq!(memory.observe(peer, ms(32), start + ms(500)), ms(32));
+        assert_eq!(memory.observe(peer, ms(21), start + ms(550)), ms(21));
+        assert_eq!(memory.observe(peer, ms(33), start + ms(560)), ms(21));
+        // One figure below all others does not set the base.
+        assert_eq!(memory.observe(peer, ms(12), start + ms(570)), ms(12));
+        assert_eq!(memory.observe(peer, ms(34), start + ms(580)), ms(20));
+        // Another address has its own base.
+        assert_eq!(memory.observe(other, ms(80), start + ms(600)), ms(80));
+        // The route changed for good: after two windows the old base is forgotten.
+        let later = start + BASE_WINDOW + ms(1);
+        assert_eq!(memory.observe(peer, ms(45), later), ms(20));
+        assert_eq!(memory.observe(peer, ms(45), later + BASE_WINDOW), ms(45));
     }
 }

@@ -14,6 +14,7 @@
 use std::{
     cell::{Cell, RefCell},
     io,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -172,14 +173,14 @@ impl<S: Stream> Tunnel<'_, S> {
 }
 
 /// Relays between `downstream` and `upstream` until the tunnel ends. `pipelined` holds bytes the
-/// client sent after its request head; they go upstream first. With `observe_path`, the
-/// upstream socket's path figures feed `auto` pacing.
+/// client sent after its request head; they go upstream first. With `observed_peer` (the
+/// upstream's address), the upstream socket's path figures feed `auto` pacing.
 pub(crate) async fn relay<B: Backend>(
     ctx: &RelayContext<'_, B>,
     downstream: &B::Stream,
     upstream: &B::Stream,
     pipelined: &[u8],
-    observe_path: bool,
+    observed_peer: Option<IpAddr>,
 ) -> (Traffic, RelayEnd) {
     let tunnel = Tunnel {
         downstream,
@@ -190,8 +191,8 @@ pub(crate) async fn relay<B: Backend>(
     };
     let pumps = async {
         tokio::join!(
-            pump(ctx, &tunnel, Side::Downstream, pipelined, observe_path),
-            pump(ctx, &tunnel, Side::Upstream, &[], observe_path),
+            pump(ctx, &tunnel, Side::Downstream, pipelined, observed_peer),
+            pump(ctx, &tunnel, Side::Upstream, &[], observed_peer),
         )
     };
     tokio::pin!(pumps);
@@ -224,14 +225,14 @@ async fn pump<B: Backend>(
     tunnel: &Tunnel<'_, B::Stream>,
     from: Side,
     pipelined: &[u8],
-    observe_path: bool,
+    observed_peer: Option<IpAddr>,
 ) -> (u64, Duration) {
     let (to, direction) = match from {
         Side::Downstream => (Side::Upstream, Direction::Upload),
         Side::Upstream => (Side::Downstream, Direction::Download),
     };
     let flow = ctx.gate.open_flow(direction);
-    let written = pump_chunks(ctx, tunnel, from, to, &flow, pipelined, observe_path).await;
+    let written = pump_chunks(ctx, tunnel, from, to, &flow, pipelined, observed_peer).await;
     (written, flow.waited())
 }
 
@@ -242,7 +243,7 @@ async fn pump_chunks<B: Backend>(
     to: Side,
     flow: &FlowHandle,
     pipelined: &[u8],
-    observe_path: bool,
+    observed_peer: Option<IpAddr>,
 ) -> u64 {
     let mut written = 0;
     // Pipelined bytes (a TLS ClientHello sent with the CONNECT) are sent like a small message:
@@ -267,7 +268,8 @@ async fn pump_chunks<B: Backend>(
     // With `auto`, the upstream socket reports its path once a tick while this direction
     // moves data (never for loopback destinations: see auto_pacing).
     let mut sampler = PathSampler::new(
-        ctx.auto_pacing.filter(|_| observe_path),
+        ctx.auto_pacing,
+        observed_peer,
         tunnel.stream(Side::Upstream),
         flow.direction(),
     );

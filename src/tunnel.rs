@@ -82,15 +82,16 @@ async fn run<B: Backend>(
     else {
         return;
     };
-    let observe_path = report
+    let observed_peer = report
         .upstream
-        .is_some_and(|reached| !reached.ip().is_loopback());
+        .map(|reached| reached.ip())
+        .filter(|ip| !ip.is_loopback());
     let (traffic, end) = relay::relay(
         &ctx.relay_context(),
         client,
         &upstream,
         &pipelined,
-        observe_path,
+        observed_peer,
     )
     .await;
     report.traffic = traffic;

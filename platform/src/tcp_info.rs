@@ -14,11 +14,14 @@ use std::{io, time::Duration};
 pub struct TcpStats {
     /// The smoothed round trip.
     pub round_trip: Duration,
-    /// The receiver's estimate of the round trip (from timestamps, or one window's time); it
-    /// follows a queue on the path while data comes in even when this side sends nothing.
+    /// The receiver's estimate of the round trip (from timestamps, or one window's time). While
+    /// data streams in it may stay where it was for seconds.
     pub receive_round_trip: Duration,
     /// The least round trip seen recently (the path without queueing); zero if unknown.
     pub min_round_trip: Duration,
+    /// How long ago this side last sent data: the smoothed round trip is as old as that,
+    /// plus a round trip.
+    pub since_data_sent: Duration,
     /// Bytes per second of the most recent delivery-rate sample.
     pub delivery_rate: u64,
     /// Whether that sample was limited by the application (too little to send), so that it
@@ -26,6 +29,9 @@ pub struct TcpStats {
     pub delivery_rate_app_limited: bool,
     /// Bytes this side sent that the peer acknowledged.
     pub bytes_acked: u64,
+    /// Segments this side sent that reached the peer, selectively acknowledged ones included:
+    /// unlike `bytes_acked` it keeps counting while a loss holds the cumulative ACK back.
+    pub delivered_segments: u32,
     /// Bytes this side received in order.
     pub bytes_received: u64,
     /// Bytes this side has sent, retransmissions included.
@@ -148,9 +154,11 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
         round_trip: micros(raw.rtt.into()),
         receive_round_trip: micros(raw.rcv_rtt.into()),
         min_round_trip: micros(raw.min_rtt.into()),
+        since_data_sent: Duration::from_millis(raw.last_data_sent.into()),
         delivery_rate: raw.delivery_rate,
         delivery_rate_app_limited: raw.flags & 1 != 0,
         bytes_acked: raw.bytes_acked,
+        delivered_segments: raw.delivered,
         bytes_received: raw.bytes_received,
         bytes_sent: raw.bytes_sent,
         bytes_retransmitted: raw.bytes_retrans,
