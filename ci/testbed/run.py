@@ -338,13 +338,17 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "testbed.json"), "w") as out:
         json.dump({"summary": summary, "config": config}, out, indent=2)
+    with open(os.path.join(args.out, "testbed-samples.json"), "w") as out:
+        json.dump({name: {"burst_began": r["burst_began"], "burst_ended": r["burst_ended"],
+                          "probe": r["idle_samples"] + r["burst_samples"]}
+                   for name, r in results.items()}, out)
     svg_chart(results, os.path.join(args.out, "testbed.svg"))
     keys = list(next(iter(summary.values())).keys())
     print("| metric | " + " | ".join(summary) + " |")
     print("|---" * (len(summary) + 1) + "|")
     for key in keys:
         print(f"| {key} | " + " | ".join(f"{summary[m][key]:.2f}" for m in summary) + " |")
-    print(f"wrote {args.out}/testbed.json and testbed.svg")
+    print(f"wrote {args.out}/testbed.json, testbed-samples.json and testbed.svg")
     return 0
 
 
