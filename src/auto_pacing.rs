@@ -239,6 +239,8 @@ pub(crate) struct PathSampler<'a, S: Stream> {
     way: Direction,
     last: TcpStats,
     at: Option<Instant>,
+    /// The path's base round trip at the last report.
+    base: Option<Duration>,
 }
 
 impl<'a, S: Stream> PathSampler<'a, S> {
@@ -258,7 +260,17 @@ impl<'a, S: Stream> PathSampler<'a, S> {
             way,
             last: TcpStats::default(),
             at: None,
+            base: None,
         })
+    }
+
+    /// The round trip a paced download's window should cover: the path's base round trip
+    /// plus room for a queue (half of it, at least 10 ms: a busy opposite direction's queue
+    /// delays this one's ACKs), never less than [`Pacing::BUFFER_TIME`]. `None` before the
+    /// first report.
+    pub(crate) fn window_round_trip(&self) -> Option<Duration> {
+        self.base
+            .map(|base| (base + (base / 2).max(Duration::from_millis(10))).max(Pacing::BUFFER_TIME))
     }
 
     /// Reports the socket's figures if a tick has passed since the last report.
@@ -277,6 +289,7 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         };
         let base = (!stats.min_round_trip.is_zero())
             .then(|| self.auto.base_to(self.peer, stats.min_round_trip));
+        self.base = base.or(self.base);
         // The delay of the path, from either direction's sockets: a round trip crosses the
         // queues of both. Only a smoothed round trip that data sent lately keeps fresh counts;
         // the receiver's estimate (tcpi_rcv_rtt) stays where it was for seconds while data

@@ -162,7 +162,14 @@ impl Pacing {
     /// upstream socket's window to it as tunnels come and go, so a flow left alone can use the
     /// whole rate.
     pub fn socket_buffer(rate: Rate, tunnels: usize) -> usize {
-        let whole = rate.bytes_per_second() * Self::BUFFER_TIME.as_secs_f64();
+        Self::socket_buffer_over(rate, tunnels, Self::BUFFER_TIME)
+    }
+
+    /// [`Pacing::socket_buffer`] over a path whose round trip is known: `rate x round_trip`
+    /// (`auto` knows each upstream's base round trip; a window shorter than the round trip
+    /// would hold a download below the rate).
+    pub fn socket_buffer_over(rate: Rate, tunnels: usize, round_trip: Duration) -> usize {
+        let whole = rate.bytes_per_second() * round_trip.as_secs_f64();
         let share = whole / tunnels.max(1) as f64;
         (share as usize).clamp(4 * 1024, 4 << 20)
     }

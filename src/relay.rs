@@ -59,8 +59,8 @@ impl<B: Backend> RelayContext<'_, B> {
 
     /// The receive window a download paced at `rate` may offer now: its share of the rate
     /// over [`Pacing::BUFFER_TIME`] among the tunnels open now.
-    fn download_window(&self, rate: Rate) -> usize {
-        Pacing::socket_buffer(rate, self.admission.active())
+    fn download_window(&self, rate: Rate, round_trip: Duration) -> usize {
+        Pacing::socket_buffer_over(rate, self.admission.active(), round_trip)
     }
 }
 
@@ -313,11 +313,18 @@ async fn pump_chunks<B: Backend>(
         // With a download rate, downloads are paced where they enter (see above).
         let gate_reads = to == Side::Downstream && live_rate.is_some();
         match live_rate.filter(|_| gate_reads) {
-            Some(rate) => window.follow(
-                tunnel.stream(from),
-                ctx.download_window(rate),
-                Pacing::socket_buffer(rate, 1),
-            ),
+            Some(rate) => {
+                // The window covers the path's round trip where `auto` knows it.
+                let round_trip = sampler
+                    .as_ref()
+                    .and_then(PathSampler::window_round_trip)
+                    .unwrap_or(Pacing::BUFFER_TIME);
+                window.follow(
+                    tunnel.stream(from),
+                    ctx.download_window(rate, round_trip),
+                    Pacing::socket_buffer_over(rate, 1, round_trip),
+                )
+            }
             None => window.release(tunnel.stream(from)),
         }
         let granted = if gate_reads {

@@ -7,7 +7,9 @@
 //!
 //! Every scenario runs against each mode in the same run: `direct` (no proxy), `fyntr-io-uring`,
 //! `fyntr-tokio`, and when installed `fyntr-0.4.8` (`$FYNTR_UPSTREAM` or
-//! `/tmp/fyntr-0.4.8/bin/fyntr`), `tinyproxy` and `squid`. It prints one table of values and
+//! `/tmp/fyntr-0.4.8/bin/fyntr`), `tinyproxy` and `squid`; by name only, `fyntr-io-uring-copy`
+//! (`--zero-copy off`) and `fyntr-io-uring-unpaced` (`--upload-rate off --download-rate off`,
+//! to see what the default `auto` costs). It prints one table of values and
 //! ratios to direct, writes `load.json`, and draws `load.svg` (ratios per scenario and mode).
 //! With `--rounds N` each scenario runs N rounds of every mode in turn (direct, fyntr, ...,
 //! direct, fyntr, ...), and the table gives medians: a mode's ratio is the median of its ratios

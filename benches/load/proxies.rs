@@ -17,6 +17,8 @@ pub enum Mode {
     FyntrTokio,
     /// io_uring with `--zero-copy off`: the copying relay, for before/after comparisons.
     FyntrUringCopy,
+    /// io_uring with `--upload-rate off --download-rate off`: what `auto` (the default) costs.
+    FyntrUringUnpaced,
     FyntrUpstream(PathBuf),
     Tinyproxy(PathBuf),
     Squid(PathBuf),
@@ -29,6 +31,7 @@ impl Mode {
             Mode::FyntrUring => "fyntr-io-uring",
             Mode::FyntrTokio => "fyntr-tokio",
             Mode::FyntrUringCopy => "fyntr-io-uring-copy",
+            Mode::FyntrUringUnpaced => "fyntr-io-uring-unpaced",
             Mode::FyntrUpstream(_) => "fyntr-0.4.8",
             Mode::Tinyproxy(_) => "tinyproxy",
             Mode::Squid(_) => "squid",
@@ -58,10 +61,11 @@ pub fn available(wanted: &[String]) -> Vec<Mode> {
         }
     }
     // Opt-in: only when asked for by name.
-    modes.push(Mode::FyntrUringCopy);
+    let opt_in = [Mode::FyntrUringCopy, Mode::FyntrUringUnpaced];
+    modes.extend(opt_in.iter().cloned());
     modes.retain(|mode| {
         let named = wanted.iter().any(|name| name == mode.name());
-        named || (wanted.is_empty() && *mode != Mode::FyntrUringCopy)
+        named || (wanted.is_empty() && !opt_in.contains(mode))
     });
     modes
 }
@@ -100,7 +104,10 @@ impl Running {
         let mut config_dir = None;
         let mut command = match mode {
             Mode::Direct => return Err("direct has no proxy".into()),
-            Mode::FyntrUring | Mode::FyntrTokio | Mode::FyntrUringCopy => {
+            Mode::FyntrUring
+            | Mode::FyntrTokio
+            | Mode::FyntrUringCopy
+            | Mode::FyntrUringUnpaced => {
                 let backend = if *mode == Mode::FyntrTokio {
                     "tokio"
                 } else {
@@ -112,6 +119,9 @@ impl Running {
                     .env("RUST_LOG", "warn");
                 if *mode == Mode::FyntrUringCopy {
                     command.args(["--zero-copy", "off"]);
+                }
+                if *mode == Mode::FyntrUringUnpaced {
+                    command.args(["--upload-rate", "off", "--download-rate", "off"]);
                 }
                 command
             }

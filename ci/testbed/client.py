@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""The near side of the testbed, run in the client namespace: a Terraform-like burst (the
-latency probe runs beside it in its own process, probe.py).
+"""The near side of the testbed, run in the client namespace: a Terraform-like burst, or
+continuous flows for a fixed time (config "continuous"), and optionally downloads that do not go
+through the proxy beside either (config "direct_downloads": another program on the machine).
+The latency probe runs beside it in its own process, probe.py.
 
 Usage: client.py CONFIG_JSON   (prints a JSON result on stdout)
 """
@@ -23,6 +25,43 @@ async def open_stream(config, port):
     if not head.startswith(b"HTTP/1.1 200"):
         raise ConnectionError(head.decode(errors="replace").splitlines()[0])
     return reader, writer
+
+
+ENDLESS = 0xFFFFFFFF
+
+
+async def stream_until(config, direction, deadline, results, started_at, via_proxy=True):
+    """One flow that moves data one way until `deadline` (monotonic) or until told to stop."""
+    begin = time.monotonic()
+    moved = 0
+    ok = True
+    try:
+        proxied = dict(config, proxy=config["proxy"] if via_proxy else None)
+        reader, writer = await open_stream(proxied, config["burst_port"])
+        writer.write(struct.pack("!II", ENDLESS if direction == "up" else 0,
+                                 ENDLESS if direction == "down" else 0))
+        chunk = bytes(64 * 1024)
+        while time.monotonic() < deadline[0]:
+            if direction == "up":
+                writer.write(chunk)
+                await writer.drain()
+                moved += len(chunk)
+            else:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536),
+                                                  max(0.01, deadline[0] - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+                if not data:
+                    ok = False
+                    break
+                moved += len(data)
+        writer.close()
+    except (ConnectionError, OSError) as error:
+        ok = False
+        print(f"flow {direction}: {error}", file=sys.stderr)
+    results.append({"direction": direction, "proxied": via_proxy, "ok": ok, "bytes": moved,
+                    "start": begin - started_at, "end": time.monotonic() - started_at})
 
 
 async def tunnel(config, index, results, started_at):
@@ -86,23 +125,39 @@ async def main():
     idle_began = time.monotonic()
     await asyncio.sleep(config["idle_seconds"])
     idle_ended = time.monotonic()
-    # Burst: tunnels and bulk uploads together.
+    # Burst: tunnels and bulk uploads together (or continuous flows), and downloads that do
+    # not go through the proxy, until the burst ends.
     results = []
     bulk_results = []
+    flows = []
     burst_began = time.monotonic()
-    bulk = [bulk_upload(config, i, bulk_results, burst_began) for i in range(config["bulk_uploads"])]
-    limit = asyncio.Semaphore(config["parallel"])
+    deadline = [burst_began + config["timeout_seconds"]]
+    direct = [stream_until(config, "down", deadline, flows, burst_began, via_proxy=False)
+              for _ in range(config.get("direct_downloads", 0))]
+    direct_tasks = [asyncio.ensure_future(flow) for flow in direct]
+    continuous = config.get("continuous")
+    if continuous:
+        deadline[0] = burst_began + continuous["seconds"]
+        work = [stream_until(config, way, deadline, flows, burst_began)
+                for way in ("up", "down") for _ in range(continuous[way])]
+    else:
+        bulk = [bulk_upload(config, i, bulk_results, burst_began)
+                for i in range(config["bulk_uploads"])]
+        limit = asyncio.Semaphore(config["parallel"])
 
-    async def limited(index):
-        async with limit:
-            await tunnel(config, index, results, burst_began)
+        async def limited(index):
+            async with limit:
+                await tunnel(config, index, results, burst_began)
 
+        work = [*bulk, *(limited(i) for i in range(config["tunnels"]))]
     try:
-        await asyncio.wait_for(asyncio.gather(*bulk, *(limited(i) for i in range(config["tunnels"]))),
-                               timeout=config["timeout_seconds"])
+        await asyncio.wait_for(asyncio.gather(*work), timeout=config["timeout_seconds"])
     except asyncio.TimeoutError:
         print("burst timed out", file=sys.stderr)
     burst_ended = time.monotonic()
+    deadline[0] = burst_ended
+    if direct_tasks:
+        await asyncio.wait(direct_tasks, timeout=10)
     print(json.dumps({
         "idle_began": idle_began,
         "idle_ended": idle_ended,
@@ -110,6 +165,7 @@ async def main():
         "burst_began": burst_began,
         "burst_ended": burst_ended,
         "bulk": bulk_results,
+        "flows": flows,
     }))
 
 

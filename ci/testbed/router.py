@@ -12,7 +12,9 @@ drops, peak queue, sums of the queue sampled every 10 ms) are written as JSON to
 every 100 ms.
 
 Usage: router.py TUN_CLIENT TUN_SERVER RATE_BITS QUEUE_BYTES DELAY_MS STATS_FILE
-It prints "ready" once both devices exist, and runs until SIGTERM.
+RATE_BITS is one rate for both directions or UP/DOWN (an asymmetric line). While it runs, the
+rates can be changed by writing "UP_BITS DOWN_BITS" to STATS_FILE.rate (a line whose rate
+steps down and up). It prints "ready" once both devices exist, and runs until SIGTERM.
 """
 import fcntl
 import heapq
@@ -55,6 +57,9 @@ class Link:
         self.in_flight = []  # heap of (deliver_at, seq, packet): propagating
         self.seq = 0
         self.stats = {"packets": 0, "bytes": 0, "drops": 0, "dropped_bytes": 0, "peak_queue": 0}
+
+    def set_rate(self, rate_bits):
+        self.seconds_per_byte = 8.0 / rate_bits
 
     def arrive(self, packet, now):
         if TRACE is not None:
@@ -102,9 +107,14 @@ def main():
     tun_client, tun_server, rate_bits, queue_bytes, delay_ms, stats_file = sys.argv[1:7]
     client_fd = open_tun(tun_client)
     server_fd = open_tun(tun_server)
-    rate, queue, delay = float(rate_bits), int(queue_bytes), float(delay_ms) / 1000.0
-    uplink = Link("uplink", server_fd, rate, queue, delay)
-    downlink = Link("downlink", client_fd, rate, queue, delay)
+    up_rate, _, down_rate = rate_bits.partition("/")
+    up_rate = float(up_rate)
+    down_rate = float(down_rate) if down_rate else up_rate
+    queue, delay = int(queue_bytes), float(delay_ms) / 1000.0
+    uplink = Link("uplink", server_fd, up_rate, queue, delay)
+    downlink = Link("downlink", client_fd, down_rate, queue, delay)
+    rate_file = stats_file + ".rate"
+    rate_seen = None
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
     print("ready", flush=True)
@@ -139,6 +149,17 @@ def main():
             occupancy["downlink_sum"] += downlink.queued_bytes
         if now - last_stats >= 0.1:
             last_stats = now
+            try:
+                with open(rate_file) as control:
+                    wanted = control.read().split()
+                if wanted != rate_seen and len(wanted) == 2:
+                    rate_seen = wanted
+                    uplink.set_rate(float(wanted[0]))
+                    downlink.set_rate(float(wanted[1]))
+            except (FileNotFoundError, ValueError):
+                pass
+            uplink.stats["queued"] = uplink.queued_bytes
+            downlink.stats["queued"] = downlink.queued_bytes
             with open(stats_file + ".tmp", "w") as out:
                 json.dump({"uplink": uplink.stats, "downlink": downlink.stats,
                            "occupancy": occupancy}, out)

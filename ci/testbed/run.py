@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The burst-smoothing testbed: does fyntr keep a small router's queue short?
 
-    sudo python3 ci/testbed/run.py [--quick] [--realtime] [--modes M,...] [--fyntr BINARY] [--out DIR]
+    sudo python3 ci/testbed/run.py [--quick] [--realtime] [--scenario S] [--modes M,...]
+                                   [--fyntr BINARY] [--out DIR]
 
 Two network namespaces (client, server) are joined by an emulated home router (router.py:
 20 Mbit/s each way, 32 KiB drop-tail queue, 10 ms each way). In the client namespace a
@@ -12,7 +13,16 @@ fyntr unpaced (--upload-rate/--download-rate off), and fyntr paced at 95 % of th
 (--upload-rate/--download-rate 19mbit). Reported per mode: probe RTT p50/p99 and
 loss, idle and during the burst; router drops; burst completion; per-tunnel completion p99;
 Jain's fairness of per-tunnel throughput; goodput per direction during the burst against the
-link rate; when the bulk uploads finished; and a chart of probe RTT over time (testbed.svg).
+link rate; when the bulk uploads finished; how many times `auto` set a rate; and a chart of
+probe RTT over time (testbed.svg).
+
+Scenarios (--scenario): burst (the above, the default); asymmetric (a smaller burst on a 5 up /
+40 down line); steps (2 uploads and 2 downloads for 60 s while the line steps 20 -> 5 -> 20
+Mbit/s each way; per phase: probe p99 inflation and loss, utilisation each way, the time to
+drain the queues after the step down and to carry 90 % of the new rate after the step up);
+competing (the burst beside one download that does not go through the proxy; the burst's share
+of the downlink); unshaped (the burst over a veth pair with no router: a fast link, where `auto`
+should never pace).
 
 Root only (namespaces, TUN); without root it prints why and exits 0. Traffic stays inside the
 namespaces (198.18.0.0/15, the benchmarking range); everything is removed at the end.
@@ -33,6 +43,8 @@ RATE_BITS = 20_000_000
 QUEUE_BYTES = 32 * 1024
 DELAY_MS = 10
 CLIENT_ADDR, SERVER_ADDR = "198.18.1.2", "198.18.2.2"
+# A second path between the namespaces, a veth pair with no router: the fast unshaped link.
+FAST_CLIENT_ADDR, FAST_SERVER_ADDR = "198.18.3.2", "198.18.4.2"
 BURST_PORT, SINK_PORT, PROBE_PORT = 8443, 8444, 8445
 PROXY = "127.0.0.1:9999"
 
@@ -42,8 +54,9 @@ def sh(*args, check=True):
 
 
 class Testbed:
-    def __init__(self, out, realtime_priority, fyntr_binary):
+    def __init__(self, out, realtime_priority, fyntr_binary, rate_spec):
         self.out = out
+        self.rate_spec = rate_spec
         self.fyntr_binary = fyntr_binary
         self.realtime_priority = realtime_priority
         suffix = str(os.getpid())
@@ -53,6 +66,13 @@ class Testbed:
         self.processes = []
 
     def __enter__(self):
+        try:
+            return self.set_up()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def set_up(self):
         for ns in (self.client_ns, self.server_ns):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -62,7 +82,7 @@ class Testbed:
         realtime = ["chrt", "-f", "50"] if self.realtime_priority and shutil.which("chrt") else []
         router = subprocess.Popen(
             [*realtime, sys.executable, os.path.join(HERE, "router.py"), self.tun_client, self.tun_server,
-             str(RATE_BITS), str(QUEUE_BYTES), str(DELAY_MS), self.stats_file],
+             self.rate_spec, str(QUEUE_BYTES), str(DELAY_MS), self.stats_file],
             stdout=subprocess.PIPE, text=True)
         self.processes.append(router)
         assert router.stdout.readline().strip() == "ready", "router did not start"
@@ -72,16 +92,24 @@ class Testbed:
             sh("ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", tun)
             sh("ip", "-n", ns, "link", "set", tun, "mtu", "1500", "up")
             sh("ip", "-n", ns, "route", "add", peer, "dev", tun)
+        veth_client, veth_server = f"fvc{os.getpid()}"[:15], f"fvs{os.getpid()}"[:15]
+        sh("ip", "link", "add", veth_client, "netns", self.client_ns, "type", "veth", "peer", "name",
+           veth_server, "netns", self.server_ns)
+        for dev, ns, addr, peer in ((veth_client, self.client_ns, FAST_CLIENT_ADDR, "198.18.4.0/24"),
+                                    (veth_server, self.server_ns, FAST_SERVER_ADDR, "198.18.3.0/24")):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "route", "add", peer, "dev", dev)
         server = subprocess.Popen(
             ["ip", "netns", "exec", self.server_ns, sys.executable, os.path.join(HERE, "server.py"),
-             SERVER_ADDR, str(BURST_PORT), str(SINK_PORT)],
+             "0.0.0.0", str(BURST_PORT), str(SINK_PORT)],
             stdout=subprocess.PIPE, text=True)
         self.processes.append(server)
         assert server.stdout.readline().strip() == "ready", "server did not start"
         self.realtime = realtime
         echo = subprocess.Popen(
             ["ip", "netns", "exec", self.server_ns, *realtime, sys.executable,
-             os.path.join(HERE, "probe.py"), "echo", SERVER_ADDR, str(PROBE_PORT)],
+             os.path.join(HERE, "probe.py"), "echo", "0.0.0.0", str(PROBE_PORT)],
             stdout=subprocess.PIPE, text=True)
         self.processes.append(echo)
         assert echo.stdout.readline().strip() == "ready", "probe echo did not start"
@@ -102,8 +130,9 @@ class Testbed:
                 except ProcessLookupError:
                     pass
             sh("ip", "netns", "del", ns, check=False)
-        if os.path.exists(self.stats_file):
-            os.remove(self.stats_file)
+        for path in (self.stats_file, self.stats_file + ".rate"):
+            if os.path.exists(path):
+                os.remove(path)
 
     def router_stats(self):
         with open(self.stats_file) as stats:
@@ -134,16 +163,26 @@ class Testbed:
             time.sleep(0.2)
         print("testbed: the link never went quiet; measuring anyway", file=sys.stderr)
 
+    def set_rates(self, up_bits, down_bits):
+        with open(self.stats_file + ".rate.tmp", "w") as out:
+            out.write(f"{up_bits} {down_bits}")
+        os.replace(self.stats_file + ".rate.tmp", self.stats_file + ".rate")
+
     def run_mode(self, name, fyntr_args, config):
+        phases = config.get("phases", [])
+        if phases:
+            self.set_rates(phases[0]["up"], phases[0]["down"])
         self.wait_quiet()
         fyntr = None
         if fyntr_args is not None:
             log_path = os.path.join(self.out, f"fyntr-{name}.log")
             log = open(log_path, "w")
+            # Rate changes of `auto` are logged at debug: the scenarios count them.
+            env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info,fyntr::auto_pacing=debug"))
             fyntr = subprocess.Popen(
                 ["ip", "netns", "exec", self.client_ns, self.fyntr_binary,
                  "--allow-port", f"{BURST_PORT},{SINK_PORT}", *fyntr_args],
-                stdout=subprocess.DEVNULL, stderr=log, text=True)
+                stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
             deadline = time.monotonic() + 10
             while "listening on" not in open(log_path).read():
                 assert time.monotonic() < deadline and fyntr.poll() is None, open(log_path).read()
@@ -158,8 +197,31 @@ class Testbed:
              str(config["probe_interval"])],
             stdout=subprocess.PIPE, text=True)
         assert probe.stdout.readline().strip() == "ready", "probe did not start"
-        client = sh("ip", "netns", "exec", self.client_ns, sys.executable,
-                    os.path.join(HERE, "client.py"), json.dumps(config))
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", self.client_ns, sys.executable,
+             os.path.join(HERE, "client.py"), json.dumps(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # While the client runs: the router's counters every 100 ms, and the rate schedule
+        # (phase times count from the end of the idle period, when the load starts).
+        load_starts = time.monotonic() + config["idle_seconds"]
+        series = []
+        pending = list(phases[1:])
+        while client.poll() is None:
+            now = time.monotonic()
+            while pending and now >= load_starts + pending[0]["at"]:
+                self.set_rates(pending[0]["up"], pending[0]["down"])
+                pending.pop(0)
+            try:
+                stats = self.router_stats()
+                series.append([now, stats["uplink"]["bytes"], stats["downlink"]["bytes"],
+                               stats["uplink"].get("queued", 0), stats["downlink"].get("queued", 0)])
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        client_out, client_err = client.communicate()
+        client = subprocess.CompletedProcess(client.args, client.returncode, client_out, client_err)
+        if phases:
+            self.set_rates(phases[0]["up"], phases[0]["down"])
         probe.send_signal(signal.SIGTERM)
         samples = json.loads(probe.stdout.readline())
         probe.wait(timeout=10)
@@ -179,6 +241,17 @@ class Testbed:
                                   if result["idle_began"] <= at < result["idle_ended"]]
         result["burst_samples"] = [{"t": at - origin, "rtt_ms": rtt} for at, rtt in samples
                                    if result["burst_began"] <= at]
+        result["series"] = [[at - origin, *rest] for at, *rest in series]
+        for flow in result.get("flows", []):
+            flow["start"] += result["burst_began"] - origin
+            flow["end"] += result["burst_began"] - origin
+        result["phases"] = phases
+        result["up_bits"], result["down_bits"] = config["up_bits"], config["down_bits"]
+        result["auto_paced_changes"] = 0
+        if fyntr is not None:
+            log_text = open(log_path).read()
+            result["auto_paced_changes"] = log_text.count('auto rate changed direction="upload" mode="paced"') \
+                + log_text.count('auto rate changed direction="download" mode="paced"')
         result["burst_ended"] -= origin
         result["burst_began"] -= origin
         result["drops"] = sum(after[d]["drops"] - before[d]["drops"] for d in ("uplink", "downlink"))
@@ -212,7 +285,7 @@ def summarize(result):
     durations = [t["end"] - t["start"] for t in ok]
     rates = [t["bytes"] / (t["end"] - t["start"]) for t in ok if t["end"] > t["start"]]
     jain = sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates)) if rates else 0.0
-    return {
+    summary = {
         "probe_idle_p50_ms": percentile(idle, 0.5),
         "probe_idle_p99_ms": percentile(idle, 0.99),
         "probe_burst_p50_ms": percentile(burst_rtts, 0.5),
@@ -236,9 +309,67 @@ def summarize(result):
         "bulk_upload_finished_s": max((b["end"] for b in result["bulk"]), default=float("nan")),
         # Goodput: payload bytes the burst delivered each way over the burst's duration, as a
         # share of the link's rate (what an outside tool sees: bytes delivered, not offered).
-        "uplink_goodput_of_rate": burst_goodput(result, "up") / RATE_BITS,
-        "downlink_goodput_of_rate": burst_goodput(result, "down") / RATE_BITS,
+        "uplink_goodput_of_rate": burst_goodput(result, "up") / result["up_bits"],
+        "downlink_goodput_of_rate": burst_goodput(result, "down") / result["down_bits"],
+        # How many times `auto` set a rate (0: it never paced).
+        "auto_paced_changes": result["auto_paced_changes"],
     }
+    beside = [f for f in result.get("flows", []) if not f["proxied"]]
+    if beside:
+        # A download beside the burst that does not go through the proxy: the burst's share of
+        # the downlink while both ran.
+        ours = result["config_down_bytes"] * len(ok)
+        theirs = sum(f["bytes"] for f in beside)
+        summary["burst_share_of_downlink"] = ours / max(1, ours + theirs)
+    summary.update(phase_metrics(result, percentile(idle, 0.99)))
+    return summary
+
+
+def phase_metrics(result, idle_p99):
+    """Per phase of a rate schedule: probe p99 inflation and loss, utilisation of each direction,
+    the time to drain the queues after a step down (under 5 ms each way), and the time to carry
+    90 % of the new rate each way after a step up (over one second)."""
+    phases = result["phases"]
+    if len(phases) < 2:
+        return {}
+    series = result["series"]
+    began, ended = result["burst_began"], result["burst_ended"]
+    metrics = {}
+    for i, phase in enumerate(phases):
+        start = began + phase["at"]
+        end = began + phases[i + 1]["at"] if i + 1 < len(phases) else ended
+        name = f"phase{i}_{phase['up'] / 1e6:g}/{phase['down'] / 1e6:g}"
+        samples = [s for s in result["burst_samples"] if start <= s["t"] < end]
+        rtts = [s["rtt_ms"] for s in samples if s["rtt_ms"] is not None]
+        metrics[f"{name}_p99_inflation_ms"] = percentile(rtts, 0.99) - idle_p99
+        metrics[f"{name}_probe_loss_pct"] = 100.0 * (len(samples) - len(rtts)) / max(1, len(samples))
+        inside = [row for row in series if start <= row[0] <= end]
+        if len(inside) >= 2:
+            seconds = inside[-1][0] - inside[0][0]
+            for column, direction, bits in ((1, "uplink", phase["up"]), (2, "downlink", phase["down"])):
+                moved = inside[-1][column] - inside[0][column]
+                metrics[f"{name}_{direction}_utilisation"] = moved * 8 / (bits * seconds)
+        if i == 0:
+            continue
+        before = phases[i - 1]
+        if phase["up"] < before["up"] or phase["down"] < before["down"]:
+            drained = next((row[0] - start for row in inside
+                            if row[3] * 8 / phase["up"] <= 0.005 and row[4] * 8 / phase["down"] <= 0.005),
+                           float("nan"))
+            metrics[f"{name}_drain_s"] = drained
+        if phase["up"] > before["up"] or phase["down"] > before["down"]:
+            ramped = float("nan")
+            for j, row in enumerate(inside):
+                back = next((old for old in reversed(inside[:j]) if old[0] <= row[0] - 1.0), None)
+                if back is None:
+                    continue
+                seconds = row[0] - back[0]
+                if ((row[1] - back[1]) * 8 / seconds >= 0.9 * phase["up"]
+                        and (row[2] - back[2]) * 8 / seconds >= 0.9 * phase["down"]):
+                    ramped = row[0] - start
+                    break
+            metrics[f"{name}_ramp_s"] = ramped
+    return metrics
 
 
 def burst_goodput(result, direction):
@@ -254,7 +385,7 @@ def burst_goodput(result, direction):
     return total * 8 / duration
 
 
-def svg_chart(results, path):
+def svg_chart(results, path, title):
     colours = {"direct": "#d95f02", "fyntr": "#7570b3", "fyntr-paced-95": "#1b9e77",
                "fyntr-tokio": "#e7298a", "fyntr-paced-85": "#66a61e", "fyntr-paced-95-connect-10": "#e6ab02"}
     width, height, left, top = 900, 420, 60, 40
@@ -266,8 +397,7 @@ def svg_chart(results, path):
     y = lambda v: top + (height - top - 40) * (1 - v / rtt_max)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{left}" y="20" font-size="14">Probe RTT over time (idle, then burst) on a '
-             f'20 Mbit/s router with a 32 KiB queue</text>']
+             f'<text x="{left}" y="20" font-size="14">Probe RTT over time (idle, then load): {title}</text>']
     for tick in range(0, int(rtt_max) + 1, max(5, int(rtt_max / 8) // 5 * 5 or 5)):
         parts.append(f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - 20}" y2="{y(tick):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick} ms</text>')
@@ -287,6 +417,27 @@ def svg_chart(results, path):
         out.write("\n".join(parts))
 
 
+def steps(quick):
+    seconds = 30 if quick else 60
+    return {"tunnels": 0, "bulk_uploads": 0, "timeout_seconds": seconds + 30,
+            "continuous": {"up": 2, "down": 2, "seconds": seconds},
+            "phases": [{"at": 0, "up": 20_000_000, "down": 20_000_000},
+                       {"at": seconds / 3, "up": 5_000_000, "down": 5_000_000},
+                       {"at": 2 * seconds / 3, "up": 20_000_000, "down": 20_000_000}]}
+
+
+# Each scenario's changes to the burst's configuration.
+SCENARIOS = {
+    "burst": lambda quick: {},
+    "asymmetric": lambda quick: {"up_bits": 5_000_000, "down_bits": 40_000_000,
+                                 "tunnels": 40 if quick else 100, "bulk_uploads": 1,
+                                 "bulk_upload_bytes": 2 * 1024 * 1024},
+    "steps": steps,
+    "competing": lambda quick: {"direct_downloads": 1},
+    "unshaped": lambda quick: {"server": FAST_SERVER_ADDR},
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller burst (smoke test)")
@@ -295,6 +446,12 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "testbed"))
     parser.add_argument("--fyntr", default=os.path.join(ROOT, "target/release/fyntr"),
                         help="the fyntr binary to run (default: the release build)")
+    parser.add_argument("--scenario", default="burst", choices=sorted(SCENARIOS),
+                        help="burst (default): the burst on a 20/20 line; asymmetric: a smaller "
+                             "burst on a 5 up / 40 down line; steps: 2 uploads and 2 downloads for "
+                             "60 s while the line steps 20 -> 5 -> 20 Mbit/s each way; competing: the "
+                             "burst beside a download that does not go through the proxy; unshaped: "
+                             "the burst over a veth pair with no router")
     parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-unpaced, fyntr-tokio, fyntr-paced-95, fyntr-paced-85, fyntr-paced-95-connect-10")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -312,7 +469,10 @@ def main():
         "down_bytes": 256 * 1024, "bulk_uploads": 2,
         "bulk_upload_bytes": (2 if args.quick else 8) * 1024 * 1024, "idle_seconds": 1.0 if args.quick else 5.0,
         "probe_interval": 0.01, "timeout_seconds": 120,
+        "up_bits": RATE_BITS, "down_bits": RATE_BITS,
     }
+    config.update(SCENARIOS[args.scenario](args.quick))
+    rate_spec = f"{config['up_bits']}/{config['down_bits']}"
     modes = {
         "direct": None,
         "fyntr": ["--backend", "auto"],
@@ -330,7 +490,7 @@ def main():
     # A SIGTERM (say, from `timeout`) unwinds like Ctrl-C, so the namespaces and processes below
     # are removed instead of left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with Testbed(args.out, args.realtime, args.fyntr) as bed:
+    with Testbed(args.out, args.realtime, args.fyntr, rate_spec) as bed:
         for name, fyntr_args in modes.items():
             print(f"testbed: running {name}", file=sys.stderr)
             results[name] = bed.run_mode(name, fyntr_args, config)
@@ -342,7 +502,8 @@ def main():
         json.dump({name: {"burst_began": r["burst_began"], "burst_ended": r["burst_ended"],
                           "probe": r["idle_samples"] + r["burst_samples"]}
                    for name, r in results.items()}, out)
-    svg_chart(results, os.path.join(args.out, "testbed.svg"))
+    svg_chart(results, os.path.join(args.out, "testbed.svg"),
+              f"{args.scenario}, {rate_spec} bit/s, 32 KiB drop-tail queue")
     keys = list(next(iter(summary.values())).keys())
     print("| metric | " + " | ".join(summary) + " |")
     print("|---" * (len(summary) + 1) + "|")

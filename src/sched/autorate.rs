@@ -285,12 +285,11 @@ impl AutoRate {
         if second >= self.best.0 || now.duration_since(self.best.1) >= BEST_MEMORY {
             self.best = (second, now);
         }
-        let tick_load = wire / sample.interval.as_secs_f64().max(1e-3);
         // A stall (or a pause): nothing delivered while paced. What stalled bytes report on
         // arrival is their wait, not a queue. The pacer cannot tell a stall from a pause: in a
         // stall the sockets' windows fill and fyntr stops writing, so it holds nothing back.
-        let stalled =
-            self.mode == Mode::Paced && tick_load < 0.05 * self.rate.max(self.config.min_load);
+        // (Over the last ticks, not one: with few sockets a tick may hold no report at all.)
+        let stalled = self.mode == Mode::Paced && load < 0.05 * self.rate.max(self.config.min_load);
         if stalled {
             self.stalled_until = Some(now + self.config.stall_grace);
         }
@@ -310,8 +309,11 @@ impl AutoRate {
         // direction's, and cutting the lighter one too would starve it for nothing. Its own
         // resends still count: they are its own queue overflowing.
         let lighter = sample.opposite_load > 2.0 * load;
-        let queue = !in_grace && ((delay > self.config.bloat && !lighter) || lossy);
-        let clear = !in_grace && delay < self.config.clear && !lossy;
+        // A tick with no report of the delay says nothing either way. The lighter direction
+        // may grow while the busier one keeps a queue.
+        let known = sample.queue_delay.is_some();
+        let queue = !in_grace && ((known && delay > self.config.bloat && !lighter) || lossy);
+        let clear = !in_grace && known && !lossy && (delay < self.config.clear || lighter);
         self.bloat_bits = ((self.bloat_bits << 1) | u32::from(queue)) & ((1 << BLOAT_WINDOW) - 1);
         if queue {
             self.last_queue = now;
@@ -412,7 +414,11 @@ impl AutoRate {
         }
         // Between clear and a queue (the jitter of a busy path, or a queue that comes and
         // goes), the rate still grows, by the smallest step only.
-        let grey = !clear && !queue && !lossy && delay <= self.config.bloat;
+        let grey = !clear
+            && !queue
+            && !lossy
+            && sample.queue_delay.is_some()
+            && delay <= self.config.bloat;
         if !clear && !grey {
             return;
         }
