@@ -14,9 +14,6 @@ use std::{io, time::Duration};
 pub struct TcpStats {
     /// The smoothed round trip.
     pub round_trip: Duration,
-    /// The receiver's estimate of the round trip (from timestamps, or one window's time). While
-    /// data streams in it may stay where it was for seconds.
-    pub receive_round_trip: Duration,
     /// The least round trip seen recently (the path without queueing); zero if unknown.
     pub min_round_trip: Duration,
     /// How long ago this side last sent data: the smoothed round trip is as old as that,
@@ -152,7 +149,6 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
     let micros = |us: u64| Duration::from_micros(us);
     Ok(TcpStats {
         round_trip: micros(raw.rtt.into()),
-        receive_round_trip: micros(raw.rcv_rtt.into()),
         min_round_trip: micros(raw.min_rtt.into()),
         since_data_sent: Duration::from_millis(raw.last_data_sent.into()),
         delivery_rate: raw.delivery_rate,

@@ -173,9 +173,8 @@ pub struct AutoRate {
     mode: Mode,
     /// The rate in force while paced, in bytes on the wire per second.
     rate: f64,
-    /// The last ticks' delivery (bytes, seconds), newest last.
-    load: [(f64, f64); LOAD_TICKS],
-    /// The last ticks' delivery (bytes, seconds) over the longer average, newest last.
+    /// The last ticks' delivery (bytes, seconds), newest last: the short average is its last
+    /// [`LOAD_TICKS`], the longer one all of it.
     recent: [(f64, f64); SECOND_TICKS],
     /// The path's jitter floor, in seconds ([`AutoRate::over_floor`]).
     floor: f64,
@@ -192,8 +191,6 @@ pub struct AutoRate {
     cuts_in_a_row: u32,
     /// The rate before the first of those cuts.
     rate_before_cuts: f64,
-    /// The rate before the last cut.
-    rate_before_cut: f64,
     step: f64,
     step_since: Instant,
     last_queue: Instant,
@@ -209,7 +206,6 @@ impl AutoRate {
             config,
             mode: Mode::Off,
             rate: 0.0,
-            load: [(0.0, 0.0); LOAD_TICKS],
             recent: [(0.0, 0.0); SECOND_TICKS],
             best: (0.0, now),
             floor: 0.0,
@@ -219,7 +215,6 @@ impl AutoRate {
             ceiling: 0.0,
             cuts_in_a_row: 0,
             rate_before_cuts: 0.0,
-            rate_before_cut: 0.0,
             step: config.first_step,
             step_since: now,
             last_queue: now,
@@ -241,7 +236,7 @@ impl AutoRate {
 
     /// Delivery over the last ticks, in bytes on the wire per second.
     pub fn delivery(&self) -> f64 {
-        average(&self.load)
+        average(&self.recent[SECOND_TICKS - LOAD_TICKS..])
     }
 
     /// `delay` over the path's jitter floor, which the floor then follows: down at once, up
@@ -272,15 +267,13 @@ impl AutoRate {
     /// Takes one tick's sample; returns the rate to pace at, `None` for none.
     pub fn on_tick(&mut self, sample: &Sample) -> Option<Rate> {
         let now = sample.now;
-        self.load.rotate_left(1);
         let wire = sample.delivered as f64 * WIRE_PER_PAYLOAD + sample.acks as f64;
-        self.load[LOAD_TICKS - 1] = (wire, sample.interval.as_secs_f64());
+        self.recent.rotate_left(1);
+        self.recent[SECOND_TICKS - 1] = (wire, sample.interval.as_secs_f64());
         if sample.queue_delay.is_some() {
             self.last_delay = sample.queue_delay;
         }
         let load = self.delivery();
-        self.recent.rotate_left(1);
-        self.recent[SECOND_TICKS - 1] = (wire, sample.interval.as_secs_f64());
         let second = self.second_delivery();
         if second >= self.best.0 || now.duration_since(self.best.1) >= BEST_MEMORY {
             self.best = (second, now);
@@ -388,6 +381,7 @@ impl AutoRate {
             } else {
                 load
             };
+            let before = self.rate;
             if !self.cut(now, basis, delay, lossy) {
                 // The rate is already below what the path delivers: the queue is bytes the
                 // sockets took before, and it drains by itself.
@@ -397,7 +391,7 @@ impl AutoRate {
                 // The queue outlasted a cut: what the path delivered before is no guide.
                 self.best = (self.second_delivery(), now);
             } else {
-                self.rate_before_cuts = self.rate_before_cut;
+                self.rate_before_cuts = before;
             }
             let opposite_cutting = sample
                 .opposite_cut
@@ -481,7 +475,6 @@ impl AutoRate {
         if target >= self.rate {
             return false;
         }
-        self.rate_before_cut = self.rate;
         self.ceiling = basis;
         // At most halved per cut: delivery read during a loss recovery understates the path.
         self.rate = target.max(0.5 * self.rate).max(self.config.floor);
