@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: everything CI checks, runnable on a fresh machine.
-# Installs what the tests need when it is missing (curl, openssl, ss; Debian packages), then runs
+# Installs what the tests need when it is missing (curl, openssl, ss, git: Debian packages;
+# requests and PySocks: PyPI), then runs
 # formatting and lint checks, every unit and integration test, and compiles the benches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,12 +12,20 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+command -v git >/dev/null 2>&1 || missing+=(git)
 if ((${#missing[@]})); then
     echo "ci/test.sh: installing ${missing[*]}"
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Python clients of the SOCKS5 tests: requests with PySocks (socks5h:// URLs).
+if ! python3 -c 'import requests, socks' >/dev/null 2>&1; then
+    echo "ci/test.sh: installing requests and PySocks"
+    python3 -m pip install --quiet requests pysocks 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages requests pysocks
 fi
 
 bash ci/lint.sh

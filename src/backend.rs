@@ -114,7 +114,7 @@ impl Chosen {
     pub fn run(
         self,
         config: crate::config::Config,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: crate::server::Listeners,
         shutdown: crate::server::ShutdownSignal,
     ) -> std::io::Result<()> {
         match self {

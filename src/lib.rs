@@ -4,8 +4,9 @@
 //!
 //! - [`server`]: workers, the accept loop, admission under the connection cap, graceful
 //!   shutdown. [`server::run`] is the entry point (the binary and the tests both call it).
-//! - [`tunnel`](crate::tunnel) (private): one client: read the head within the handshake timeout,
-//!   check the [`policy`], [`dial`] the upstream, answer 200, then [`relay`].
+//! - [`tunnel`](crate::tunnel) (private): one client, on either front end (CONNECT or SOCKS5, see
+//!   [`server::FrontEnd`]): read its request within the handshake timeout, check the [`policy`],
+//!   [`dial`] the upstream, answer success, then [`relay`].
 //! - `worker` (private): what all workers share and what one worker's tasks share; it hands the
 //!   relay only what the relay uses. `admission` (private, re-exported by [`server`]): the
 //!   connection cap.
@@ -15,7 +16,7 @@
 //! - [`sched`]: the sans-io Deficit Round-Robin scheduler, the pacers and the `auto` rate
 //!   controller (no I/O, no clock inside). `auto_pacing` (private) feeds the controller what
 //!   the relays' upstream sockets report and sets the pacers' rates.
-//! - [`proto`]: the sans-io CONNECT head parser and the responses.
+//! - [`proto`]: the sans-io CONNECT head and SOCKS5 handshake parsers and the answers.
 //! - [`policy`]: destination ports, CIDRs and domains.
 //! - [`config`], [`limits`], [`units`]: the validated configuration, the file-descriptor guard,
 //!   and the byte units of sizes and rates.

@@ -153,12 +153,13 @@ struct Cli {
     #[arg(long, env = "FYNTR_THREAT_ACTION", hide = true)]
     threat_action: Option<String>,
 
-    /// Not supported yet (the SOCKS5 listener arrives in a later version).
-    #[arg(long, env = "FYNTR_SOCKS5_PORT", hide = true)]
-    socks5_port: Option<String>,
+    /// Also serve SOCKS5 (no authentication, CONNECT only) on this port, with the same policy,
+    /// limits and pacing as the proxy port (0 picks a free port). Default: off.
+    #[arg(long, env = "FYNTR_SOCKS5_PORT", value_name = "PORT")]
+    socks5_port: Option<u16>,
 
-    /// Not supported yet (the SOCKS5 listener arrives in a later version).
-    #[arg(long, env = "FYNTR_SOCKS5_BIND", hide = true)]
+    /// Address of the SOCKS5 listener. Default: the --bind address.
+    #[arg(long, env = "FYNTR_SOCKS5_BIND", value_name = "ADDR")]
     socks5_bind: Option<String>,
 }
 
@@ -240,6 +241,20 @@ fn run(cli: Cli) -> Result<()> {
             "listening on a non-loopback address: anyone who can reach it can use this proxy"
         );
     }
+    let socks5_listen = match (cli.socks5_port, &cli.socks5_bind) {
+        (Some(port), bind) => Some(resolve_bind(bind.as_deref().unwrap_or(&cli.bind), port)?),
+        (None, Some(_)) => {
+            warn!("--socks5-bind is ignored without --socks5-port: no SOCKS5 listener");
+            None
+        }
+        (None, None) => None,
+    };
+    if let Some(address) = socks5_listen.filter(|address| !address.ip().is_loopback()) {
+        warn!(
+            address = %address,
+            "SOCKS5 on a non-loopback address: anyone who can reach it can use this proxy"
+        );
+    }
     let workers = match cli.workers {
         Some(workers) => workers as usize,
         None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -307,6 +322,25 @@ fn run(cli: Cli) -> Result<()> {
     let bound = listeners[0]
         .local_addr()
         .context("reading the bound address")?;
+    if let Some(address) = socks5_listen.filter(|address| address.port() == bound.port()) {
+        // Both listeners set SO_REUSEPORT, so the kernel would let them share the port and
+        // split its connections between two protocols.
+        bail!(
+            "--socks5-port {} is the proxy port; choose another",
+            address.port()
+        );
+    }
+    let socks5_listeners = socks5_listen
+        .map(|address| {
+            socket::bind_listeners(address, workers)
+                .with_context(|| format!("binding the SOCKS5 listener on {address}"))
+        })
+        .transpose()?;
+    let socks5_bound = socks5_listeners
+        .as_ref()
+        .map(|listeners| listeners[0].local_addr())
+        .transpose()
+        .context("reading the SOCKS5 bound address")?;
     let ports: Vec<String> = Policy::new(&config.policy)
         .allowed_ports()
         .map(|p| p.to_string())
@@ -340,8 +374,16 @@ fn run(cli: Cli) -> Result<()> {
         upload_rate = %describe_rate(config.pacing.upload),
         download_rate = %describe_rate(config.pacing.download),
         connect_rate = %config.pacing.connects_per_second.map_or("off".to_string(), |r| format!("{r}/s")),
+        socks5 = %socks5_bound.map_or("off".to_string(), |address| address.to_string()),
         "fyntr listening on {bound}"
     );
+    if let Some(address) = socks5_bound {
+        info!("fyntr SOCKS5 listening on {address}");
+    }
+    let listeners = fyntr::server::Listeners {
+        proxy: listeners,
+        socks5: socks5_listeners,
+    };
 
     backend
         .run(config, listeners, shutdown)
@@ -440,14 +482,6 @@ fn refuse_unsupported(cli: &Cli) -> Result<()> {
         (
             "--threat-action / FYNTR_THREAT_ACTION",
             cli.threat_action.is_some(),
-        ),
-        (
-            "--socks5-port / FYNTR_SOCKS5_PORT",
-            cli.socks5_port.is_some(),
-        ),
-        (
-            "--socks5-bind / FYNTR_SOCKS5_BIND",
-            cli.socks5_bind.is_some(),
         ),
     ];
     for (option, given) in unsupported {

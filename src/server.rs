@@ -18,7 +18,7 @@ pub use crate::admission::{Admission, Ticket};
 use crate::{
     config::Config,
     proto::Status,
-    tunnel,
+    tunnel::{self, Answer},
     worker::{Shared, WorkerContext},
 };
 
@@ -48,25 +48,76 @@ async fn close_pipes_when_idle<B: Backend>(ctx: Rc<WorkerContext<B>>) {
 /// A way to ask a running server to stop: send `true`, or drop the sender.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
+/// The protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// HTTP CONNECT (the proxy port).
+    Connect,
+    /// SOCKS5 CONNECT (`--socks5-port`).
+    Socks5,
+}
+
+impl FrontEnd {
+    /// The name logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Socks5 => "socks5",
+        }
+    }
+}
+
+/// The bound listening sockets of a server, each from
+/// [`fyntr_platform::socket::bind_listeners`].
+pub struct Listeners {
+    /// The proxy port's.
+    pub proxy: Vec<std::net::TcpListener>,
+    /// The SOCKS5 port's, if it is on.
+    pub socks5: Option<Vec<std::net::TcpListener>>,
+}
+
+impl Listeners {
+    /// Only the proxy port.
+    pub fn proxy(proxy: Vec<std::net::TcpListener>) -> Self {
+        Self {
+            proxy,
+            socks5: None,
+        }
+    }
+}
+
 /// Runs the proxy on `backend` until `shutdown` fires and the tunnels have drained (or the grace
-/// period passed). `listeners` come from [`fyntr_platform::socket::bind_listeners`].
+/// period passed).
 pub fn run<B: Backend>(
     backend: B,
     config: Config,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Listeners,
     shutdown: ShutdownSignal,
 ) -> io::Result<()> {
     let config = config.resolve();
     let workers = config.workers.max(1);
     let shared = Arc::new(Shared::new(config));
-    backend.run_workers(workers, listeners, move |worker| {
-        run_worker(backend, worker, Arc::clone(&shared), shutdown.clone())
+    let mut front_ends = vec![FrontEnd::Connect];
+    let mut groups = vec![listeners.proxy];
+    if let Some(socks5) = listeners.socks5 {
+        front_ends.push(FrontEnd::Socks5);
+        groups.push(socks5);
+    }
+    backend.run_workers(workers, groups, move |worker| {
+        run_worker(
+            backend,
+            worker,
+            front_ends.clone(),
+            Arc::clone(&shared),
+            shutdown.clone(),
+        )
     })
 }
 
 async fn run_worker<B: Backend>(
     backend: B,
     worker: Worker<B::Listener>,
+    front_ends: Vec<FrontEnd>,
     shared: Arc<Shared>,
     mut shutdown: ShutdownSignal,
 ) {
@@ -74,13 +125,17 @@ async fn run_worker<B: Backend>(
     let ctx = Rc::new(WorkerContext::new(backend, Arc::clone(&shared)));
     B::spawn(Rc::clone(ctx.gate()).run_timer());
     B::spawn(close_pipes_when_idle(Rc::clone(&ctx)));
-    let listener = Rc::new(worker.listener);
-    B::spawn(accept_loop(Rc::clone(&ctx), Rc::clone(&listener)));
+    let listeners: Vec<_> = worker.listeners.into_iter().map(Rc::new).collect();
+    for (listener, &front_end) in listeners.iter().zip(&front_ends) {
+        B::spawn(accept_loop(Rc::clone(&ctx), Rc::clone(listener), front_end));
+    }
 
     // A dropped sender counts as a request to stop.
     let _ = shutdown.wait_for(|stop| *stop).await;
     ctx.stopping.set(true);
-    listener.stop();
+    for listener in &listeners {
+        listener.stop();
+    }
     let grace = config.shutdown_grace;
     info!(
         worker = worker.index,
@@ -103,7 +158,11 @@ async fn run_worker<B: Backend>(
     }
 }
 
-async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::Listener>) {
+async fn accept_loop<B: Backend>(
+    ctx: Rc<WorkerContext<B>>,
+    listener: Rc<B::Listener>,
+    front_end: FrontEnd,
+) {
     let mut backoff = FIRST_ACCEPT_BACKOFF;
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -119,7 +178,8 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::List
                         ctx.tunnels.set(ctx.tunnels.get() + 1);
                         let tunnel_ctx = Rc::clone(&ctx);
                         B::spawn(async move {
-                            tunnel::serve(Rc::clone(&tunnel_ctx), stream, peer, ticket).await;
+                            tunnel::serve(Rc::clone(&tunnel_ctx), stream, peer, front_end, ticket)
+                                .await;
                             let left = tunnel_ctx.tunnels.get() - 1;
                             tunnel_ctx.tunnels.set(left);
                             if left == 0 {
@@ -127,7 +187,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::List
                             }
                         });
                     }
-                    None => refuse_over_cap(&ctx, stream, peer),
+                    None => refuse_over_cap(&ctx, stream, peer, front_end),
                 }
             }
             Err(error) if fyntr_platform::socket::is_resource_exhaustion(&error) => {
@@ -140,6 +200,8 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerContext<B>>, listener: Rc<B::List
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
+            // A connection that failed between the handshake and accept (ECONNABORTED), or
+            // anything else: never a reason to stop serving.
             Err(error) => debug!(error = %error, "accept failed"),
         }
     }
@@ -149,8 +211,15 @@ fn refuse_over_cap<B: Backend>(
     ctx: &Rc<WorkerContext<B>>,
     stream: B::Stream,
     peer: std::net::SocketAddr,
+    front_end: FrontEnd,
 ) {
     let cap = ctx.shared.admission.cap();
+    if front_end == FrontEnd::Socks5 {
+        // Nothing a SOCKS5 client could read says "busy" before its greeting (as in fyntr
+        // 0.4.8): the connection closes at once.
+        info!(client = %peer, protocol = front_end.name(), cap, "connection closed: connection cap reached");
+        return;
+    }
     if ctx.refusing.get() >= MAX_REFUSING {
         warn!(client = %peer, cap, "connection cap reached; closed without a response");
         return;
@@ -159,7 +228,7 @@ fn refuse_over_cap<B: Backend>(
     ctx.refusing.set(ctx.refusing.get() + 1);
     let ctx = Rc::clone(ctx);
     B::spawn(async move {
-        tunnel::respond_and_close(&ctx, &stream, Status::ServiceUnavailable).await;
+        tunnel::respond_and_close(&ctx, &stream, Answer::Status(Status::ServiceUnavailable)).await;
         ctx.refusing.set(ctx.refusing.get() - 1);
     });
 }

@@ -10,10 +10,15 @@ use fyntr_platform::{Backend, Stream};
 use tracing::info;
 
 use crate::{
-    dial,
-    proto::{self, response::ESTABLISHED, Parse, Status, Target},
+    dial::{self, DialError},
+    proto::{
+        self,
+        response::ESTABLISHED,
+        socks5::{self, GreetingError, Reply},
+        Parse, Status, Target,
+    },
     relay::{self, RelayEnd, Traffic},
-    server::Ticket,
+    server::{FrontEnd, Ticket},
     worker::WorkerContext,
 };
 
@@ -23,10 +28,58 @@ const LINGER: Duration = Duration::from_secs(2);
 /// At most this much is read and discarded while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// What a refused client is told before the connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// An HTTP error status (CONNECT).
+    Status(Status),
+    /// A SOCKS5 reply with this code.
+    Socks5(Reply),
+    /// The SOCKS5 method reply "no acceptable methods".
+    NoSocks5Method,
+    /// Nothing: the client would not understand any answer (a SOCKS5 port spoken to in
+    /// another protocol, a SOCKS5 client that timed out).
+    Nothing,
+}
+
+impl Answer {
+    /// The answer to a refusal on `front_end`: `status` for CONNECT, `reply` for SOCKS5.
+    fn on(front_end: FrontEnd, status: Status, reply: Reply) -> Self {
+        match front_end {
+            FrontEnd::Connect => Self::Status(status),
+            FrontEnd::Socks5 => Self::Socks5(reply),
+        }
+    }
+
+    fn bytes(self) -> std::borrow::Cow<'static, [u8]> {
+        match self {
+            Self::Status(status) => status.response().into(),
+            Self::Socks5(reply) => reply.encode(None).into(),
+            Self::NoSocks5Method => socks5::NO_METHOD_ACCEPTABLE.to_vec().into(),
+            Self::Nothing => (&[][..]).into(),
+        }
+    }
+}
+
+/// The SOCKS5 reply for a failed dial: the kind of the last error decides, as in fyntr 0.4.8.
+fn dial_reply(error: &DialError) -> Reply {
+    match error {
+        DialError::Refused(cause) => match cause.kind() {
+            std::io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
+            std::io::ErrorKind::NetworkUnreachable => Reply::NetworkUnreachable,
+            _ => Reply::HostUnreachable,
+        },
+        DialError::Resolve(_)
+        | DialError::ResolveTimeout
+        | DialError::NoAddress
+        | DialError::TimedOut => Reply::HostUnreachable,
+    }
+}
+
 /// How a connection ended, for its log line.
 enum Outcome {
-    /// Refused with an error status.
-    Refused(Status, String),
+    /// Refused, with what the client was told.
+    Refused(Answer, String),
     /// The client left (or failed) before a tunnel was established.
     ClientGone(String),
     /// The tunnel ran and ended.
@@ -35,6 +88,7 @@ enum Outcome {
 
 /// What is known about a connection when it ends.
 struct Report {
+    front_end: FrontEnd,
     target: Option<Target>,
     upstream: Option<SocketAddr>,
     traffic: Traffic,
@@ -44,8 +98,9 @@ struct Report {
 }
 
 impl Report {
-    fn new() -> Self {
+    fn new(front_end: FrontEnd) -> Self {
         Self {
+            front_end,
             target: None,
             upstream: None,
             traffic: Traffic::default(),
@@ -60,10 +115,11 @@ pub(crate) async fn serve<B: Backend>(
     ctx: Rc<WorkerContext<B>>,
     client: B::Stream,
     peer: SocketAddr,
+    front_end: FrontEnd,
     ticket: Ticket,
 ) {
     let started = Instant::now();
-    let mut report = Report::new();
+    let mut report = Report::new(front_end);
     run(&ctx, &client, started, &mut report).await;
     drop(ticket);
     log(peer, started.elapsed(), &report);
@@ -98,18 +154,25 @@ async fn run<B: Backend>(
     report.outcome = Outcome::Relayed(end);
 }
 
-/// Handshake, policy, dial and the 200. Returns the upstream and the bytes the client pipelined
-/// after its head, or `None` when the connection ended here (the report says how).
+/// Handshake, policy, dial and the success answer (200, or SOCKS5 reply 00). Returns the
+/// upstream and the bytes the client pipelined after its request, or `None` when the
+/// connection ended here (the report says how).
 async fn establish<B: Backend>(
     ctx: &WorkerContext<B>,
     client: &B::Stream,
     started: Instant,
     report: &mut Report,
 ) -> Option<(B::Stream, Vec<u8>)> {
-    let (target, mut head, consumed) = match read_head(ctx, client, started).await {
+    let front_end = report.front_end;
+    let deadline = started + ctx.config().handshake_timeout;
+    let request = match front_end {
+        FrontEnd::Connect => read_head(ctx, client, deadline).await,
+        FrontEnd::Socks5 => read_socks5_request(ctx, client, deadline).await,
+    };
+    let (target, mut head, consumed) = match request {
         Ok(parsed) => parsed,
-        Err(HeadFailure::Refuse(status, reason)) => {
-            refuse(ctx, client, status, reason, report).await;
+        Err(HeadFailure::Refuse(answer, reason)) => {
+            refuse(ctx, client, answer, reason, report).await;
             return None;
         }
         Err(HeadFailure::Gone(reason)) => {
@@ -129,42 +192,54 @@ async fn establish<B: Backend>(
             }
             None => {
                 let reason = "--connect-rate: no connection slot before the handshake deadline";
-                refuse(
-                    ctx,
-                    client,
-                    Status::ServiceUnavailable,
-                    reason.into(),
-                    report,
-                )
-                .await;
+                let answer =
+                    Answer::on(front_end, Status::ServiceUnavailable, Reply::GeneralFailure);
+                refuse(ctx, client, answer, reason.into(), report).await;
                 return None;
             }
         }
     }
     let policy = ctx.policy();
     let plan = ctx.config().dial;
+    let denied = |reason: String| {
+        (
+            Answer::on(front_end, Status::Forbidden, Reply::NotAllowed),
+            reason,
+        )
+    };
+    let failed = |error: DialError| {
+        (
+            Answer::on(front_end, error.status(), dial_reply(&error)),
+            error.to_string(),
+        )
+    };
     let connected = match policy.check_port(target.port) {
-        Err(denied) => Err((Status::Forbidden, denied.to_string())),
+        Err(refused) => Err(denied(refused.to_string())),
         Ok(()) => match dial::resolve(&target.host, target.port, &plan).await {
-            Err(error) => Err((error.status(), error.to_string())),
+            Err(error) => Err(failed(error)),
             Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
-                Err(denied) => Err((Status::Forbidden, denied.to_string())),
+                Err(refused) => Err(denied(refused.to_string())),
                 Ok(addresses) => dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
                     .await
-                    .map_err(|error| (error.status(), error.to_string())),
+                    .map_err(failed),
             },
         },
     };
     let (upstream, reached) = match connected {
         Ok(connected) => connected,
-        Err((status, reason)) => {
-            refuse(ctx, client, status, reason, report).await;
+        Err((answer, reason)) => {
+            refuse(ctx, client, answer, reason, report).await;
             return None;
         }
     };
     report.upstream = Some(reached);
-    if let Err(error) = client.send_all(ESTABLISHED).await {
-        report.outcome = Outcome::ClientGone(format!("writing 200 failed: {error}"));
+    let success = match front_end {
+        FrontEnd::Connect => ESTABLISHED.to_vec(),
+        // BND.ADDR and BND.PORT: the upstream socket's local address (RFC 1928 section 6).
+        FrontEnd::Socks5 => Reply::Succeeded.encode(upstream.local_addr().ok()),
+    };
+    if let Err(error) = client.send_all(&success).await {
+        report.outcome = Outcome::ClientGone(format!("writing the success reply failed: {error}"));
         upstream.abort();
         return None;
     }
@@ -174,27 +249,104 @@ async fn establish<B: Backend>(
 }
 
 enum HeadFailure {
-    Refuse(Status, String),
+    Refuse(Answer, String),
     Gone(String),
 }
 
-/// Reads until a complete head (or an error), within the handshake timeout.
-///
-/// Returns the target, everything read, and how much of it the head used.
+/// A request: its target, everything read, and how much of it the request used.
+type Request = (Target, Vec<u8>, usize);
+
+/// Reads a CONNECT head until it is complete (or refused), by `deadline`.
 async fn read_head<B: Backend>(
     ctx: &WorkerContext<B>,
     client: &B::Stream,
-    started: Instant,
-) -> Result<(Target, Vec<u8>, usize), HeadFailure> {
-    let deadline = started + ctx.config().handshake_timeout;
+    deadline: Instant,
+) -> Result<Request, HeadFailure> {
     let mut received = Vec::new();
+    let parse = |received: &[u8]| match proto::parse(received) {
+        Ok(Parse::Complete { request, consumed }) => Ok(Some((request.target, consumed))),
+        Ok(Parse::Partial) => Ok(None),
+        Err(error) => Err(HeadFailure::Refuse(
+            Answer::Status(error.status()),
+            error.to_string(),
+        )),
+    };
+    let timed_out = Answer::Status(Status::RequestTimeout);
+    let (target, consumed) =
+        read_until(ctx, client, deadline, &mut received, 0, timed_out, parse).await?;
+    Ok((target, received, consumed))
+}
+
+/// Reads a SOCKS5 greeting, answers it, then reads the request, by `deadline`.
+async fn read_socks5_request<B: Backend>(
+    ctx: &WorkerContext<B>,
+    client: &B::Stream,
+    deadline: Instant,
+) -> Result<Request, HeadFailure> {
+    let mut received = Vec::new();
+    let greeting = |received: &[u8]| match socks5::parse_greeting(received) {
+        Ok(socks5::Parse::Complete { consumed, .. }) => Ok(Some(consumed)),
+        Ok(socks5::Parse::Partial) => Ok(None),
+        Err(error @ GreetingError::NotSocks5(_)) => {
+            Err(HeadFailure::Refuse(Answer::Nothing, error.to_string()))
+        }
+        Err(error @ GreetingError::NoAcceptableMethod) => Err(HeadFailure::Refuse(
+            Answer::NoSocks5Method,
+            error.to_string(),
+        )),
+    };
+    let greeted = read_until(
+        ctx,
+        client,
+        deadline,
+        &mut received,
+        0,
+        Answer::Nothing,
+        greeting,
+    )
+    .await?;
+    if let Err(error) = client.send_all(&socks5::NO_AUTHENTICATION_SELECTED).await {
+        return Err(HeadFailure::Gone(format!(
+            "writing the method reply failed: {error}"
+        )));
+    }
+    let request = |received: &[u8]| match socks5::parse_request(received) {
+        Ok(socks5::Parse::Complete { value, consumed }) => Ok(Some((value, consumed))),
+        Ok(socks5::Parse::Partial) => Ok(None),
+        Err(error) => Err(HeadFailure::Refuse(
+            Answer::Socks5(error.reply()),
+            error.to_string(),
+        )),
+    };
+    let timed_out = Answer::Socks5(Reply::GeneralFailure);
+    let (target, consumed) = read_until(
+        ctx,
+        client,
+        deadline,
+        &mut received,
+        greeted,
+        timed_out,
+        request,
+    )
+    .await?;
+    Ok((target, received, greeted + consumed))
+}
+
+/// Reads into `received` until `parse`, given what arrived after its first `from` bytes, says
+/// the message is complete (or refuses it), by `deadline`; a client still sending then is
+/// refused with `timed_out`.
+async fn read_until<B: Backend, T>(
+    ctx: &WorkerContext<B>,
+    client: &B::Stream,
+    deadline: Instant,
+    received: &mut Vec<u8>,
+    from: usize,
+    timed_out: Answer,
+    parse: impl Fn(&[u8]) -> Result<Option<T>, HeadFailure>,
+) -> Result<T, HeadFailure> {
     loop {
-        match proto::parse(&received) {
-            Ok(Parse::Complete { request, consumed }) => {
-                return Ok((request.target, received, consumed))
-            }
-            Ok(Parse::Partial) => {}
-            Err(error) => return Err(HeadFailure::Refuse(error.status(), error.to_string())),
+        if let Some(parsed) = parse(&received[from..])? {
+            return Ok(parsed);
         }
         // Read before waiting: a client sends its head right after connecting, so it has
         // usually arrived by the time the connection is accepted, and a readiness wait first
@@ -219,11 +371,11 @@ async fn read_head<B: Backend>(
         match tokio::time::timeout_at(deadline.into(), client.readable()).await {
             Err(_) => {
                 let reason = format!(
-                    "request head incomplete after {:?} ({} bytes received)",
+                    "request incomplete after {:?} ({} bytes received)",
                     ctx.config().handshake_timeout,
                     received.len()
                 );
-                return Err(HeadFailure::Refuse(Status::RequestTimeout, reason));
+                return Err(HeadFailure::Refuse(timed_out, reason));
             }
             Ok(Err(error)) => return Err(HeadFailure::Gone(format!("read failed: {error}"))),
             Ok(Ok(())) => {}
@@ -247,26 +399,29 @@ fn recv_with_scratch<B: Backend>(
     Ok(read)
 }
 
-/// Answers with an error status and closes cleanly.
+/// Answers a refused request and closes cleanly.
 async fn refuse<B: Backend>(
     ctx: &WorkerContext<B>,
     client: &B::Stream,
-    status: Status,
+    answer: Answer,
     reason: String,
     report: &mut Report,
 ) {
-    report.outcome = Outcome::Refused(status, reason);
-    respond_and_close(ctx, client, status).await;
+    report.outcome = Outcome::Refused(answer, reason);
+    respond_and_close(ctx, client, answer).await;
 }
 
-/// Sends `status`, half-closes, and reads the client's leftovers for a moment before closing,
-/// so that the response is not destroyed by a reset.
+/// Sends `answer`, half-closes, and reads the client's leftovers for a moment before closing,
+/// so that the answer is not destroyed by a reset.
 pub(crate) async fn respond_and_close<B: Backend>(
     ctx: &WorkerContext<B>,
     client: &B::Stream,
-    status: Status,
+    answer: Answer,
 ) {
-    if client.send_all(status.response()).await.is_err() || client.shutdown_write().is_err() {
+    let bytes = answer.bytes();
+    if (!bytes.is_empty() && client.send_all(&bytes).await.is_err())
+        || client.shutdown_write().is_err()
+    {
         return;
     }
     let deadline = Instant::now() + LINGER;
@@ -294,9 +449,11 @@ fn log(peer: SocketAddr, duration: Duration, report: &Report) {
         .upstream
         .map_or_else(|| "-".to_string(), |address| address.to_string());
     let duration_ms = duration.as_millis() as u64;
+    let protocol = report.front_end.name();
     match &report.outcome {
         Outcome::Relayed(end) => info!(
             client = %peer,
+            protocol,
             target = %target,
             upstream = %upstream,
             up_bytes = report.traffic.upload,
@@ -308,8 +465,9 @@ fn log(peer: SocketAddr, duration: Duration, report: &Report) {
             outcome = %end,
             "tunnel closed"
         ),
-        Outcome::Refused(status, reason) => info!(
+        Outcome::Refused(Answer::Status(status), reason) => info!(
             client = %peer,
+            protocol,
             target = %target,
             upstream = %upstream,
             status = status.code(),
@@ -317,8 +475,23 @@ fn log(peer: SocketAddr, duration: Duration, report: &Report) {
             reason = %reason,
             "request refused"
         ),
+        Outcome::Refused(answer, reason) => info!(
+            client = %peer,
+            protocol,
+            target = %target,
+            upstream = %upstream,
+            reply = %match answer {
+                Answer::Socks5(reply) => format!("{:#04x}", reply.code()),
+                Answer::NoSocks5Method => "no acceptable method".to_string(),
+                _ => "none".to_string(),
+            },
+            duration_ms,
+            reason = %reason,
+            "request refused"
+        ),
         Outcome::ClientGone(reason) => info!(
             client = %peer,
+            protocol,
             target = %target,
             duration_ms,
             reason = %reason,

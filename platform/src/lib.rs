@@ -109,6 +109,8 @@ pub trait Stream: Sized + 'static {
     fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
     /// What the kernel knows of this connection's path (Linux; `Unsupported` elsewhere).
     fn tcp_stats(&self) -> io::Result<TcpStats>;
+    /// The local address of this socket (`getsockname`).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
     /// Bounds the receive window this socket offers (see [`socket::set_window_clamp`]).
     fn set_window_clamp(&self, bytes: usize) -> io::Result<()>;
     /// Fixes the receive buffer, ending its autotuning (see [`socket::fix_receive_buffer`]).
@@ -137,8 +139,9 @@ pub trait Listener: 'static {
 pub struct Worker<L> {
     /// Zero-based index of this worker.
     pub index: usize,
-    /// The listener this worker accepts on.
-    pub listener: L,
+    /// The listeners this worker accepts on: one per listening address, in the order of the
+    /// groups given to [`Backend::run_workers`].
+    pub listeners: Vec<L>,
 }
 
 /// An I/O backend: a way to run workers and move bytes.
@@ -161,13 +164,14 @@ pub trait Backend: Copy + Send + Sync + 'static {
     /// Runs `workers` workers, each on its own thread with its own single-threaded runtime, and
     /// blocks until all of them return.
     ///
-    /// `listeners` holds either one listener per worker (each worker accepts on its own) or a
-    /// single listener, in which case one acceptor thread hands connections to the workers in
-    /// turn (for systems where `SO_REUSEPORT` does not balance).
+    /// `listeners` holds one group per listening address (the proxy port, the SOCKS5 port).
+    /// A group holds either one listener per worker (each worker accepts on its own) or a
+    /// single listener, in which case one acceptor thread hands that address's connections to
+    /// the workers in turn (for systems where `SO_REUSEPORT` does not balance).
     fn run_workers<F, Fut>(
         self,
         workers: usize,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Vec<std::net::TcpListener>>,
         worker: F,
     ) -> io::Result<()>
     where
@@ -195,6 +199,18 @@ pub trait Backend: Copy + Send + Sync + 'static {
     /// Creates the current worker's buffer pool: buffers of `buffer_size` bytes, at most
     /// `max_buffers` of them allocated at once.
     fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> Self::Pool;
+}
+
+/// Regroups per-address lists of per-worker items into per-worker lists (one item of each
+/// address each).
+pub(crate) fn per_worker<T>(workers: usize, groups: Vec<Vec<T>>) -> Vec<Vec<T>> {
+    let mut regrouped: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
+    for group in groups {
+        for (worker, item) in regrouped.iter_mut().zip(group) {
+            worker.push(item);
+        }
+    }
+    regrouped
 }
 
 /// Runs `body(index, source)` on one named thread per source and waits for all of them.

@@ -264,6 +264,10 @@ impl crate::Stream for PortableStream {
         socket::queued_to_read(&self.inner)
     }
 
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        crate::socket::local_addr(&self.inner)
+    }
+
     fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
         crate::tcp_info::read(&self.inner)
     }
@@ -294,22 +298,30 @@ impl Backend for Portable {
     fn run_workers<F, Fut>(
         self,
         workers: usize,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Vec<std::net::TcpListener>>,
         worker: F,
     ) -> io::Result<()>
     where
         F: Fn(Worker<PortableListener>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let sources = listener_sources(workers.max(1), listeners)?;
-        crate::run_worker_threads("fyntr-worker", sources, move |index, source| {
+        let workers = workers.max(1);
+        let groups = listeners
+            .into_iter()
+            .map(|group| listener_sources(workers, group))
+            .collect::<io::Result<Vec<_>>>()?;
+        let sources = crate::per_worker(workers, groups);
+        crate::run_worker_threads("fyntr-worker", sources, move |index, sources| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async {
-                let listener = source.into_listener()?;
-                worker(Worker { index, listener }).await;
+                let listeners = sources
+                    .into_iter()
+                    .map(ListenerSource::into_listener)
+                    .collect::<io::Result<Vec<_>>>()?;
+                worker(Worker { index, listeners }).await;
                 Ok(())
             })
         })
@@ -434,9 +446,9 @@ mod tests {
     /// Echo server on the portable backend, accepting through `listeners`.
     fn echo_once_per_worker(workers: usize, listeners: Vec<std::net::TcpListener>) {
         Portable
-            .run_workers(workers, listeners, |worker| async move {
+            .run_workers(workers, vec![listeners], |worker| async move {
                 let pool = Portable.new_pool(64, 4);
-                let (stream, _) = worker.listener.accept().await.unwrap();
+                let (stream, _) = worker.listeners[0].accept().await.unwrap();
                 let mut buffer = pool.take().await;
                 loop {
                     stream.readable().await.unwrap();

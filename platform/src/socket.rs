@@ -329,6 +329,14 @@ pub fn set_window_clamp<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::R
     }
 }
 
+/// The local address of `socket`.
+pub fn local_addr<S: std::os::fd::AsFd>(socket: &S) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(socket)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
+}
+
 /// Fixes the receive buffer of a connected `socket` at about `bytes` (`SO_RCVBUF`), which ends
 /// its autotuning; the window scale, agreed at connect, stays.
 pub fn fix_receive_buffer<S: std::os::fd::AsFd>(socket: &S, bytes: usize) -> io::Result<()> {

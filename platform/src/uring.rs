@@ -584,6 +584,10 @@ impl crate::Stream for UringStream {
         crate::socket::queued_to_read(&self.fd())
     }
 
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        crate::socket::local_addr(&self.fd())
+    }
+
     fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
         crate::tcp_info::read(&self.fd())
     }
@@ -730,7 +734,7 @@ impl Backend for Uring {
     fn run_workers<F, Fut>(
         self,
         workers: usize,
-        mut listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Vec<std::net::TcpListener>>,
         worker: F,
     ) -> io::Result<()>
     where
@@ -738,22 +742,29 @@ impl Backend for Uring {
         Fut: Future<Output = ()> + 'static,
     {
         let workers = workers.max(1);
-        if listeners.len() < workers {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the io_uring backend needs one SO_REUSEPORT listener per worker",
-            ));
+        let mut groups = Vec::with_capacity(listeners.len());
+        for mut group in listeners {
+            if group.len() < workers {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the io_uring backend needs one SO_REUSEPORT listener per worker",
+                ));
+            }
+            group.truncate(workers);
+            let (_balance, shares) = Balance::new(workers);
+            groups.push(group.into_iter().zip(shares).collect::<Vec<_>>());
         }
-        listeners.truncate(workers);
-        let (_balance, shares) = Balance::new(workers);
-        let sources: Vec<_> = listeners.into_iter().zip(shares).collect();
-        crate::run_worker_threads("fyntr-uring", sources, move |index, (listener, share)| {
+        let sources = crate::per_worker(workers, groups);
+        crate::run_worker_threads("fyntr-uring", sources, move |index, sources| {
             let mut builder = tokio_uring::builder();
             builder.entries(RING_ENTRIES);
             let runtime = create_runtime(|| tokio_uring::Runtime::new(&builder))?;
             runtime.block_on(async {
-                let listener = UringListener::new(listener, share)?;
-                worker(Worker { index, listener }).await;
+                let listeners = sources
+                    .into_iter()
+                    .map(|(listener, share)| UringListener::new(listener, share))
+                    .collect::<io::Result<Vec<_>>>()?;
+                worker(Worker { index, listeners }).await;
                 Ok(())
             })
         })
@@ -835,14 +846,15 @@ mod tests {
         let addr = listeners[0].local_addr().unwrap();
         let server = thread::spawn(move || {
             Uring::new(fixed)
-                .run_workers(1, listeners, move |worker| {
+                .run_workers(1, vec![listeners], move |worker| {
                     let serve = serve.clone();
                     async move {
                         let pool = Uring::new(fixed).new_pool(1024, 8);
-                        let (stream, _) = worker.listener.accept().await.unwrap();
+                        let listener = &worker.listeners[0];
+                        let (stream, _) = listener.accept().await.unwrap();
                         serve(stream, pool).await;
-                        worker.listener.stop();
-                        assert!(worker.listener.accept().await.is_err());
+                        listener.stop();
+                        assert!(listener.accept().await.is_err());
                     }
                 })
                 .unwrap();

@@ -311,18 +311,29 @@ fn parse_host(host: &str) -> Result<Host, RequestError> {
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(Host::Ip(IpAddr::V4(ip)));
     }
+    parse_domain_name(host)
+        .map(Host::Domain)
+        .map_err(RequestError::BadTarget)
+}
+
+/// Checks an ASCII host name (one trailing dot allowed) and returns it lowercased without the
+/// dot, or says why it is not one.
+pub(crate) fn parse_domain_name(host: &str) -> Result<String, &'static str> {
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.is_empty() || name.len() > MAX_HOST {
-        return Err(RequestError::BadTarget("host name is empty or too long"));
+        return Err("host name is empty or too long");
     }
     for label in name.split('.') {
+        // RFC 1123 section 2.1: a label neither starts nor ends with a hyphen.
         let valid = !label.is_empty()
             && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
             && label
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
         if !valid {
-            return Err(RequestError::BadTarget("invalid host name"));
+            return Err("invalid host name");
         }
     }
     // A numeric last label is no DNS name: the resolver would read shorthand such as `127.1`
@@ -331,11 +342,9 @@ fn parse_host(host: &str) -> Result<Host, RequestError> {
     if last.bytes().all(|byte| byte.is_ascii_digit())
         || (last.len() > 2 && last[..2].eq_ignore_ascii_case("0x"))
     {
-        return Err(RequestError::BadTarget(
-            "not a host name nor a dotted-quad IPv4",
-        ));
+        return Err("not a host name nor a dotted-quad IPv4");
     }
-    Ok(Host::Domain(name.to_ascii_lowercase()))
+    Ok(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -277,6 +277,38 @@ impl Proxy {
         stream
     }
 
+    /// The SOCKS5 listener's address, from its start line.
+    pub fn socks5_addr(&self) -> SocketAddr {
+        let log = self.wait_for_log("SOCKS5 listening on ");
+        log.split("SOCKS5 listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|address| address.parse().ok())
+            .expect("address in the SOCKS5 start line")
+    }
+
+    /// Opens a raw connection to the SOCKS5 listener.
+    pub fn socks5_raw(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.socks5_addr()).expect("connect to SOCKS5");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        stream
+    }
+
+    /// Opens a SOCKS5 tunnel to `target` (greeting and request in one write), checks the
+    /// method reply and a success reply, and returns the stream and the reply's bound address.
+    pub fn socks5_tunnel(&self, target: SocketAddr) -> (TcpStream, SocketAddr) {
+        let mut stream = self.socks5_raw();
+        let mut request = vec![5, 1, 0];
+        request.extend_from_slice(&socks5_request(target));
+        stream.write_all(&request).unwrap();
+        let mut method = [0u8; 2];
+        stream.read_exact(&mut method).unwrap();
+        assert_eq!(method, [5, 0]);
+        let bound = read_socks5_reply(&mut stream).expect("a success reply");
+        (stream, bound)
+    }
+
     /// Sends `request` raw and returns everything the proxy answers until it closes.
     pub fn exchange(&self, request: &[u8]) -> String {
         let mut stream = self.connect_raw();
@@ -289,6 +321,58 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A SOCKS5 CONNECT request for an IP target.
+pub fn socks5_request(target: SocketAddr) -> Vec<u8> {
+    let mut request = vec![5, 1, 0];
+    match target.ip() {
+        std::net::IpAddr::V4(ip) => {
+            request.push(1);
+            request.extend_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => {
+            request.push(4);
+            request.extend_from_slice(&ip.octets());
+        }
+    }
+    request.extend_from_slice(&target.port().to_be_bytes());
+    request
+}
+
+/// A SOCKS5 CONNECT request for a domain target.
+pub fn socks5_domain_request(name: &[u8], port: u16) -> Vec<u8> {
+    let mut request = vec![5, 1, 0, 3, name.len() as u8];
+    request.extend_from_slice(name);
+    request.extend_from_slice(&port.to_be_bytes());
+    request
+}
+
+/// Reads one SOCKS5 reply: `Ok(bound address)` for a success, `Err(code)` otherwise.
+pub fn read_socks5_reply(stream: &mut TcpStream) -> Result<SocketAddr, u8> {
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).expect("a SOCKS5 reply head");
+    assert_eq!(head[0], 5, "reply version");
+    assert_eq!(head[2], 0, "reply reserved byte");
+    let ip: std::net::IpAddr = match head[3] {
+        1 => {
+            let mut octets = [0u8; 4];
+            stream.read_exact(&mut octets).unwrap();
+            octets.into()
+        }
+        4 => {
+            let mut octets = [0u8; 16];
+            stream.read_exact(&mut octets).unwrap();
+            octets.into()
+        }
+        other => panic!("reply address type {other}"),
+    };
+    let mut port = [0u8; 2];
+    stream.read_exact(&mut port).unwrap();
+    match head[1] {
+        0 => Ok(SocketAddr::new(ip, u16::from_be_bytes(port))),
+        code => Err(code),
     }
 }
 
