@@ -53,6 +53,8 @@ pub struct Config {
     pub workers: usize,
     /// Destination policy.
     pub policy: PolicyConfig,
+    /// Threat feeds and what a match does; `None`: no feeds.
+    pub threats: Option<Threats>,
     /// Relay buffer size in bytes: one copied chunk. [`Config::resolve`] makes it smaller when a
     /// rate is set (see [`Pacing::chunk_size`]).
     pub buffer_size: usize,
@@ -72,6 +74,24 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// Pacing of the total each way and of new upstream connections.
     pub pacing: Pacing,
+}
+
+/// Loaded threat feeds and the action on a match.
+#[derive(Clone)]
+pub struct Threats {
+    /// Every feed, merged.
+    pub index: std::sync::Arc<crate::threat::ThreatIndex>,
+    /// What a match does.
+    pub action: crate::threat::ThreatAction,
+}
+
+impl std::fmt::Debug for Threats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Threats")
+            .field("entries", &self.index.counts())
+            .field("action", &self.action)
+            .finish()
+    }
 }
 
 /// How one direction's total is paced.
@@ -227,6 +247,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             workers: 1,
             policy: PolicyConfig::default(),
+            threats: None,
             buffer_size: DEFAULT_BUFFER_SIZE,
             splice_chunk: DEFAULT_BUFFER_SIZE * SPLICE_CHUNK_FACTOR,
             max_buffers_per_worker: 2048,

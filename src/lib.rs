@@ -17,7 +17,8 @@
 //!   controller (no I/O, no clock inside). `auto_pacing` (private) feeds the controller what
 //!   the relays' upstream sockets report and sets the pacers' rates.
 //! - [`proto`]: the sans-io CONNECT head and SOCKS5 handshake parsers and the answers.
-//! - [`policy`]: destination ports, CIDRs and domains.
+//! - [`policy`]: destination ports, CIDRs and domains. [`threat`]: threat feeds and lookalike
+//!   (mixed-script) names.
 //! - [`config`], [`limits`], [`units`]: the validated configuration, the file-descriptor guard,
 //!   and the byte units of sizes and rates.
 //! - [`backend`]: picking io_uring or Tokio once at start (with a probe), then running the
@@ -39,6 +40,7 @@ pub mod relay;
 pub mod sched;
 mod send_queue;
 pub mod server;
+pub mod threat;
 mod tunnel;
 pub mod units;
 mod worker;

@@ -11,10 +11,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use fyntr::{
     backend,
-    config::{BackendChoice, Config, Pacing, RateSetting},
+    config::{BackendChoice, Config, Pacing, RateSetting, Threats},
     limits,
     platform::{socket, PipeBudget},
     policy::{Policy, PolicyConfig},
+    threat::{ThreatAction, ThreatIndex},
 };
 use ipnet::IpNet;
 use tracing::{error, info, warn};
@@ -145,13 +146,21 @@ struct Cli {
     #[arg(long, env = "FYNTR_CONNECT_RATE", value_name = "PER_SECOND", value_parser = parse_connect_rate)]
     connect_rate: Option<f64>,
 
-    /// Not supported yet (threat feeds arrive in a later version).
-    #[arg(long, env = "FYNTR_THREAT_FEED_FILE", hide = true)]
-    threat_feed_file: Option<String>,
+    /// A threat feed: domains, IP addresses, CIDR ranges, AdGuard `||host^` rules or hosts-file
+    /// lines, one per line. Requests to a listed host (or a name under a listed domain, or a
+    /// name resolving to a listed address) are logged, or refused with --threat-action block.
+    #[arg(
+        long,
+        env = "FYNTR_THREAT_FEED_FILE",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    threat_feed_file: Vec<std::path::PathBuf>,
 
-    /// Not supported yet (threat feeds arrive in a later version).
-    #[arg(long, env = "FYNTR_THREAT_ACTION", hide = true)]
-    threat_action: Option<String>,
+    /// What a threat feed match does: `warn` logs it and lets the request go on, `block` also
+    /// refuses it (403; SOCKS5 reply 02).
+    #[arg(long, env = "FYNTR_THREAT_ACTION", value_enum, default_value = "warn")]
+    threat_action: ThreatActionArg,
 
     /// Also serve SOCKS5 (no authentication, CONNECT only) on this port, with the same policy,
     /// limits and pacing as the proxy port (0 picks a free port). Default: off.
@@ -161,6 +170,12 @@ struct Cli {
     /// Address of the SOCKS5 listener. Default: the --bind address.
     #[arg(long, env = "FYNTR_SOCKS5_BIND", value_name = "ADDR")]
     socks5_bind: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ThreatActionArg {
+    Warn,
+    Block,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -233,7 +248,7 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    refuse_unsupported(&cli)?;
+    let threats = load_threats(&cli)?;
     let listen = resolve_bind(&cli.bind, cli.port)?;
     if !listen.ip().is_loopback() {
         warn!(
@@ -276,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
         handshake_timeout: Duration::from_secs(cli.handshake_timeout),
         shutdown_grace: Duration::from_secs(cli.shutdown_grace),
         workers,
+        threats,
         policy: PolicyConfig {
             allowed_ports: cli.allow_port,
             no_default_allowed_port: cli.no_default_allow_port,
@@ -471,25 +487,45 @@ fn resolve_bind(bind: &str, port: u16) -> Result<SocketAddr> {
         .with_context(|| format!("--bind {bind}: resolved to no address"))
 }
 
-/// Options of fyntr 0.4.8 that this version does not implement yet: refuse them loudly rather
-/// than run with a protection the user believes is on.
-fn refuse_unsupported(cli: &Cli) -> Result<()> {
-    let unsupported = [
-        (
-            "--threat-feed-file / FYNTR_THREAT_FEED_FILE",
-            cli.threat_feed_file.is_some(),
-        ),
-        (
-            "--threat-action / FYNTR_THREAT_ACTION",
-            cli.threat_action.is_some(),
-        ),
-    ];
-    for (option, given) in unsupported {
-        if given {
-            bail!("{option} is not supported by this version of fyntr yet; remove it to start");
+/// Loads the threat feeds, logging what each held; `None` without feeds.
+fn load_threats(cli: &Cli) -> Result<Option<Threats>> {
+    let action = match cli.threat_action {
+        ThreatActionArg::Warn => ThreatAction::Warn,
+        ThreatActionArg::Block => ThreatAction::Block,
+    };
+    if cli.threat_feed_file.is_empty() {
+        if action == ThreatAction::Block {
+            bail!("--threat-action block requires at least one --threat-feed-file");
+        }
+        return Ok(None);
+    }
+    let (index, counts) = ThreatIndex::load(&cli.threat_feed_file)?;
+    for (path, counts) in cli.threat_feed_file.iter().zip(&counts) {
+        info!(
+            file = %path.display(),
+            domains = counts.domains,
+            ips = counts.ips,
+            ranges = counts.ranges,
+            skipped = counts.skipped,
+            "loaded threat feed"
+        );
+        if counts.skipped > 0 {
+            warn!(file = %path.display(), skipped = counts.skipped, "skipped unsupported threat feed lines");
         }
     }
-    Ok(())
+    let total = index.counts();
+    info!(
+        files = counts.len(),
+        domains = total.domains,
+        ips = total.ips,
+        ranges = total.ranges,
+        action = action.name(),
+        "threat feeds ready"
+    );
+    Ok(Some(Threats {
+        index: std::sync::Arc::new(index),
+        action,
+    }))
 }
 
 /// Waits for SIGINT or SIGTERM, then asks the server to drain. A second signal exits at once.

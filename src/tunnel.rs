@@ -7,9 +7,10 @@ use std::{
 };
 
 use fyntr_platform::{Backend, Stream};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
+    config::Threats,
     dial::{self, DialError},
     proto::{
         self,
@@ -19,6 +20,7 @@ use crate::{
     },
     relay::{self, RelayEnd, Traffic},
     server::{FrontEnd, Ticket},
+    threat::{ThreatAction, ThreatMatch},
     worker::WorkerContext,
 };
 
@@ -89,6 +91,7 @@ enum Outcome {
 /// What is known about a connection when it ends.
 struct Report {
     front_end: FrontEnd,
+    client: SocketAddr,
     target: Option<Target>,
     upstream: Option<SocketAddr>,
     traffic: Traffic,
@@ -98,9 +101,10 @@ struct Report {
 }
 
 impl Report {
-    fn new(front_end: FrontEnd) -> Self {
+    fn new(front_end: FrontEnd, client: SocketAddr) -> Self {
         Self {
             front_end,
+            client,
             target: None,
             upstream: None,
             traffic: Traffic::default(),
@@ -119,7 +123,7 @@ pub(crate) async fn serve<B: Backend>(
     ticket: Ticket,
 ) {
     let started = Instant::now();
-    let mut report = Report::new(front_end);
+    let mut report = Report::new(front_end, peer);
     run(&ctx, &client, started, &mut report).await;
     drop(ticket);
     log(peer, started.elapsed(), &report);
@@ -181,6 +185,20 @@ async fn establish<B: Backend>(
         }
     };
     report.target = Some(target.clone());
+    if let proto::Host::Domain(name) = &target.host {
+        warn_of_mixed_script(name, report);
+    }
+    if let Some(threats) = &ctx.config().threats {
+        if let Some(found) = threats.index.match_host(&target.host) {
+            log_threat(threats, &found, report);
+            if threats.action == ThreatAction::Block {
+                let answer = Answer::on(front_end, Status::Forbidden, Reply::NotAllowed);
+                let reason = format!("blocked by threat feed: {found}");
+                refuse(ctx, client, answer, reason, report).await;
+                return None;
+            }
+        }
+    }
     if let Some(pacer) = ctx.connect_pacer() {
         // Connection storms wait their turn in arrival order, within the handshake deadline.
         let now = Instant::now();
@@ -219,9 +237,12 @@ async fn establish<B: Backend>(
             Err(error) => Err(failed(error)),
             Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
                 Err(refused) => Err(denied(refused.to_string())),
-                Ok(addresses) => dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
-                    .await
-                    .map_err(failed),
+                Ok(addresses) => match check_resolved(ctx, &target, &addresses, report) {
+                    Some(found) => Err(denied(format!("blocked by threat feed: {found}"))),
+                    None => dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
+                        .await
+                        .map_err(failed),
+                },
             },
         },
     };
@@ -246,6 +267,67 @@ async fn establish<B: Backend>(
     head.drain(..consumed);
     head.shrink_to_fit();
     Some((upstream, head))
+}
+
+/// Checks the addresses a name resolved to (and the policy kept) against the threat feeds:
+/// every match is logged; with `block`, the first one is returned to refuse the request.
+fn check_resolved<B: Backend>(
+    ctx: &WorkerContext<B>,
+    target: &Target,
+    addresses: &[SocketAddr],
+    report: &Report,
+) -> Option<ThreatMatch> {
+    let threats = ctx.config().threats.as_ref()?;
+    if !matches!(target.host, proto::Host::Domain(_)) {
+        // A literal address was checked as the requested host.
+        return None;
+    }
+    for address in addresses {
+        if let Some(found) = threats.index.match_ip(address.ip()) {
+            log_threat(threats, &found, report);
+            if threats.action == ThreatAction::Block {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+fn log_threat(threats: &Threats, found: &ThreatMatch, report: &Report) {
+    let target = report
+        .target
+        .as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string);
+    let (match_type, matched) = match found {
+        ThreatMatch::Domain(name) => ("domain", name.clone()),
+        ThreatMatch::Ip(ip) => ("ip", ip.to_string()),
+        ThreatMatch::Range(range) => ("range", range.to_string()),
+    };
+    warn!(
+        client = %report.client,
+        protocol = report.front_end.name(),
+        target = %target,
+        threat_match = true,
+        action = threats.action.name(),
+        match_type,
+        matched = %matched,
+        "threat feed match"
+    );
+}
+
+/// Warns of a name with a label that mixes lookalike scripts (always, feeds or not); it never
+/// refuses the request.
+fn warn_of_mixed_script(name: &str, report: &Report) {
+    if let Some(label) = crate::threat::mixed_script_label(name) {
+        warn!(
+            client = %report.client,
+            protocol = report.front_end.name(),
+            ascii_host = name,
+            label = %label,
+            mixed_script = true,
+            "host name mixes Latin, Cyrillic or Greek letters in one label (a lookalike?)"
+        );
+    }
 }
 
 enum HeadFailure {

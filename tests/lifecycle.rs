@@ -247,21 +247,27 @@ fn with_no_flags_it_listens_on_127_0_0_1_port_9999() {
 }
 
 #[test]
-fn options_not_supported_yet_are_refused_loudly() {
-    for args in [
-        &["--port", "0", "--socks5-port", "1080"][..],
-        &["--port", "0", "--threat-feed-file", "/dev/null"],
-    ] {
-        let error = Proxy::start_raw(args).err().expect("must not start");
-        assert!(error.contains("not supported"), "{error}");
-    }
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fyntr"))
-        .args(["--port", "0"])
-        .env("FYNTR_SOCKS5_PORT", "1080")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not supported"));
+fn threat_feed_and_socks5_options_start_or_say_why_not() {
+    let missing = Proxy::start_raw(&["--port", "0", "--threat-feed-file", "/no/such/feed.txt"])
+        .err()
+        .expect("a missing feed stops the start");
+    assert!(missing.contains("/no/such/feed.txt"), "{missing}");
+    let empty = Proxy::start_raw(&["--port", "0", "--threat-feed-file", "/dev/null"])
+        .err()
+        .expect("a feed with no entries stops the start");
+    assert!(empty.contains("no supported entries"), "{empty}");
+    let block = Proxy::start_raw(&["--port", "0", "--threat-action", "block"])
+        .err()
+        .expect("block needs a feed");
+    assert!(
+        block.contains("requires at least one --threat-feed-file"),
+        "{block}"
+    );
+    let proxy = Proxy::start_with(&["--port", "0"], |command| {
+        command.env("FYNTR_SOCKS5_PORT", "0");
+    })
+    .expect("starts with SOCKS5 from the environment");
+    proxy.socks5_addr();
 }
 
 #[test]

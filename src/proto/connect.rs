@@ -311,7 +311,18 @@ fn parse_host(host: &str) -> Result<Host, RequestError> {
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(Host::Ip(IpAddr::V4(ip)));
     }
-    parse_domain_name(host)
+    // An international name (`bücher.de`) is taken in its ASCII form, as DNS and the threat
+    // feeds know it.
+    let ascii = if host.is_ascii() {
+        std::borrow::Cow::Borrowed(host)
+    } else {
+        super::idna::to_ascii(host)
+            .ok_or(RequestError::BadTarget(
+                "not a valid international host name",
+            ))?
+            .into()
+    };
+    parse_domain_name(&ascii)
         .map(Host::Domain)
         .map_err(RequestError::BadTarget)
 }
