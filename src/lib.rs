@@ -42,6 +42,7 @@ mod send_queue;
 pub mod server;
 pub mod threat;
 mod tunnel;
+mod forward;
 pub mod units;
 mod worker;
 

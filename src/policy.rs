@@ -16,6 +16,8 @@ use crate::proto::Host;
 
 /// The port allowed when no `--allow-port` is given (unless `--no-default-allow-port`).
 pub const DEFAULT_ALLOWED_PORT: u16 = 443;
+/// The port also allowed, by default, for plain HTTP requests (not for CONNECT tunnels).
+pub const DEFAULT_PLAIN_HTTP_PORT: u16 = 80;
 
 /// Destinations denied by default: loopback, private (RFC 1918), link-local, CGNAT, "this
 /// network", multicast and reserved IPv4; loopback, unspecified, ULA, link-local and multicast
@@ -81,6 +83,8 @@ pub enum PolicyError {
 #[derive(Clone, Debug)]
 pub struct Policy {
     allowed_ports: BTreeSet<u16>,
+    /// Whether plain HTTP may reach [`DEFAULT_PLAIN_HTTP_PORT`] (the defaults are on).
+    plain_http_port: bool,
     denied: Vec<IpNet>,
     allowed: Vec<IpNet>,
     allowed_domains: Vec<String>,
@@ -111,6 +115,7 @@ impl Policy {
             .collect();
         Self {
             allowed_ports,
+            plain_http_port: !config.no_default_allowed_port,
             denied,
             allowed: config.allowed.clone(),
             allowed_domains,
@@ -134,6 +139,15 @@ impl Policy {
             ports.join(", ")
         };
         Err(PolicyError::PortNotAllowed { port, allowed })
+    }
+
+    /// Checks the destination port of a plain HTTP request: the allowed ports, and port 80
+    /// unless `--no-default-allow-port`.
+    pub fn check_plain_http_port(&self, port: u16) -> Result<(), PolicyError> {
+        if self.plain_http_port && port == DEFAULT_PLAIN_HTTP_PORT {
+            return Ok(());
+        }
+        self.check_port(port)
     }
 
     /// Keeps the addresses `host` may be reached at, in their order.

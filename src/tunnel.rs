@@ -13,7 +13,7 @@ use crate::{
     config::Threats,
     dial::{self, DialError},
     proto::{
-        self,
+        self, http,
         response::ESTABLISHED,
         socks5::{self, GreetingError, Reply},
         Parse, Status, Target,
@@ -79,7 +79,9 @@ fn dial_reply(error: &DialError) -> Reply {
 }
 
 /// How a connection ended, for its log line.
-enum Outcome {
+pub(crate) enum Outcome {
+    /// It carried plain HTTP requests, each logged on its own.
+    Forwarded,
     /// Refused, with what the client was told.
     Refused(Answer, String),
     /// The client left (or failed) before a tunnel was established.
@@ -89,19 +91,19 @@ enum Outcome {
 }
 
 /// What is known about a connection when it ends.
-struct Report {
-    front_end: FrontEnd,
-    client: SocketAddr,
-    target: Option<Target>,
-    upstream: Option<SocketAddr>,
+pub(crate) struct Report {
+    pub(crate) front_end: FrontEnd,
+    pub(crate) client: SocketAddr,
+    pub(crate) target: Option<Target>,
+    pub(crate) upstream: Option<SocketAddr>,
     traffic: Traffic,
     /// Time waited for a `--connect-rate` slot.
-    connect_wait: Duration,
-    outcome: Outcome,
+    pub(crate) connect_wait: Duration,
+    pub(crate) outcome: Outcome,
 }
 
 impl Report {
-    fn new(front_end: FrontEnd, client: SocketAddr) -> Self {
+    pub(crate) fn new(front_end: FrontEnd, client: SocketAddr) -> Self {
         Self {
             front_end,
             client,
@@ -138,9 +140,14 @@ async fn run<B: Backend>(
     // The handshake's state (head buffer, timers, resolver and dial futures) lives in its own
     // allocation, freed once the tunnel is up: an established idle tunnel then costs only the
     // relay's waiting state.
-    let Some((upstream, pipelined)) = Box::pin(establish(ctx, client, started, report)).await
-    else {
-        return;
+    let (upstream, pipelined) = match Box::pin(establish(ctx, client, started, report)).await {
+        None => return,
+        Some(Established::Tunnel(upstream, pipelined)) => (upstream, pipelined),
+        Some(Established::Forward(request, rest)) => {
+            Box::pin(crate::forward::serve(ctx, client, request, rest, report)).await;
+            report.outcome = Outcome::Forwarded;
+            return;
+        }
     };
     let observed_peer = report
         .upstream
@@ -166,14 +173,14 @@ async fn establish<B: Backend>(
     client: &B::Stream,
     started: Instant,
     report: &mut Report,
-) -> Option<(B::Stream, Vec<u8>)> {
+) -> Option<Established<B::Stream>> {
     let front_end = report.front_end;
     let deadline = started + ctx.config().handshake_timeout;
     let request = match front_end {
         FrontEnd::Connect => read_head(ctx, client, deadline).await,
         FrontEnd::Socks5 => read_socks5_request(ctx, client, deadline).await,
     };
-    let (target, mut head, consumed) = match request {
+    let (request, mut head, consumed) = match request {
         Ok(parsed) => parsed,
         Err(HeadFailure::Refuse(answer, reason)) => {
             refuse(ctx, client, answer, reason, report).await;
@@ -184,75 +191,23 @@ async fn establish<B: Backend>(
             return None;
         }
     };
+    let (target, mut head, consumed) = match request {
+        Parsed::Tunnel(target) => (target, head, consumed),
+        Parsed::Forward(request) => {
+            head.drain(..consumed);
+            return Some(Established::Forward(request, head));
+        }
+    };
     report.target = Some(target.clone());
-    if let proto::Host::Domain(name) = &target.host {
-        warn_of_mixed_script(name, report);
-    }
-    if let Some(threats) = &ctx.config().threats {
-        if let Some(found) = threats.index.match_host(&target.host) {
-            log_threat(threats, &found, report);
-            if threats.action == ThreatAction::Block {
-                let answer = Answer::on(front_end, Status::Forbidden, Reply::NotAllowed);
-                let reason = format!("blocked by threat feed: {found}");
+    let deadline = started + ctx.config().handshake_timeout;
+    let (upstream, reached) =
+        match connect_upstream(ctx, &target, PortRule::Tunnel, deadline, report).await {
+            Ok(connected) => connected,
+            Err((answer, reason)) => {
                 refuse(ctx, client, answer, reason, report).await;
                 return None;
             }
-        }
-    }
-    if let Some(pacer) = ctx.connect_pacer() {
-        // Connection storms wait their turn in arrival order, within the handshake deadline.
-        let now = Instant::now();
-        let deadline = started + ctx.config().handshake_timeout;
-        match pacer.reserve(1, now, deadline) {
-            Some(turn) => {
-                tokio::time::sleep_until(turn.into()).await;
-                report.connect_wait = turn.saturating_duration_since(now);
-            }
-            None => {
-                let reason = "--connect-rate: no connection slot before the handshake deadline";
-                let answer =
-                    Answer::on(front_end, Status::ServiceUnavailable, Reply::GeneralFailure);
-                refuse(ctx, client, answer, reason.into(), report).await;
-                return None;
-            }
-        }
-    }
-    let policy = ctx.policy();
-    let plan = ctx.config().dial;
-    let denied = |reason: String| {
-        (
-            Answer::on(front_end, Status::Forbidden, Reply::NotAllowed),
-            reason,
-        )
-    };
-    let failed = |error: DialError| {
-        (
-            Answer::on(front_end, error.status(), dial_reply(&error)),
-            error.to_string(),
-        )
-    };
-    let connected = match policy.check_port(target.port) {
-        Err(refused) => Err(denied(refused.to_string())),
-        Ok(()) => match dial::resolve(&target.host, target.port, &plan).await {
-            Err(error) => Err(failed(error)),
-            Ok(addresses) => match policy.filter_addresses(&target.host, addresses) {
-                Err(refused) => Err(denied(refused.to_string())),
-                Ok(addresses) => match check_resolved(ctx, &target, &addresses, report) {
-                    Some(found) => Err(denied(format!("blocked by threat feed: {found}"))),
-                    None => dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
-                        .await
-                        .map_err(failed),
-                },
-            },
-        },
-    };
-    let (upstream, reached) = match connected {
-        Ok(connected) => connected,
-        Err((answer, reason)) => {
-            refuse(ctx, client, answer, reason, report).await;
-            return None;
-        }
-    };
+        };
     report.upstream = Some(reached);
     let success = match front_end {
         FrontEnd::Connect => ESTABLISHED.to_vec(),
@@ -266,7 +221,95 @@ async fn establish<B: Backend>(
     }
     head.drain(..consumed);
     head.shrink_to_fit();
-    Some((upstream, head))
+    Some(Established::Tunnel(upstream, head))
+}
+
+/// Which ports a request may reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PortRule {
+    /// A tunnel (CONNECT, SOCKS5): the allowed ports.
+    Tunnel,
+    /// A plain HTTP request: the allowed ports and, by default, 80.
+    PlainHttp,
+}
+
+/// Everything between a parsed request and a connected upstream: the lookalike warning, the
+/// threat feeds, connect pacing (by `deadline`), the destination policy, resolution and the
+/// dial. On failure, what to answer and why.
+pub(crate) async fn connect_upstream<B: Backend>(
+    ctx: &WorkerContext<B>,
+    target: &Target,
+    ports: PortRule,
+    deadline: Instant,
+    report: &mut Report,
+) -> Result<(B::Stream, SocketAddr), (Answer, String)> {
+    let front_end = report.front_end;
+    if let proto::Host::Domain(name) = &target.host {
+        warn_of_mixed_script(name, report);
+    }
+    let denied = |reason: String| {
+        (
+            Answer::on(front_end, Status::Forbidden, Reply::NotAllowed),
+            reason,
+        )
+    };
+    if let Some(threats) = &ctx.config().threats {
+        if let Some(found) = threats.index.match_host(&target.host) {
+            log_threat(threats, &found, report);
+            if threats.action == ThreatAction::Block {
+                return Err(denied(format!("blocked by threat feed: {found}")));
+            }
+        }
+    }
+    if let Some(pacer) = ctx.connect_pacer() {
+        // Connection storms wait their turn in arrival order, within the handshake deadline.
+        let now = Instant::now();
+        match pacer.reserve(1, now, deadline) {
+            Some(turn) => {
+                tokio::time::sleep_until(turn.into()).await;
+                report.connect_wait = turn.saturating_duration_since(now);
+            }
+            None => {
+                let reason = "--connect-rate: no connection slot before the handshake deadline";
+                let answer =
+                    Answer::on(front_end, Status::ServiceUnavailable, Reply::GeneralFailure);
+                return Err((answer, reason.into()));
+            }
+        }
+    }
+    let policy = ctx.policy();
+    let plan = ctx.config().dial;
+    let failed = |error: DialError| {
+        (
+            Answer::on(front_end, error.status(), dial_reply(&error)),
+            error.to_string(),
+        )
+    };
+    let port_allowed = match ports {
+        PortRule::Tunnel => policy.check_port(target.port),
+        PortRule::PlainHttp => policy.check_plain_http_port(target.port),
+    };
+    port_allowed.map_err(|refused| denied(refused.to_string()))?;
+    let addresses = dial::resolve(&target.host, target.port, &plan)
+        .await
+        .map_err(failed)?;
+    let addresses = policy
+        .filter_addresses(&target.host, addresses)
+        .map_err(|refused| denied(refused.to_string()))?;
+    if let Some(found) = check_resolved(ctx, target, &addresses, report) {
+        return Err(denied(format!("blocked by threat feed: {found}")));
+    }
+    dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
+        .await
+        .map_err(failed)
+}
+
+/// What a client's first request led to.
+enum Established<S> {
+    /// A tunnel to this upstream, with the bytes the client pipelined after its request.
+    Tunnel(S, Vec<u8>),
+    /// A plain HTTP request to forward, with the bytes after its head.
+    Forward(http::Request, Vec<u8>),
 }
 
 /// Checks the addresses a name resolved to (and the policy kept) against the threat feeds:
@@ -335,8 +378,16 @@ enum HeadFailure {
     Gone(String),
 }
 
-/// A request: its target, everything read, and how much of it the request used.
-type Request = (Target, Vec<u8>, usize);
+/// What a client asked for.
+enum Parsed {
+    /// A tunnel to this target (CONNECT, SOCKS5).
+    Tunnel(Target),
+    /// A plain HTTP request (absolute-form, on the proxy port).
+    Forward(http::Request),
+}
+
+/// A request: what it asks for, everything read, and how much of it the request's head used.
+type Request = (Parsed, Vec<u8>, usize);
 
 /// Reads a CONNECT head until it is complete (or refused), by `deadline`.
 async fn read_head<B: Backend>(
@@ -346,8 +397,25 @@ async fn read_head<B: Backend>(
 ) -> Result<Request, HeadFailure> {
     let mut received = Vec::new();
     let parse = |received: &[u8]| match proto::parse(received) {
-        Ok(Parse::Complete { request, consumed }) => Ok(Some((request.target, consumed))),
+        Ok(Parse::Complete { request, consumed }) => {
+            Ok(Some((Parsed::Tunnel(request.target), consumed)))
+        }
         Ok(Parse::Partial) => Ok(None),
+        // Another method: a plain HTTP request to forward, if it has an absolute http:// URL.
+        Err(error @ proto::RequestError::NotConnect(_)) => match http::parse_request(received) {
+            Ok(http::Parse::Complete { value, consumed }) => {
+                Ok(Some((Parsed::Forward(value), consumed)))
+            }
+            Ok(http::Parse::Partial) => Ok(None),
+            Err(http::HttpError::NotAbsolute(_)) => Err(HeadFailure::Refuse(
+                Answer::Status(error.status()),
+                error.to_string(),
+            )),
+            Err(error) => Err(HeadFailure::Refuse(
+                Answer::Status(error.status()),
+                error.to_string(),
+            )),
+        },
         Err(error) => Err(HeadFailure::Refuse(
             Answer::Status(error.status()),
             error.to_string(),
@@ -411,7 +479,7 @@ async fn read_socks5_request<B: Backend>(
         request,
     )
     .await?;
-    Ok((target, received, greeted + consumed))
+    Ok((Parsed::Tunnel(target), received, greeted + consumed))
 }
 
 /// Reads into `received` until `parse`, given what arrived after its first `from` bytes, says
@@ -470,7 +538,7 @@ async fn read_until<B: Backend, T>(
 /// messages, rather than through pool buffers: on io_uring a ring read costs a
 /// submission and a completion, and taking a pool buffer would register the worker's buffers,
 /// pinning them for a handshake of a few hundred bytes.
-fn recv_with_scratch<B: Backend>(
+pub(crate) fn recv_with_scratch<B: Backend>(
     ctx: &WorkerContext<B>,
     stream: &B::Stream,
     keep: impl FnOnce(&[u8]),
@@ -533,6 +601,7 @@ fn log(peer: SocketAddr, duration: Duration, report: &Report) {
     let duration_ms = duration.as_millis() as u64;
     let protocol = report.front_end.name();
     match &report.outcome {
+        Outcome::Forwarded => {}
         Outcome::Relayed(end) => info!(
             client = %peer,
             protocol,

@@ -158,7 +158,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// followed by a space (after empty lines, which RFC 9112 lets a server skip). A client that
 /// speaks TLS to the proxy sends 0x16 first and then waits for the server's answer, so without
 /// this it would wait for a 408.
-fn check_method_prefix(received: &[u8]) -> Result<(), RequestError> {
+pub(crate) fn check_method_prefix(received: &[u8]) -> Result<(), RequestError> {
     if received.first() == Some(&TLS_HANDSHAKE_RECORD) {
         return Err(RequestError::TlsToProxy);
     }
@@ -183,7 +183,7 @@ fn is_token_byte(byte: u8) -> bool {
 }
 
 /// Enforces the size limits on what has arrived; returns the head length once it is complete.
-fn check_limits(received: &[u8]) -> Result<Option<usize>, RequestError> {
+pub(crate) fn check_limits(received: &[u8]) -> Result<Option<usize>, RequestError> {
     let mut start = 0;
     let mut lines = 0;
     let mut seen_request_line = false;
@@ -294,7 +294,7 @@ fn parse_authority(target: &str) -> Result<Target, RequestError> {
     })
 }
 
-fn parse_port(port: &str) -> Result<u16, RequestError> {
+pub(crate) fn parse_port(port: &str) -> Result<u16, RequestError> {
     if port.is_empty() {
         return Err(RequestError::BadTarget("missing port"));
     }
@@ -307,7 +307,7 @@ fn parse_port(port: &str) -> Result<u16, RequestError> {
     }
 }
 
-fn parse_host(host: &str) -> Result<Host, RequestError> {
+pub(crate) fn parse_host(host: &str) -> Result<Host, RequestError> {
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(Host::Ip(IpAddr::V4(ip)));
     }

@@ -2,6 +2,7 @@
 //! fyntr sends.
 
 pub mod connect;
+pub mod http;
 pub mod idna;
 pub mod response;
 pub mod socks5;

@@ -1,4 +1,4 @@
-//! The bytes fyntr answers a CONNECT with.
+//! The bytes fyntr answers a CONNECT (or a refused plain HTTP request) with.
 
 /// The whole success response. Nothing else may follow it: Go's net/http, for one, requires
 /// status 200 and reads nothing after the head.
@@ -19,6 +19,8 @@ pub enum Status {
     UriTooLong,
     /// 431: a header line, the header count or the whole head is too large.
     HeaderFieldsTooLarge,
+    /// 501: a transfer coding fyntr does not forward (plain HTTP).
+    NotImplemented,
     /// 502: the upstream refused, was unreachable or could not be resolved.
     BadGateway,
     /// 503: the connection cap is reached.
@@ -37,6 +39,7 @@ impl Status {
             Self::RequestTimeout => 408,
             Self::UriTooLong => 414,
             Self::HeaderFieldsTooLarge => 431,
+            Self::NotImplemented => 501,
             Self::BadGateway => 502,
             Self::ServiceUnavailable => 503,
             Self::GatewayTimeout => 504,
@@ -53,6 +56,7 @@ impl Status {
             Self::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::HeaderFieldsTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            Self::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -73,6 +77,7 @@ mod tests {
             Status::RequestTimeout,
             Status::UriTooLong,
             Status::HeaderFieldsTooLarge,
+            Status::NotImplemented,
             Status::BadGateway,
             Status::ServiceUnavailable,
             Status::GatewayTimeout,
