@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: everything CI checks, runnable on a fresh machine.
-# Installs what the tests need when it is missing (curl, openssl, ss, git: Debian packages;
+# Installs what the tests need when it is missing (curl, openssl, ss, git, wget: Debian packages;
 # requests and PySocks: PyPI), then runs
 # formatting and lint checks, every unit and integration test, and compiles the benches.
 set -euo pipefail
@@ -13,6 +13,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v wget >/dev/null 2>&1 || missing+=(wget)
 if ((${#missing[@]})); then
     echo "ci/test.sh: installing ${missing[*]}"
     SUDO=""

@@ -130,8 +130,7 @@ async fn exchange<B: Backend>(
     }
     if origin.is_none() {
         let deadline = Instant::now() + ctx.config().handshake_timeout;
-        match connect_upstream(ctx, &request.target, PortRule::PlainHttp, deadline, report).await
-        {
+        match connect_upstream(ctx, &request.target, PortRule::PlainHttp, deadline, report).await {
             Ok((stream, address)) => {
                 *origin = Some(Origin {
                     target: request.target.clone(),
@@ -175,13 +174,7 @@ async fn exchange<B: Backend>(
         chunk
     ));
     let mut answering = pin!(respond(
-        upstream,
-        client,
-        request,
-        download,
-        wait,
-        chunk,
-        &responded
+        upstream, client, request, download, wait, chunk, &responded
     ));
     let mut sent: Option<Result<u64, BodyError>> = None;
     let answered = loop {

@@ -32,6 +32,7 @@ mod auto_pacing;
 pub mod backend;
 pub mod config;
 pub mod dial;
+mod forward;
 mod gate;
 pub mod limits;
 pub mod policy;
@@ -42,7 +43,6 @@ mod send_queue;
 pub mod server;
 pub mod threat;
 mod tunnel;
-mod forward;
 pub mod units;
 mod worker;
 

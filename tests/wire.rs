@@ -204,10 +204,10 @@ on_each_backend! {
         }
     }
 
-    fn other_methods_and_lowercase_connect_get_405(backend) {
+    fn origin_form_requests_and_lowercase_connect_get_405(backend) {
         let proxy = Proxy::start(backend, &[]);
         for request in [
-            "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "GET /index.html HTTP/1.1\r\nHost: example.com\r\n\r\n",
             "connect example.com:443 HTTP/1.1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
         ] {

@@ -226,7 +226,10 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HttpError> {
         {
             let value = std::str::from_utf8(header.value)
                 .map_err(|_| HttpError::Malformed("Connection is not text"))?;
-            for token in value.split(',').map(|token| token.trim().to_ascii_lowercase()) {
+            for token in value
+                .split(',')
+                .map(|token| token.trim().to_ascii_lowercase())
+            {
                 match token.as_str() {
                     "close" => close = true,
                     "keep-alive" => keep_alive_token = true,
@@ -248,7 +251,9 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HttpError> {
             // A list of equal values is one length (RFC 9110 section 8.6); anything else
             // could be read two ways.
             for value in text.split(',').map(str::trim) {
-                if value.is_empty() || value.len() > 18 || !value.bytes().all(|b| b.is_ascii_digit())
+                if value.is_empty()
+                    || value.len() > 18
+                    || !value.bytes().all(|b| b.is_ascii_digit())
                 {
                     return Err(HttpError::Malformed("Content-Length is not a number"));
                 }
@@ -261,7 +266,10 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HttpError> {
         } else if lower == "transfer-encoding" {
             let text = std::str::from_utf8(header.value)
                 .map_err(|_| HttpError::Malformed("Transfer-Encoding is not text"))?;
-            for coding in text.split(',').map(|coding| coding.trim().to_ascii_lowercase()) {
+            for coding in text
+                .split(',')
+                .map(|coding| coding.trim().to_ascii_lowercase())
+            {
                 if coding.is_empty() {
                     continue;
                 }
@@ -403,7 +411,9 @@ pub fn parse_response(received: &[u8], for_head: bool) -> Result<Parse<Response>
 /// Splits an absolute-form `http://authority/path?query` target.
 fn parse_absolute(target: &str) -> Result<(Target, String, String), HttpError> {
     let Some(scheme_end) = target.find("://") else {
-        return Err(HttpError::NotAbsolute("the target is not an absolute http:// URL"));
+        return Err(HttpError::NotAbsolute(
+            "the target is not an absolute http:// URL",
+        ));
     };
     if !target[..scheme_end].eq_ignore_ascii_case("http") {
         return Err(HttpError::Malformed(
@@ -421,7 +431,9 @@ fn parse_absolute(target: &str) -> Result<(Target, String, String), HttpError> {
         path.insert(0, '/');
     }
     if authority.is_empty() || authority.contains('@') {
-        return Err(HttpError::Malformed("empty authority or userinfo in the URL"));
+        return Err(HttpError::Malformed(
+            "empty authority or userinfo in the URL",
+        ));
     }
     let (host, port) = split_authority(authority)?;
     Ok((Target { host, port }, authority.to_string(), path))
@@ -529,10 +541,7 @@ impl ChunkedBody {
 
 /// A chunk-size line: hexadecimal digits, then optional `;extensions`.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
-    let size = line
-        .split(|&byte| byte == b';')
-        .next()
-        .unwrap_or_default();
+    let size = line.split(|&byte| byte == b';').next().unwrap_or_default();
     let size = size.trim_ascii_end();
     if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
         return Err(HttpError::BadChunk("chunk size is not hexadecimal"));
