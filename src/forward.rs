@@ -179,6 +179,7 @@ async fn exchange<B: Backend>(
     let mut sent: Option<Result<u64, BodyError>> = None;
     let answered = loop {
         tokio::select! {
+            biased;
             result = &mut sending, if sent.is_none() => {
                 if let Err(error) = &result {
                     // The request body broke off: the origin cannot get a whole request.
@@ -197,6 +198,14 @@ async fn exchange<B: Backend>(
             result = &mut answering => break result,
         }
     };
+    if sent.is_none() {
+        // The response ended first; the request body may have ended in the same turn.
+        sent = tokio::select! {
+            biased;
+            result = &mut sending => Some(result),
+            () = std::future::ready(()) => None,
+        };
+    }
     let up_bytes = head.len() as u64
         + match &sent {
             Some(Ok(bytes)) => *bytes,
