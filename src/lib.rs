@@ -38,6 +38,7 @@ pub mod limits;
 pub mod policy;
 pub mod proto;
 pub mod relay;
+pub mod run;
 pub mod sched;
 mod send_queue;
 pub mod server;

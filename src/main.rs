@@ -1,21 +1,14 @@
-//! The `fyntr` command: parses the command line, sets up logging, guards descriptors, picks the
-//! backend, binds, and runs the server until SIGINT/SIGTERM.
+//! The `fyntr` command: parses the command line, sets up logging, hands the settings to
+//! [`fyntr::run`] (descriptors, feeds, backend, listeners), and runs the server until
+//! SIGINT/SIGTERM.
 
-use std::{
-    net::{SocketAddr, ToSocketAddrs},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{process::ExitCode, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use fyntr::{
-    backend,
-    config::{BackendChoice, Config, Pacing, RateSetting, Threats},
-    limits,
-    platform::{socket, PipeBudget},
-    policy::{Policy, PolicyConfig},
-    threat::{ThreatAction, ThreatIndex},
+    config::{BackendChoice, RateSetting},
+    threat::ThreatAction,
 };
 use ipnet::IpNet;
 use tracing::{error, info, warn};
@@ -248,119 +241,54 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let threats = load_threats(&cli)?;
-    let listen = resolve_bind(&cli.bind, cli.port)?;
-    if !listen.ip().is_loopback() {
-        warn!(
-            address = %listen,
-            "listening on a non-loopback address: anyone who can reach it can use this proxy"
-        );
-    }
-    let socks5_listen = match (cli.socks5_port, &cli.socks5_bind) {
-        (Some(port), bind) => Some(resolve_bind(bind.as_deref().unwrap_or(&cli.bind), port)?),
-        (None, Some(_)) => {
-            warn!("--socks5-bind is ignored without --socks5-port: no SOCKS5 listener");
-            None
-        }
-        (None, None) => None,
-    };
-    if let Some(address) = socks5_listen.filter(|address| !address.ip().is_loopback()) {
-        warn!(
-            address = %address,
-            "SOCKS5 on a non-loopback address: anyone who can reach it can use this proxy"
-        );
-    }
-    let workers = match cli.workers {
-        Some(workers) => workers as usize,
-        None => std::thread::available_parallelism().map_or(1, usize::from),
-    };
-    let budget = limits::fd_guard(cli.max_connections, workers)
-        .context("reading the file-descriptor limit")?;
-    if budget.lowered && cli.max_connections != 0 {
-        warn!(
-            requested = cli.max_connections,
-            connection_cap = budget.connection_cap,
-            descriptor_limit = budget.soft_limit,
-            "the descriptor limit cannot hold the requested connections; cap lowered (raise `ulimit -n` to keep it)"
-        );
-    }
-
-    let config = Config {
-        connection_cap: budget.connection_cap,
-        idle_timeout: (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)),
-        handshake_timeout: Duration::from_secs(cli.handshake_timeout),
-        shutdown_grace: Duration::from_secs(cli.shutdown_grace),
-        workers,
-        threats,
-        policy: PolicyConfig {
-            allowed_ports: cli.allow_port,
-            no_default_allowed_port: cli.no_default_allow_port,
-            denied: fyntr::policy::default_denied()
-                .into_iter()
-                .chain(cli.deny_cidr)
-                .collect(),
-            allowed: cli.allow_cidr,
-            allowed_domains: cli.allow_domain,
-        },
-        buffer_size: cli.buffer_size,
-        pipes_per_worker: match cli.zero_copy {
-            Switch::On => fyntr::limits::PIPES_PER_WORKER,
-            Switch::Off => 0,
-        },
-        pipe_budget: PipeBudget::for_this_user().total(),
-        pacing: Pacing {
-            upload: cli.upload_rate,
-            download: cli.download_rate,
-            connects_per_second: cli.connect_rate,
-        },
-        dial: fyntr::dial::DialPlan {
-            attempt_timeout: Duration::from_secs(cli.connect_timeout),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    let config = config.resolve();
-    return_buffers_to_the_system(cli.buffer_size);
-
-    let choice_arg = match cli.backend {
-        BackendArg::Auto => BackendChoice::Auto,
-        BackendArg::IoUring => BackendChoice::IoUring,
-        BackendArg::Tokio => BackendChoice::Tokio,
-    };
-    let choice = backend::choose(choice_arg, fixed_buffer_count(cli.buffer_size, workers))?;
-    if let Some(warning) = &choice.fallback_warning {
-        warn!("{warning}");
-    }
-    let backend = choice.backend;
-    let reason = choice.reason.as_str();
-    let listeners =
-        socket::bind_listeners(listen, workers).with_context(|| format!("binding {listen}"))?;
-    let bound = listeners[0]
-        .local_addr()
-        .context("reading the bound address")?;
-    if let Some(address) = socks5_listen.filter(|address| address.port() == bound.port()) {
-        // Both listeners set SO_REUSEPORT, so the kernel would let them share the port and
-        // split its connections between two protocols.
-        bail!(
-            "--socks5-port {} is the proxy port; choose another",
-            address.port()
-        );
-    }
-    let socks5_listeners = socks5_listen
-        .map(|address| {
-            socket::bind_listeners(address, workers)
-                .with_context(|| format!("binding the SOCKS5 listener on {address}"))
+    let mut builder = fyntr::run::server()
+        .bind(cli.bind.clone())
+        .port(cli.port)
+        .max_connections(cli.max_connections)
+        .idle_timeout(Duration::from_secs(cli.idle_timeout))
+        .handshake_timeout(Duration::from_secs(cli.handshake_timeout))
+        .connect_timeout(Duration::from_secs(cli.connect_timeout))
+        .shutdown_grace(Duration::from_secs(cli.shutdown_grace))
+        .no_default_allow_port(cli.no_default_allow_port)
+        .threat_action(match cli.threat_action {
+            ThreatActionArg::Warn => ThreatAction::Warn,
+            ThreatActionArg::Block => ThreatAction::Block,
         })
-        .transpose()?;
-    let socks5_bound = socks5_listeners
-        .as_ref()
-        .map(|listeners| listeners[0].local_addr())
-        .transpose()
-        .context("reading the SOCKS5 bound address")?;
-    let ports: Vec<String> = Policy::new(&config.policy)
-        .allowed_ports()
-        .map(|p| p.to_string())
-        .collect();
+        .upload_rate(cli.upload_rate)
+        .download_rate(cli.download_rate)
+        .connect_rate(cli.connect_rate)
+        .buffer_size(cli.buffer_size)
+        .zero_copy(cli.zero_copy == Switch::On)
+        .backend(match cli.backend {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::IoUring => BackendChoice::IoUring,
+            BackendArg::Tokio => BackendChoice::Tokio,
+        });
+    if let Some(workers) = cli.workers {
+        builder = builder.workers(workers as usize);
+    }
+    if let Some(port) = cli.socks5_port {
+        builder = builder.socks5_port(port);
+    }
+    if let Some(bind) = cli.socks5_bind {
+        builder = builder.socks5_bind(bind);
+    }
+    for port in cli.allow_port {
+        builder = builder.allow_port(port);
+    }
+    for range in cli.deny_cidr {
+        builder = builder.deny_range(range);
+    }
+    for range in cli.allow_cidr {
+        builder = builder.allow_range(range);
+    }
+    for domain in cli.allow_domain {
+        builder = builder.allow_domain(domain);
+    }
+    for feed in cli.threat_feed_file {
+        builder = builder.threat_feed_file(feed);
+    }
+    let started = builder.start()?;
     // Signals are watched before the start line: a SIGINT sent as soon as the proxy says it
     // listens must drain it, not kill it with the default action.
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -373,159 +301,10 @@ fn run(cli: Cli) -> Result<()> {
     if watched.recv_timeout(Duration::from_secs(5)).is_err() {
         warn!("the signal thread did not start watching within 5 s");
     }
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        backend = backend.name(),
-        backend_reason = reason,
-        workers,
-        max_connections = config.connection_cap,
-        unlimited = cli.max_connections == 0,
-        idle_timeout_s = cli.idle_timeout,
-        handshake_timeout_s = cli.handshake_timeout,
-        buffer_size = config.buffer_size,
-        zero_copy = zero_copy_state(config.pipes_per_worker),
-        pipe_budget = %describe_pipe_budget(&config),
-        splice_chunk = config.splice_chunk,
-        allowed_ports = %ports.join(","),
-        upload_rate = %describe_rate(config.pacing.upload),
-        download_rate = %describe_rate(config.pacing.download),
-        connect_rate = %config.pacing.connects_per_second.map_or("off".to_string(), |r| format!("{r}/s")),
-        socks5 = %socks5_bound.map_or("off".to_string(), |address| address.to_string()),
-        "fyntr listening on {bound}"
-    );
-    if let Some(address) = socks5_bound {
-        info!("fyntr SOCKS5 listening on {address}");
-    }
-    let listeners = fyntr::server::Listeners {
-        proxy: listeners,
-        socks5: socks5_listeners,
-    };
-
-    backend
-        .run(config, listeners, shutdown)
-        .context("running the workers")?;
+    started.announce();
+    started.run(shutdown).context("running the workers")?;
     info!("shutdown complete");
     Ok(())
-}
-
-fn describe_rate(setting: RateSetting) -> String {
-    match setting {
-        RateSetting::Off => "off".to_string(),
-        RateSetting::Auto => "auto".to_string(),
-        RateSetting::Fixed(rate) => format!(
-            "{:.2}mbit on the wire (upstream receive windows up to {} KiB)",
-            rate.megabits(),
-            Pacing::socket_buffer(rate, 1) / 1024
-        ),
-    }
-}
-
-/// What the start line says about the pipes all workers may hold (see `PipeBudget`).
-fn describe_pipe_budget(config: &Config) -> String {
-    match (config.pipes_per_worker, config.pipe_budget) {
-        (0, _) => "none (no pipes)".to_string(),
-        (_, None) => "unlimited".to_string(),
-        (_, Some(bytes)) => format!("{} KiB", bytes / 1024),
-    }
-}
-
-/// What the start line says about zero-copy relaying.
-fn zero_copy_state(pipes_per_worker: usize) -> &'static str {
-    match (cfg!(target_os = "linux"), pipes_per_worker) {
-        (false, _) => "off (splice is Linux-only)",
-        (true, 0) => "off",
-        (true, _) => "splice",
-    }
-}
-
-/// Makes glibc serve relay-sized allocations with mmap, so buffers freed after a burst go back
-/// to the system instead of staying in a fragmented heap (measured: 2000 idle io_uring tunnels
-/// kept 45 MiB resident after their opening burst without this, 14 MiB with it).
-fn return_buffers_to_the_system(buffer_size: usize) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let threshold = i32::try_from(buffer_size).unwrap_or(i32::MAX);
-        // Safety: mallopt only changes allocator tuning; called before any worker starts.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, threshold);
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = buffer_size;
-}
-
-/// Registered buffers per worker: the default, unless `RLIMIT_MEMLOCK` (which pinned, registered
-/// memory counts against) cannot hold it, in which case what fits in three quarters of it.
-fn fixed_buffer_count(buffer_size: usize, workers: usize) -> usize {
-    #[cfg(target_os = "linux")]
-    {
-        let wanted = fyntr::platform::uring::DEFAULT_FIXED_BUFFERS;
-        let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::MEMLOCK) else {
-            return 0;
-        };
-        // Root has CAP_IPC_LOCK, which lifts the limit.
-        // Safety: geteuid has no preconditions.
-        if soft == rlimit::INFINITY || unsafe { libc::geteuid() } == 0 {
-            return wanted;
-        }
-        let per_worker = (soft / 4 * 3) / (buffer_size as u64 * workers.max(1) as u64);
-        wanted.min(usize::try_from(per_worker).unwrap_or(usize::MAX))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (buffer_size, workers);
-        0
-    }
-}
-
-fn resolve_bind(bind: &str, port: u16) -> Result<SocketAddr> {
-    let host = bind.trim_start_matches('[').trim_end_matches(']');
-    (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("--bind {bind}: not an IP address or resolvable host name"))?
-        .next()
-        .with_context(|| format!("--bind {bind}: resolved to no address"))
-}
-
-/// Loads the threat feeds, logging what each held; `None` without feeds.
-fn load_threats(cli: &Cli) -> Result<Option<Threats>> {
-    let action = match cli.threat_action {
-        ThreatActionArg::Warn => ThreatAction::Warn,
-        ThreatActionArg::Block => ThreatAction::Block,
-    };
-    if cli.threat_feed_file.is_empty() {
-        if action == ThreatAction::Block {
-            bail!("--threat-action block requires at least one --threat-feed-file");
-        }
-        return Ok(None);
-    }
-    let (index, counts) = ThreatIndex::load(&cli.threat_feed_file)?;
-    for (path, counts) in cli.threat_feed_file.iter().zip(&counts) {
-        info!(
-            file = %path.display(),
-            domains = counts.domains,
-            ips = counts.ips,
-            ranges = counts.ranges,
-            skipped = counts.skipped,
-            "loaded threat feed"
-        );
-        if counts.skipped > 0 {
-            warn!(file = %path.display(), skipped = counts.skipped, "skipped unsupported threat feed lines");
-        }
-    }
-    let total = index.counts();
-    info!(
-        files = counts.len(),
-        domains = total.domains,
-        ips = total.ips,
-        ranges = total.ranges,
-        action = action.name(),
-        "threat feeds ready"
-    );
-    Ok(Some(Threats {
-        index: std::sync::Arc::new(index),
-        action,
-    }))
 }
 
 /// Waits for SIGINT or SIGTERM, then asks the server to drain. A second signal exits at once.
