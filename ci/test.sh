@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: everything CI checks, runnable on a fresh machine.
-# Installs what the tests need when it is missing (curl, openssl, ss, git, wget: Debian packages;
-# requests and PySocks: PyPI), then runs
-# formatting and lint checks, every unit and integration test, and compiles the benches.
+# Installs what the tests need when it is missing (curl, openssl, ss, git, wget, Go: Debian
+# packages; requests and PySocks: PyPI), then runs formatting and lint checks, every unit and
+# integration test, and compiles the benches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v wget >/dev/null 2>&1 || missing+=(wget)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 if ((${#missing[@]})); then
     echo "ci/test.sh: installing ${missing[*]}"
     SUDO=""

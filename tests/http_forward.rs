@@ -2,7 +2,8 @@
 //! origin in origin form without hop-by-hop fields and with `Via`; keep-alive across requests
 //! and origins; bodies by length and chunked, 50 MiB each way byte-exact; `Expect:
 //! 100-continue`; responses without bodies; smuggling defences; upstream failures; the
-//! destination policy; and real clients (curl, wget, Python requests). Both backends.
+//! destination policy; and real clients (curl, wget, Python requests, Go net/http). Both
+//! backends.
 
 #![allow(missing_docs)]
 
@@ -380,5 +381,71 @@ on_each_backend! {
         let python = Command::new("python3").args(["-c", &script]).output().unwrap();
         assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
         assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), expected);
+    }
+
+    fn go_net_http_fetches_and_posts_through_the_proxy(backend) {
+        require("go");
+        let (origin, _) = origin();
+        let proxy = proxy_for(backend, origin, &[]);
+        let dir = std::env::temp_dir().join(format!("fyntr-go-{}-{backend:?}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Go's environment proxy skips loopback destinations, so the client names the proxy
+        // itself, as a program configured for one does.
+        let program = format!(
+            r#"package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+)
+
+func main() {{
+	proxy, _ := url.Parse("http://{proxy}")
+	client := &http.Client{{Timeout: 20 * time.Second, Transport: &http.Transport{{Proxy: http.ProxyURL(proxy)}}}}
+	for i := 0; i < 2; i++ {{
+		response, err := client.Get("http://localhost:{port}/data/300000")
+		if err != nil {{
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}}
+		body, _ := io.ReadAll(response.Body)
+		response.Body.Close()
+		fmt.Printf("%x\n", sha256.Sum256(body))
+	}}
+	upload := bytes.Repeat([]byte("fyntr"), 200000)
+	response, err := client.Post("http://localhost:{port}/hash", "application/octet-stream", bytes.NewReader(upload))
+	if err != nil {{
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}}
+	body, _ := io.ReadAll(response.Body)
+	fmt.Printf("%s %x\n", body, sha256.Sum256(upload))
+}}
+"#,
+            proxy = proxy.addr,
+            port = origin.port(),
+        );
+        std::fs::write(dir.join("main.go"), program).unwrap();
+        let output = Command::new("go")
+            .args(["run", "main.go"])
+            .current_dir(&dir)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GO111MODULE", "off")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        let expected = sha256(&payload(300_000, 21));
+        assert_eq!(lines[..2], [expected.as_str(), expected.as_str()]);
+        let upload = b"fyntr".repeat(200_000);
+        assert_eq!(lines[2], format!("{} {} {}", sha256(&upload), upload.len(), sha256(&upload)));
     }
 }
