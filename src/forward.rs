@@ -124,7 +124,7 @@ async fn exchange<B: Backend>(
 ) -> Exchange {
     if origin
         .as_ref()
-        .is_some_and(|origin| origin.target != request.target)
+        .is_some_and(|origin| origin.target != request.target || !is_idle(&origin.stream))
     {
         *origin = None;
     }
@@ -243,6 +243,14 @@ async fn exchange<B: Backend>(
     }
 }
 
+/// Whether a kept origin connection is still open with nothing unasked for on it: an origin
+/// that closed an idle connection has sent its FIN by now, and a request sent on it would fail
+/// with a 502 the client did not earn.
+fn is_idle<S: Stream>(stream: &S) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_recv(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Why a body or response could not be moved.
 #[derive(Debug, thiserror::Error)]
 enum BodyError {
@@ -310,7 +318,7 @@ async fn respond<S: Stream>(
             )));
         }
         let close_client = !request.keep_alive || !response.keep_alive;
-        let head = response.encode(close_client);
+        let head = response.encode(close_client, request.minor_version == 0);
         send(client, &head, flow).await.map_err(BodyError::Io)?;
         responded.set(true);
         bytes += head.len() as u64;

@@ -110,6 +110,11 @@ fn origin() -> (SocketAddr, mpsc::Receiver<Received>) {
                     return;
                 }
                 continue;
+            } else if path == "/then-close" {
+                // Keep-alive by its head, then the connection closes, as an origin's idle
+                // timeout does.
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                return;
             } else if let Some(code) = path.strip_prefix("/status/") {
                 let line = format!("HTTP/1.1 {code} Whatever\r\nContent-Length: 0\r\n\r\n");
                 if writer.write_all(line.as_bytes()).is_err() {
@@ -225,6 +230,25 @@ on_each_backend! {
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "closed after the last response");
+    }
+
+    fn an_origin_that_closed_its_kept_connection_gets_a_new_one(backend) {
+        let (origin, _) = origin();
+        let proxy = proxy_for(backend, origin, &[]);
+        let (mut stream, mut reader) = connect(&proxy);
+        write!(stream, "GET http://{origin}/then-close HTTP/1.1\r\n\r\n").unwrap();
+        let (_, body) = read_response(&mut reader);
+        assert_eq!(body, b"ok");
+        // Bounded: the origin's FIN arrives within a moment on loopback.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        write!(stream, "GET http://{origin}/data/100 HTTP/1.1\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut reader);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, payload(100, 21));
+        // An HTTP/1.0 client that asks to keep the connection is told it is kept.
+        write!(stream, "GET http://{origin}/data/5 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        let (head, _) = read_response(&mut reader);
+        assert!(head.contains("\r\nConnection: keep-alive\r\n"), "{head}");
     }
 
     fn fifty_mebibytes_each_way_by_length_and_chunked(backend) {

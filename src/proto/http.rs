@@ -161,13 +161,18 @@ impl Response {
     }
 
     /// The head to send the client, as HTTP/1.1, with `Via`; `Connection: close` when the
-    /// client connection closes after it.
-    pub fn encode(&self, close: bool) -> Vec<u8> {
+    /// client connection closes after it, `Connection: keep-alive` when it stays open for an
+    /// HTTP/1.0 client (which would otherwise take it as closing).
+    pub fn encode(&self, close: bool, to_http_1_0: bool) -> Vec<u8> {
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", self.status, self.reason).as_bytes());
         encode_fields(&mut head, &self.fields, self.minor_version);
-        if close && !self.is_interim() {
-            head.extend_from_slice(b"Connection: close\r\n");
+        if !self.is_interim() {
+            if close {
+                head.extend_from_slice(b"Connection: close\r\n");
+            } else if to_http_1_0 {
+                head.extend_from_slice(b"Connection: keep-alive\r\n");
+            }
         }
         head.extend_from_slice(b"\r\n");
         head

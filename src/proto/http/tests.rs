@@ -143,7 +143,7 @@ fn a_response_without_length_runs_until_close() {
         false,
     );
     assert_eq!(parsed.body, Body::Chunked);
-    let head = String::from_utf8(parsed.encode(false)).unwrap();
+    let head = String::from_utf8(parsed.encode(false, false)).unwrap();
     assert!(!head.contains("Content-Length"), "{head}");
 }
 
