@@ -154,11 +154,17 @@ fn a_closing_response_says_so() {
         false,
     );
     assert!(!parsed.keep_alive);
-    let head = String::from_utf8(parsed.encode(true)).unwrap();
+    let head = String::from_utf8(parsed.encode(true, false)).unwrap();
     assert!(
         head.ends_with("Via: 1.1 fyntr\r\nConnection: close\r\n\r\n"),
         "{head}"
     );
+    let kept = response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+    let head = String::from_utf8(kept.encode(false, true)).unwrap();
+    assert!(head.contains("\r\nConnection: keep-alive\r\n"), "{head}");
+    assert!(!String::from_utf8(kept.encode(false, false))
+        .unwrap()
+        .contains("Connection"));
 }
 
 #[test]
