@@ -21,6 +21,10 @@ use tracing::{error, info, warn};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// A tool instead of the proxy: shell completions or the man page.
+    #[command(subcommand)]
+    tool: Option<Tool>,
+
     /// Address or host name to listen on; a warning is logged when it is not loopback.
     #[arg(long, env = "FYNTR_BIND", default_value = "127.0.0.1")]
     bind: String,
@@ -165,6 +169,18 @@ struct Cli {
     socks5_bind: Option<String>,
 }
 
+/// What `fyntr TOOL` prints instead of running the proxy.
+#[derive(Clone, Copy, Debug, clap::Subcommand)]
+enum Tool {
+    /// Prints a completion script for SHELL (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff) on stdout: `fyntr man > /usr/local/share/man/man1/fyntr.1`.
+    Man,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ThreatActionArg {
     Warn,
@@ -209,12 +225,37 @@ fn parse_connect_rate(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(tool) = cli.tool {
+        return print_tool(tool);
+    }
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
             eprintln!("fyntr: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a completion script or the man page to stdout, both generated from the same
+/// command-line definition as the parser, so they never drift from the flags.
+fn print_tool(tool: Tool) -> ExitCode {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let written = match tool {
+        Tool::Completions { shell } => {
+            clap_complete::generate(shell, &mut command, "fyntr", &mut out);
+            Ok(())
+        }
+        Tool::Man => clap_mangen::Man::new(command).render(&mut out),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fyntr: writing to stdout: {error}");
             ExitCode::FAILURE
         }
     }
