@@ -5,8 +5,11 @@
 //! - [`server`]: workers, the accept loop, admission under the connection cap, graceful
 //!   shutdown. [`server::run`] is the entry point (the binary and the tests both call it).
 //! - [`tunnel`](crate::tunnel) (private): one client, on either front end (CONNECT or SOCKS5, see
-//!   [`server::FrontEnd`]): read its request within the handshake timeout, check the [`policy`],
-//!   [`dial`] the upstream, answer success, then [`relay`].
+//!   [`server::FrontEnd`]): read its request within the handshake timeout, connect the upstream,
+//!   answer success, then [`relay`]; a plain HTTP request goes to `forward` (private) instead.
+//!   `establish` (private) is the one path from a request to an upstream for all of them:
+//!   threat feeds, connect pacing, the [`policy`], resolution and the [`dial`].
+//! - [`run`]: the builder the binary and library users start a server from.
 //! - `worker` (private): what all workers share and what one worker's tasks share; it hands the
 //!   relay only what the relay uses. `admission` (private, re-exported by [`server`]): the
 //!   connection cap.
@@ -32,6 +35,7 @@ mod auto_pacing;
 pub mod backend;
 pub mod config;
 pub mod dial;
+mod establish;
 mod forward;
 mod gate;
 pub mod limits;

@@ -7,11 +7,10 @@ use std::{
 };
 
 use fyntr_platform::{Backend, Stream};
-use tracing::{info, warn};
+use tracing::info;
 
+pub(crate) use crate::establish::{connect_upstream, Answer, PortRule};
 use crate::{
-    config::Threats,
-    dial::{self, DialError},
     proto::{
         self, http,
         response::ESTABLISHED,
@@ -20,7 +19,6 @@ use crate::{
     },
     relay::{self, RelayEnd, Traffic},
     server::{FrontEnd, Ticket},
-    threat::{ThreatAction, ThreatMatch},
     worker::WorkerContext,
 };
 
@@ -29,54 +27,6 @@ use crate::{
 const LINGER: Duration = Duration::from_secs(2);
 /// At most this much is read and discarded while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
-
-/// What a refused client is told before the connection closes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// An HTTP error status (CONNECT).
-    Status(Status),
-    /// A SOCKS5 reply with this code.
-    Socks5(Reply),
-    /// The SOCKS5 method reply "no acceptable methods".
-    NoSocks5Method,
-    /// Nothing: the client would not understand any answer (a SOCKS5 port spoken to in
-    /// another protocol, a SOCKS5 client that timed out).
-    Nothing,
-}
-
-impl Answer {
-    /// The answer to a refusal on `front_end`: `status` for CONNECT, `reply` for SOCKS5.
-    fn on(front_end: FrontEnd, status: Status, reply: Reply) -> Self {
-        match front_end {
-            FrontEnd::Connect => Self::Status(status),
-            FrontEnd::Socks5 => Self::Socks5(reply),
-        }
-    }
-
-    fn bytes(self) -> std::borrow::Cow<'static, [u8]> {
-        match self {
-            Self::Status(status) => status.response().into(),
-            Self::Socks5(reply) => reply.encode(None).into(),
-            Self::NoSocks5Method => socks5::NO_METHOD_ACCEPTABLE.to_vec().into(),
-            Self::Nothing => (&[][..]).into(),
-        }
-    }
-}
-
-/// The SOCKS5 reply for a failed dial: the kind of the last error decides, as in fyntr 0.4.8.
-fn dial_reply(error: &DialError) -> Reply {
-    match error {
-        DialError::Refused(cause) => match cause.kind() {
-            std::io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
-            std::io::ErrorKind::NetworkUnreachable => Reply::NetworkUnreachable,
-            _ => Reply::HostUnreachable,
-        },
-        DialError::Resolve(_)
-        | DialError::ResolveTimeout
-        | DialError::NoAddress
-        | DialError::TimedOut => Reply::HostUnreachable,
-    }
-}
 
 /// How a connection ended, for its log line.
 pub(crate) enum Outcome {
@@ -224,153 +174,12 @@ async fn establish<B: Backend>(
     Some(Established::Tunnel(upstream, head))
 }
 
-/// Which ports a request may reach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PortRule {
-    /// A tunnel (CONNECT, SOCKS5): the allowed ports.
-    Tunnel,
-    /// A plain HTTP request: the allowed ports and, by default, 80.
-    PlainHttp,
-}
-
-/// Everything between a parsed request and a connected upstream: the lookalike warning, the
-/// threat feeds, connect pacing (by `deadline`), the destination policy, resolution and the
-/// dial. On failure, what to answer and why.
-pub(crate) async fn connect_upstream<B: Backend>(
-    ctx: &WorkerContext<B>,
-    target: &Target,
-    ports: PortRule,
-    deadline: Instant,
-    report: &mut Report,
-) -> Result<(B::Stream, SocketAddr), (Answer, String)> {
-    let front_end = report.front_end;
-    if let proto::Host::Domain(name) = &target.host {
-        warn_of_mixed_script(name, report);
-    }
-    let denied = |reason: String| {
-        (
-            Answer::on(front_end, Status::Forbidden, Reply::NotAllowed),
-            reason,
-        )
-    };
-    if let Some(threats) = &ctx.config().threats {
-        if let Some(found) = threats.index.match_host(&target.host) {
-            log_threat(threats, &found, report);
-            if threats.action == ThreatAction::Block {
-                return Err(denied(format!("blocked by threat feed: {found}")));
-            }
-        }
-    }
-    if let Some(pacer) = ctx.connect_pacer() {
-        // Connection storms wait their turn in arrival order, within the handshake deadline.
-        let now = Instant::now();
-        match pacer.reserve(1, now, deadline) {
-            Some(turn) => {
-                tokio::time::sleep_until(turn.into()).await;
-                report.connect_wait = turn.saturating_duration_since(now);
-            }
-            None => {
-                let reason = "--connect-rate: no connection slot before the handshake deadline";
-                let answer =
-                    Answer::on(front_end, Status::ServiceUnavailable, Reply::GeneralFailure);
-                return Err((answer, reason.into()));
-            }
-        }
-    }
-    let policy = ctx.policy();
-    let plan = ctx.config().dial;
-    let failed = |error: DialError| {
-        (
-            Answer::on(front_end, error.status(), dial_reply(&error)),
-            error.to_string(),
-        )
-    };
-    let port_allowed = match ports {
-        PortRule::Tunnel => policy.check_port(target.port),
-        PortRule::PlainHttp => policy.check_plain_http_port(target.port),
-    };
-    port_allowed.map_err(|refused| denied(refused.to_string()))?;
-    let addresses = dial::resolve(&target.host, target.port, &plan)
-        .await
-        .map_err(failed)?;
-    let addresses = policy
-        .filter_addresses(&target.host, addresses)
-        .map_err(|refused| denied(refused.to_string()))?;
-    if let Some(found) = check_resolved(ctx, target, &addresses, report) {
-        return Err(denied(format!("blocked by threat feed: {found}")));
-    }
-    dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
-        .await
-        .map_err(failed)
-}
-
 /// What a client's first request led to.
 enum Established<S> {
     /// A tunnel to this upstream, with the bytes the client pipelined after its request.
     Tunnel(S, Vec<u8>),
     /// A plain HTTP request to forward, with the bytes after its head.
     Forward(http::Request, Vec<u8>),
-}
-
-/// Checks the addresses a name resolved to (and the policy kept) against the threat feeds:
-/// every match is logged; with `block`, the first one is returned to refuse the request.
-fn check_resolved<B: Backend>(
-    ctx: &WorkerContext<B>,
-    target: &Target,
-    addresses: &[SocketAddr],
-    report: &Report,
-) -> Option<ThreatMatch> {
-    let threats = ctx.config().threats.as_ref()?;
-    if !matches!(target.host, proto::Host::Domain(_)) {
-        // A literal address was checked as the requested host.
-        return None;
-    }
-    for address in addresses {
-        if let Some(found) = threats.index.match_ip(address.ip()) {
-            log_threat(threats, &found, report);
-            if threats.action == ThreatAction::Block {
-                return Some(found);
-            }
-        }
-    }
-    None
-}
-
-fn log_threat(threats: &Threats, found: &ThreatMatch, report: &Report) {
-    let target = report
-        .target
-        .as_ref()
-        .map_or_else(|| "-".to_string(), ToString::to_string);
-    let (match_type, matched) = match found {
-        ThreatMatch::Domain(name) => ("domain", name.clone()),
-        ThreatMatch::Ip(ip) => ("ip", ip.to_string()),
-        ThreatMatch::Range(range) => ("range", range.to_string()),
-    };
-    warn!(
-        client = %report.client,
-        protocol = report.front_end.name(),
-        target = %target,
-        threat_match = true,
-        action = threats.action.name(),
-        match_type,
-        matched = %matched,
-        "threat feed match"
-    );
-}
-
-/// Warns of a name with a label that mixes lookalike scripts (always, feeds or not); it never
-/// refuses the request.
-fn warn_of_mixed_script(name: &str, report: &Report) {
-    if let Some(label) = crate::threat::mixed_script_label(name) {
-        warn!(
-            client = %report.client,
-            protocol = report.front_end.name(),
-            ascii_host = name,
-            label = %label,
-            mixed_script = true,
-            "host name mixes Latin, Cyrillic or Greek letters in one label (a lookalike?)"
-        );
-    }
 }
 
 enum HeadFailure {
