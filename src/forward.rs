@@ -51,6 +51,8 @@ struct Exchange {
     keep_open: bool,
     /// Whether the origin connection may carry another request.
     origin_reusable: bool,
+    /// Whether the client connection was already answered and closed (or cut).
+    closed: bool,
 }
 
 impl Exchange {
@@ -62,6 +64,7 @@ impl Exchange {
             outcome: outcome.into(),
             keep_open: false,
             origin_reusable: false,
+            closed: true,
         }
     }
 }
@@ -98,6 +101,11 @@ pub(crate) async fn serve<B: Backend>(
             origin = None;
         }
         if !exchange.keep_open {
+            if !exchange.closed {
+                // Half-close and read what the client still sends for a moment, so that bytes
+                // it pipelined do not turn the close into a reset that destroys the response.
+                tunnel::respond_and_close(ctx, client, Answer::Nothing).await;
+            }
             return;
         }
         match next_request(ctx, client, &mut pending).await {
@@ -222,6 +230,7 @@ async fn exchange<B: Backend>(
             outcome: "done".into(),
             keep_open: body_sent && done.keep_client && request.keep_alive,
             origin_reusable: body_sent && done.keep_origin,
+            closed: false,
         },
         Err(error) => {
             if !responded.get() {

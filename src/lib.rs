@@ -4,7 +4,7 @@
 //!
 //! - [`server`]: workers, the accept loop, admission under the connection cap, graceful
 //!   shutdown. [`server::run`] is the entry point (the binary and the tests both call it).
-//! - [`tunnel`](crate::tunnel) (private): one client, on either front end (CONNECT or SOCKS5, see
+//! - `tunnel` (private): one client, on either front end (CONNECT or SOCKS5, see
 //!   [`server::FrontEnd`]): read its request within the handshake timeout, connect the upstream,
 //!   answer success, then [`relay`]; a plain HTTP request goes to `forward` (private) instead.
 //!   `establish` (private) is the one path from a request to an upstream for all of them:
