@@ -21,19 +21,7 @@ pub const HTTP_PORT: u16 = 80;
 /// Longest chunk-size line (size, extensions) accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// The outcome of looking at the bytes received so far.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Parse<T> {
-    /// Not complete yet; read more.
-    Partial,
-    /// Complete: what was parsed and the bytes its head used.
-    Complete {
-        /// What was parsed.
-        value: T,
-        /// Bytes used by the head; the body (if any) follows.
-        consumed: usize,
-    },
-}
+pub use super::Progress as Parse;
 
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

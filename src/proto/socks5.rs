@@ -33,19 +33,7 @@ pub const NO_AUTHENTICATION_SELECTED: [u8; 2] = [VERSION, NO_AUTHENTICATION];
 /// The method reply sent before closing when the client offers no method fyntr serves.
 pub const NO_METHOD_ACCEPTABLE: [u8; 2] = [VERSION, NO_ACCEPTABLE_METHOD];
 
-/// The outcome of looking at the bytes received so far.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Parse<T> {
-    /// Not complete yet; read more.
-    Partial,
-    /// Complete: what was parsed and how many bytes it used.
-    Complete {
-        /// What was parsed.
-        value: T,
-        /// Bytes used; anything after them comes next.
-        consumed: usize,
-    },
-}
+pub use super::Progress as Parse;
 
 /// Why a greeting was refused.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
