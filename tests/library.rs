@@ -31,19 +31,8 @@ fn builder(backend: Backend) -> fyntr::run::ServerBuilder {
         .shutdown_grace(Duration::from_secs(1))
 }
 
-/// Opens a CONNECT tunnel through the proxy at `proxy` and checks the exact success response.
 fn tunnel(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = vec![0; ESTABLISHED.len()];
-    stream.read_exact(&mut response).unwrap();
-    assert_eq!(response, ESTABLISHED);
-    stream
+    connect_through(proxy, &target.to_string())
 }
 
 on_each_backend! {

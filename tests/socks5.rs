@@ -37,14 +37,8 @@ fn socks5_exchange(proxy: &Proxy, bytes: &[u8]) -> Vec<u8> {
 
 /// The reply code to a greeting plus `request`, after checking the method reply.
 fn reply_code(proxy: &Proxy, request: &[u8]) -> u8 {
-    let mut stream = proxy.socks5_raw();
-    let mut bytes = vec![5, 1, 0];
-    bytes.extend_from_slice(request);
-    stream.write_all(&bytes).unwrap();
-    let mut method = [0u8; 2];
-    stream.read_exact(&mut method).unwrap();
-    assert_eq!(method, [5, 0]);
-    let code = read_socks5_reply(&mut stream).expect_err("a failure reply");
+    let (mut stream, reply) = proxy.socks5_request(request);
+    let code = reply.expect_err("a failure reply");
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
     assert!(rest.is_empty(), "nothing follows a failure reply: {rest:?}");
@@ -56,17 +50,7 @@ fn peer_reporting_echo() -> SocketAddr {
     targets::serve(|mut stream| {
         let peer = stream.peer_addr().unwrap().to_string();
         let _ = stream.write_all(format!("{peer}\n").as_bytes());
-        let mut buffer = [0u8; 4096];
-        loop {
-            match stream.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buffer[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
+        targets::echo_on(&mut stream);
     })
 }
 

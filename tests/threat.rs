@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    path::PathBuf,
-};
+use std::path::PathBuf;
 
 use common::*;
 
@@ -44,13 +41,7 @@ fn connect_status(proxy: &Proxy, target: &str) -> u16 {
 }
 
 fn socks5_reply(proxy: &Proxy, request: &[u8]) -> Result<std::net::SocketAddr, u8> {
-    let mut stream = proxy.socks5_raw();
-    let mut bytes = vec![5, 1, 0];
-    bytes.extend_from_slice(request);
-    stream.write_all(&bytes).unwrap();
-    let mut method = [0u8; 2];
-    stream.read_exact(&mut method).unwrap();
-    read_socks5_reply(&mut stream)
+    proxy.socks5_request(request).1
 }
 
 on_each_backend! {

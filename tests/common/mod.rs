@@ -262,19 +262,7 @@ impl Proxy {
 
     /// Opens a tunnel to `target` and checks the exact success response.
     pub fn tunnel(&self, target: &str) -> TcpStream {
-        let mut stream = self.connect_raw();
-        write!(
-            stream,
-            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = vec![0; ESTABLISHED.len()];
-        stream.read_exact(&mut response).unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&response),
-            String::from_utf8_lossy(ESTABLISHED)
-        );
-        stream
+        connect_through(self.addr, target)
     }
 
     /// The SOCKS5 listener's address, from its start line.
@@ -295,18 +283,25 @@ impl Proxy {
         stream
     }
 
-    /// Opens a SOCKS5 tunnel to `target` (greeting and request in one write), checks the
-    /// method reply and a success reply, and returns the stream and the reply's bound address.
-    pub fn socks5_tunnel(&self, target: SocketAddr) -> (TcpStream, SocketAddr) {
+    /// Sends a SOCKS5 greeting offering "no authentication" and `request` in one write, checks
+    /// the method reply, and returns the stream with the reply: `Ok(bound address)` for a
+    /// success, `Err(code)` otherwise.
+    pub fn socks5_request(&self, request: &[u8]) -> (TcpStream, Result<SocketAddr, u8>) {
         let mut stream = self.socks5_raw();
-        let mut request = vec![5, 1, 0];
-        request.extend_from_slice(&socks5_request(target));
-        stream.write_all(&request).unwrap();
+        let mut bytes = vec![5, 1, 0];
+        bytes.extend_from_slice(request);
+        stream.write_all(&bytes).unwrap();
         let mut method = [0u8; 2];
         stream.read_exact(&mut method).unwrap();
         assert_eq!(method, [5, 0]);
-        let bound = read_socks5_reply(&mut stream).expect("a success reply");
-        (stream, bound)
+        let reply = read_socks5_reply(&mut stream);
+        (stream, reply)
+    }
+
+    /// Opens a SOCKS5 tunnel to `target` and returns the stream and the reply's bound address.
+    pub fn socks5_tunnel(&self, target: SocketAddr) -> (TcpStream, SocketAddr) {
+        let (stream, reply) = self.socks5_request(&socks5_request(target));
+        (stream, reply.expect("a success reply"))
     }
 
     /// Sends `request` raw and returns everything the proxy answers until it closes.
@@ -322,6 +317,26 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Opens a CONNECT tunnel to `target` through the proxy at `proxy` and checks the exact success
+/// response.
+pub fn connect_through(proxy: SocketAddr, target: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).expect("connect to proxy");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = vec![0; ESTABLISHED.len()];
+    stream.read_exact(&mut response).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&response),
+        String::from_utf8_lossy(ESTABLISHED)
+    );
+    stream
 }
 
 /// A SOCKS5 CONNECT request for an IP target.

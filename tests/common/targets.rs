@@ -36,20 +36,23 @@ pub fn serve_on(
 
 /// Echoes everything until EOF, then half-closes.
 pub fn echo() -> SocketAddr {
-    serve(|mut stream| {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            match stream.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if stream.write_all(&buffer[..n]).is_err() {
-                        return;
-                    }
+    serve(|mut stream| echo_on(&mut stream))
+}
+
+/// Echoes what `stream` sends until EOF, then half-closes it.
+pub fn echo_on(stream: &mut TcpStream) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buffer[..n]).is_err() {
+                    return;
                 }
             }
         }
-        let _ = stream.shutdown(Shutdown::Write);
-    })
+    }
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Reads until EOF, then answers with the sha256 (hex) and byte count of what it read.
