@@ -10,7 +10,7 @@ use std::sync::{
 /// CONNECTs included.
 #[derive(Debug)]
 pub struct Admission {
-    cap: usize,
+    cap: AtomicUsize,
     active: AtomicUsize,
 }
 
@@ -18,7 +18,7 @@ impl Admission {
     /// A cap of `cap` concurrent connections.
     pub fn new(cap: usize) -> Self {
         Self {
-            cap: cap.max(1),
+            cap: AtomicUsize::new(cap.max(1)),
             active: AtomicUsize::new(0),
         }
     }
@@ -27,7 +27,7 @@ impl Admission {
     pub fn try_admit(self: &Arc<Self>) -> Option<Ticket> {
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
-                (active < self.cap).then_some(active + 1)
+                (active < self.cap()).then_some(active + 1)
             })
             .ok()?;
         Some(Ticket(Arc::clone(self)))
@@ -35,7 +35,13 @@ impl Admission {
 
     /// The cap.
     pub fn cap(&self) -> usize {
-        self.cap
+        self.cap.load(Ordering::Relaxed)
+    }
+
+    /// Changes the cap for the connections that come next; connections over a lowered cap
+    /// stay until they close.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap.max(1), Ordering::Relaxed);
     }
 
     /// Connections admitted now.

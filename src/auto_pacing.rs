@@ -24,6 +24,7 @@ use tracing::{debug, info};
 use crate::{
     config::Pacing,
     gate::Direction,
+    metrics::AutoEstimate,
     sched::{
         autorate::{AutoRate, AutoRateConfig, Sample},
         pacer::{acks_on_the_wire, on_the_wire, Pacer, Rate},
@@ -121,6 +122,8 @@ impl BaseMemory {
 struct AutoDirection {
     pacer: Arc<Pacer>,
     observed: Mutex<Observed>,
+    /// What the controller estimated at its last tick, for the metrics.
+    estimate: Mutex<AutoEstimate>,
 }
 
 /// The directions paced with `auto`, shared by every worker.
@@ -156,6 +159,7 @@ impl AutoPacing {
             pacer.map(|pacer| AutoDirection {
                 pacer,
                 observed: Mutex::new(Observed::default()),
+                estimate: Mutex::new(AutoEstimate::default()),
             })
         };
         Some(Arc::new(AutoPacing {
@@ -169,6 +173,19 @@ impl AutoPacing {
     /// Whether `way` is paced with `auto`.
     pub(crate) fn covers(&self, way: Direction) -> bool {
         self.directions[way as usize].is_some()
+    }
+
+    /// What the controller of `way` estimated at its last tick (all zero when `way` is not
+    /// paced with `auto`).
+    pub(crate) fn estimate(&self, way: Direction) -> AutoEstimate {
+        self.directions[way as usize]
+            .as_ref()
+            .map_or_else(AutoEstimate::default, |direction| {
+                *direction
+                    .estimate
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            })
     }
 
     /// Starts the thread that runs the controllers; it ends once `auto` is dropped.
@@ -414,6 +431,14 @@ fn run_controllers(weak: Weak<AutoPacing>) {
             let controller = &mut controllers[way as usize];
             let before = controller.rate();
             let rate = controller.on_tick(&sample);
+            *direction
+                .estimate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = AutoEstimate {
+                delivery_rate: controller.delivery(),
+                base_rtt: base[way as usize],
+                queue_delay: controller.queue_delay(),
+            };
             if rate != before {
                 direction
                     .pacer

@@ -111,9 +111,9 @@ impl Chosen {
     }
 
     /// Runs the server on this backend (monomorphised per backend).
-    pub fn run(
+    pub(crate) fn run(
         self,
-        config: crate::config::Config,
+        config: std::sync::Arc<crate::worker::Shared>,
         listeners: crate::server::Listeners,
         shutdown: crate::server::ShutdownSignal,
     ) -> std::io::Result<()> {

@@ -36,6 +36,17 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
+    /// What the metrics say the client was told.
+    pub(crate) fn refusal(self) -> crate::metrics::Refusal {
+        use crate::metrics::Refusal;
+        match self {
+            Self::Status(status) => Refusal::Status(status.code()),
+            Self::Socks5(reply) => Refusal::Socks5(reply.code()),
+            Self::NoSocks5Method => Refusal::Socks5(0xff),
+            Self::Nothing => Refusal::Closed,
+        }
+    }
+
     /// The answer to a refusal on `front_end`: `status` for CONNECT, `reply` for SOCKS5.
     pub(crate) fn on(front_end: FrontEnd, status: Status, reply: Reply) -> Self {
         match front_end {
@@ -98,7 +109,8 @@ pub(crate) async fn connect_upstream<B: Backend>(
             reason,
         )
     };
-    if let Some(threats) = &ctx.config().threats {
+    let live = ctx.live();
+    if let Some(threats) = &live.threats {
         if let Some(found) = threats.index.match_host(&target.host) {
             log_threat(threats, &found, report);
             if threats.action == ThreatAction::Block {
@@ -122,8 +134,8 @@ pub(crate) async fn connect_upstream<B: Backend>(
             }
         }
     }
-    let policy = ctx.policy();
-    let plan = ctx.config().dial;
+    let policy = &live.policy;
+    let plan = live.dial;
     let failed = |error: DialError| {
         (
             Answer::on(front_end, error.status(), dial_reply(&error)),
@@ -135,29 +147,32 @@ pub(crate) async fn connect_upstream<B: Backend>(
         PortRule::PlainHttp => policy.check_plain_http_port(target.port),
     };
     port_allowed.map_err(|refused| denied(refused.to_string()))?;
+    let connect_started = Instant::now();
     let addresses = dial::resolve(&target.host, target.port, &plan)
         .await
         .map_err(failed)?;
     let addresses = policy
         .filter_addresses(&target.host, addresses)
         .map_err(|refused| denied(refused.to_string()))?;
-    if let Some(found) = check_resolved(ctx, target, &addresses, report) {
+    if let Some(found) = check_resolved(live.threats.as_ref(), target, &addresses, report) {
         return Err(denied(format!("blocked by threat feed: {found}")));
     }
-    dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
+    let connected = dial::connect::<B>(&addresses, &plan, &ctx.socket_tuning())
         .await
-        .map_err(failed)
+        .map_err(failed)?;
+    ctx.stats().observe_connect(connect_started.elapsed());
+    Ok(connected)
 }
 
 /// Checks the addresses a name resolved to (and the policy kept) against the threat feeds:
 /// every match is logged; with `block`, the first one is returned to refuse the request.
-fn check_resolved<B: Backend>(
-    ctx: &WorkerContext<B>,
+fn check_resolved(
+    threats: Option<&Threats>,
     target: &Target,
     addresses: &[SocketAddr],
     report: &Report,
 ) -> Option<ThreatMatch> {
-    let threats = ctx.config().threats.as_ref()?;
+    let threats = threats?;
     if !matches!(target.host, proto::Host::Domain(_)) {
         // A literal address was checked as the requested host.
         return None;

@@ -15,6 +15,7 @@ use std::{
     cell::Cell,
     net::SocketAddr,
     pin::pin,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -23,6 +24,7 @@ use tracing::info;
 
 use crate::{
     gate::{Direction, FlowHandle},
+    metrics::{Protocol, Refusal, WorkerStats},
     proto::{
         http::{self, Body, ChunkedBody, HttpError},
         Status, Target,
@@ -97,6 +99,7 @@ pub(crate) async fn serve<B: Backend>(
         )
         .await;
         log(report, &request, &origin, &exchange, started.elapsed());
+        count(ctx.stats(), &exchange);
         if !exchange.origin_reusable {
             origin = None;
         }
@@ -113,6 +116,8 @@ pub(crate) async fn serve<B: Backend>(
             Next::End => return,
             Next::Refuse(status, reason) => {
                 info!(client = %report.client, protocol = "http", status = status.code(), reason = %reason, "request refused");
+                ctx.stats()
+                    .count_refusal(Protocol::Http, Refusal::Status(status.code()));
                 tunnel::respond_and_close(ctx, client, Answer::Status(status)).await;
                 return;
             }
@@ -137,7 +142,7 @@ async fn exchange<B: Backend>(
         *origin = None;
     }
     if origin.is_none() {
-        let deadline = Instant::now() + ctx.config().handshake_timeout;
+        let deadline = Instant::now() + ctx.live().handshake_timeout;
         match connect_upstream(ctx, &request.target, PortRule::PlainHttp, deadline, report).await {
             Ok((stream, address)) => {
                 *origin = Some(Origin {
@@ -169,7 +174,7 @@ async fn exchange<B: Backend>(
             ..Exchange::failed(format!("sending the request to the origin failed: {error}"))
         };
     }
-    let wait = ctx.config().idle_timeout.unwrap_or(RESPONSE_TIMEOUT);
+    let wait = ctx.live().idle_timeout.unwrap_or(RESPONSE_TIMEOUT);
     let chunk = ctx.config().buffer_size.max(1);
     let responded = Cell::new(false);
     let mut sending = pin!(copy_body(
@@ -454,7 +459,7 @@ async fn next_request<B: Backend>(
     client: &B::Stream,
     pending: &mut Vec<u8>,
 ) -> Next {
-    let deadline = Instant::now() + ctx.config().handshake_timeout;
+    let deadline = Instant::now() + ctx.live().handshake_timeout;
     loop {
         if !pending.is_empty() {
             match http::parse_request(pending) {
@@ -483,6 +488,18 @@ async fn next_request<B: Backend>(
             }
             _ => return Next::End,
         }
+    }
+}
+
+/// Counts one exchange: its bytes, and either a request the origin answered or a refusal.
+fn count(stats: &WorkerStats, exchange: &Exchange) {
+    let bytes = stats.bytes(Protocol::Http);
+    bytes[0].fetch_add(exchange.up_bytes, Ordering::Relaxed);
+    bytes[1].fetch_add(exchange.down_bytes, Ordering::Relaxed);
+    match exchange.status {
+        Some(_) if exchange.outcome == "done" => stats.count_http_request(),
+        Some(code) => stats.count_refusal(Protocol::Http, Refusal::Status(code)),
+        None => {}
     }
 }
 

@@ -12,7 +12,10 @@ use std::{
     cell::{Cell, RefCell},
     future::poll_fn,
     rc::Rc,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Poll, Waker},
     time::{Duration, Instant},
 };
@@ -54,17 +57,21 @@ enum TimerSetFor {
 /// One worker's gate. Single-threaded: it lives in an `Rc`.
 pub(crate) struct Gate {
     lanes: [Lane; 2],
+    /// Per direction, the bytes waiting for a grant after the last dispatch, for the metrics.
+    backlog: Arc<[AtomicU64; 2]>,
     /// Wakes the timer task when a scheduler needs it earlier than `timer_set_for`.
     timer: Notify,
     timer_set_for: Cell<TimerSetFor>,
 }
 
 impl Gate {
-    /// A gate whose upload and download grants go through the given pacers, if any.
+    /// A gate whose upload and download grants go through the given pacers, if any; it
+    /// publishes each direction's backlog in `backlog`.
     pub(crate) fn new(
         config: SchedulerConfig,
         upload: Option<Arc<Pacer>>,
         download: Option<Arc<Pacer>>,
+        backlog: Arc<[AtomicU64; 2]>,
     ) -> Rc<Self> {
         // Each direction's data draws ACKs over the other: those count against its rate.
         let lane = |pacer: &Option<Arc<Pacer>>, opposite: &Option<Arc<Pacer>>| {
@@ -82,6 +89,7 @@ impl Gate {
         };
         Rc::new(Self {
             lanes: [lane(&upload, &download), lane(&download, &upload)],
+            backlog,
             timer: Notify::new(),
             timer_set_for: Cell::new(TimerSetFor::Nothing),
         })
@@ -141,7 +149,9 @@ impl Gate {
                 waker.wake();
             }
         }
-        lane.scheduler.borrow().poll_timeout()
+        let scheduler = lane.scheduler.borrow();
+        self.backlog[direction as usize].store(scheduler.queued_bytes(), Ordering::Relaxed);
+        scheduler.poll_timeout()
     }
 
     fn next_timeout(&self) -> Option<Instant> {
@@ -267,7 +277,12 @@ mod tests {
                 // timer can grant one chunk, however late it fires.
                 let wire = on_the_wire(CHUNK as u64);
                 let pacer = Pacer::new(Rate(wire as f64 * 1000.0), wire, Instant::now());
-                let gate = Gate::new(SchedulerConfig::default(), Some(Arc::new(pacer)), None);
+                let gate = Gate::new(
+                    SchedulerConfig::default(),
+                    Some(Arc::new(pacer)),
+                    None,
+                    Arc::default(),
+                );
                 tokio::task::spawn_local(Rc::clone(&gate).run_timer());
                 let most_granted_at_once = Rc::new(Cell::new(0));
                 let flows: Vec<_> = (0..4)

@@ -15,6 +15,7 @@ use std::{
     cell::{Cell, RefCell},
     io,
     net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -32,6 +33,10 @@ use crate::{
 /// What a relay uses of its worker: no more, so that it depends on nothing above it.
 pub(crate) struct RelayContext<'a, B: Backend> {
     pub(crate) config: &'a Config,
+    /// The idle timeout in force when the tunnel was established.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Where the bytes each way are counted (upload, download), as they are written.
+    pub(crate) bytes: &'a [AtomicU64; 2],
     /// The connection cap's count of open tunnels, among which paced windows are shared.
     pub(crate) admission: &'a Admission,
     pub(crate) pool: &'a B::Pool,
@@ -48,6 +53,12 @@ pub(crate) struct RelayContext<'a, B: Backend> {
 }
 
 impl<B: Backend> RelayContext<'_, B> {
+    /// Counts `bytes` written to `to`.
+    fn count(&self, to: Side, bytes: usize) {
+        let way = usize::from(to == Side::Downstream);
+        self.bytes[way].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// The rate the bytes going to `to` are paced at now, if any: fixed, or what `auto` set.
     fn live_rate(&self, to: Side) -> Option<Rate> {
         match to {
@@ -196,7 +207,7 @@ pub(crate) async fn relay<B: Backend>(
         )
     };
     tokio::pin!(pumps);
-    let ((upload, upload_wait), (download, download_wait)) = match ctx.config.idle_timeout {
+    let ((upload, upload_wait), (download, download_wait)) = match ctx.idle_timeout {
         None => pumps.await,
         Some(idle) => {
             tokio::select! {
@@ -255,6 +266,7 @@ async fn pump_chunks<B: Backend>(
             return written;
         }
         written += chunk.len() as u64;
+        ctx.count(to, chunk.len());
     }
     // With a download rate, downloads are paced where they enter: the grant is taken before the
     // read, for exactly the bytes the kernel holds, so fyntr never reads ahead of the rate and
@@ -372,6 +384,7 @@ async fn pump_chunks<B: Backend>(
                     return written;
                 }
                 written += n as u64;
+                ctx.count(to, n);
                 if let Some(sampler) = &mut sampler {
                     sampler.sample();
                 }

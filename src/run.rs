@@ -41,7 +41,9 @@ use crate::{
     platform::socket,
     server::{Listeners, ShutdownSignal},
     threat::{FeedError, ThreatAction, ThreatIndex},
+    worker::Shared,
 };
+pub use crate::{metrics::Observer, reload::Reloader};
 
 /// The default listen address.
 pub const DEFAULT_BIND: &str = "127.0.0.1";
@@ -106,7 +108,16 @@ pub struct ServerBuilder {
     backend: BackendChoice,
     threat_feed_files: Vec<PathBuf>,
     threat_action: ThreatAction,
+    metrics_bind: Option<String>,
     config: Config,
+}
+
+/// What [`ServerBuilder::prepare`] computes.
+struct Prepared {
+    config: Config,
+    listen: SocketAddr,
+    socks5_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerBuilder {
@@ -121,6 +132,7 @@ impl Default for ServerBuilder {
             backend: BackendChoice::Auto,
             threat_feed_files: Vec::new(),
             threat_action: ThreatAction::Warn,
+            metrics_bind: None,
             config: Config {
                 idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
                 policy: crate::policy::PolicyConfig {
@@ -252,6 +264,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves `/metrics` and `/healthz` on this `ADDR:PORT` (`--metrics-bind`); port 0 picks
+    /// a free one.
+    pub fn metrics_bind(mut self, address: impl Into<String>) -> Self {
+        self.metrics_bind = Some(address.into());
+        self
+    }
+
     /// Total upload rate (`--upload-rate`).
     pub fn upload_rate(mut self, rate: RateSetting) -> Self {
         self.config.pacing.upload = rate;
@@ -294,30 +313,29 @@ impl ServerBuilder {
         self
     }
 
-    /// Loads the feeds, picks the backend and binds the listeners; nothing is served until
-    /// [`Started::run`].
-    pub fn start(self) -> Result<Started, StartError> {
+    /// Everything a start checks and computes before it binds anything: feeds loaded, addresses
+    /// resolved, the connection cap fitted to the descriptor limit, the configuration resolved.
+    fn prepare(&self) -> Result<Prepared, StartError> {
         let threats = load_threats(&self.threat_feed_files, self.threat_action)?;
         let listen = resolve("--bind", &self.bind, self.port)?;
-        if !listen.ip().is_loopback() {
-            warn!(address = %listen, "listening on a non-loopback address: anyone who can reach it can use this proxy");
-        }
         let socks5_listen = match (self.socks5_port, &self.socks5_bind) {
             (Some(port), bind) => Some(resolve(
                 "--socks5-bind",
                 bind.as_deref().unwrap_or(&self.bind),
                 port,
             )?),
-            (None, Some(_)) => {
-                warn!("--socks5-bind is ignored without --socks5-port: no SOCKS5 listener");
-                None
-            }
-            (None, None) => None,
+            (None, _) => None,
         };
-        if let Some(address) = socks5_listen.filter(|address| !address.ip().is_loopback()) {
-            warn!(address = %address, "SOCKS5 on a non-loopback address: anyone who can reach it can use this proxy");
+        if let Some(address) =
+            socks5_listen.filter(|address| address.port() != 0 && address.port() == listen.port())
+        {
+            return Err(same_port(address));
         }
-        let buffer_size = self.config.buffer_size;
+        let metrics_listen = self
+            .metrics_bind
+            .as_deref()
+            .map(|address| resolve_address("--metrics-bind", address))
+            .transpose()?;
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -334,9 +352,74 @@ impl ServerBuilder {
             connection_cap: budget.connection_cap,
             workers,
             threats,
-            ..self.config
+            ..self.config.clone()
         }
         .resolve();
+        Ok(Prepared {
+            config,
+            listen,
+            socks5_listen,
+            metrics_listen,
+        })
+    }
+
+    /// The configuration these settings give a running server, checked as a start would.
+    pub(crate) fn prepare_for_reload(&self) -> Result<Config, StartError> {
+        self.prepare().map(|prepared| prepared.config)
+    }
+
+    /// The settings that take a restart and differ between these and `running`.
+    pub(crate) fn needs_restart(&self, running: &ServerBuilder) -> Vec<&'static str> {
+        let (new, old) = (&self.config, &running.config);
+        [
+            ("bind", self.bind != running.bind),
+            ("port", self.port != running.port),
+            ("socks5_bind", self.socks5_bind != running.socks5_bind),
+            ("socks5_port", self.socks5_port != running.socks5_port),
+            ("metrics_bind", self.metrics_bind != running.metrics_bind),
+            ("workers", self.workers != running.workers),
+            ("backend", self.backend != running.backend),
+            ("buffer_size", new.buffer_size != old.buffer_size),
+            ("zero_copy", new.pipes_per_worker != old.pipes_per_worker),
+            ("shutdown_grace", new.shutdown_grace != old.shutdown_grace),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
+    /// Checks the settings as [`ServerBuilder::start`] would (feeds, addresses, the
+    /// backend), without binding anything.
+    pub fn check(&self) -> Result<(), StartError> {
+        let prepared = self.prepare()?;
+        let buffer_size = prepared.config.buffer_size;
+        backend::choose(
+            self.backend,
+            fixed_buffer_count(buffer_size, prepared.config.workers),
+        )?;
+        Ok(())
+    }
+
+    /// Loads the feeds, picks the backend and binds the listeners; nothing is served until
+    /// [`Started::run`].
+    pub fn start(self) -> Result<Started, StartError> {
+        let Prepared {
+            config,
+            listen,
+            socks5_listen,
+            metrics_listen,
+        } = self.prepare()?;
+        if !listen.ip().is_loopback() {
+            warn!(address = %listen, "listening on a non-loopback address: anyone who can reach it can use this proxy");
+        }
+        if self.socks5_port.is_none() && self.socks5_bind.is_some() {
+            warn!("--socks5-bind is ignored without --socks5-port: no SOCKS5 listener");
+        }
+        if let Some(address) = socks5_listen.filter(|address| !address.ip().is_loopback()) {
+            warn!(address = %address, "SOCKS5 on a non-loopback address: anyone who can reach it can use this proxy");
+        }
+        let workers = config.workers;
+        let buffer_size = config.buffer_size;
         return_buffers_to_the_system(buffer_size);
         let choice = backend::choose(self.backend, fixed_buffer_count(buffer_size, workers))?;
         if let Some(warning) = &choice.fallback_warning {
@@ -353,12 +436,7 @@ impl ServerBuilder {
         let listen_addr = local_addr(&proxy[0], listen)?;
         if let Some(address) = socks5_listen.filter(|address| address.port() == listen_addr.port())
         {
-            // Both listeners set SO_REUSEPORT, so the kernel would let them share the port and
-            // split its connections between two protocols.
-            return Err(StartError::Settings(format!(
-                "--socks5-port {} is the proxy port; choose another",
-                address.port()
-            )));
+            return Err(same_port(address));
         }
         let socks5 = socks5_listen
             .map(|address| bind("the SOCKS5 listener", address))
@@ -367,14 +445,31 @@ impl ServerBuilder {
             (Some(listeners), Some(address)) => Some(local_addr(&listeners[0], address)?),
             _ => None,
         };
+        let metrics = metrics_listen
+            .map(|address| {
+                crate::metrics::endpoint::bind(address).map_err(|source| StartError::Bind {
+                    what: "the metrics listener",
+                    address,
+                    source,
+                })
+            })
+            .transpose()?;
+        let metrics_listen_addr = match (&metrics, metrics_listen) {
+            (Some(listener), Some(address)) => Some(local_addr(listener, address)?),
+            _ => None,
+        };
+        let shared = Arc::new(Shared::new(config, choice.backend.name()));
         Ok(Started {
             backend: choice.backend,
             backend_reason: choice.reason,
             unlimited: self.max_connections == 0,
-            config,
+            reloader: Reloader::new(Arc::clone(&shared), &self),
+            shared,
             listeners: Listeners { proxy, socks5 },
             listen_addr,
             socks5_listen_addr,
+            metrics,
+            metrics_listen_addr,
         })
     }
 
@@ -384,6 +479,8 @@ impl ServerBuilder {
         started.announce();
         let listen_addr = started.listen_addr;
         let socks5_listen_addr = started.socks5_listen_addr;
+        let metrics_listen_addr = started.metrics_listen_addr;
+        let reloader = started.reloader();
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("fyntr-server".into())
@@ -394,6 +491,8 @@ impl ServerBuilder {
         Ok(ServerHandle {
             listen_addr,
             socks5_listen_addr,
+            metrics_listen_addr,
+            reloader,
             stop,
             thread: Some(thread),
         })
@@ -415,10 +514,13 @@ pub struct Started {
     backend: Chosen,
     backend_reason: String,
     unlimited: bool,
-    config: Config,
+    shared: Arc<Shared>,
+    reloader: Reloader,
     listeners: Listeners,
     listen_addr: SocketAddr,
     socks5_listen_addr: Option<SocketAddr>,
+    metrics: Option<std::net::TcpListener>,
+    metrics_listen_addr: Option<SocketAddr>,
 }
 
 impl Started {
@@ -432,14 +534,24 @@ impl Started {
         self.socks5_listen_addr
     }
 
+    /// Where the metrics endpoint listens, if it is on.
+    pub fn metrics_listen_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen_addr
+    }
+
     /// The validated configuration it will run with.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.shared.config
+    }
+
+    /// A handle that changes the running server's settings (what SIGHUP does).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Logs the start line (address, backend and why, limits, rates) and the SOCKS5 line.
     pub fn announce(&self) {
-        let config = &self.config;
+        let config = &self.shared.config;
         let ports: Vec<String> = crate::policy::Policy::new(&config.policy)
             .allowed_ports()
             .map(|port| port.to_string())
@@ -462,17 +574,33 @@ impl Started {
             download_rate = %describe_rate(config.pacing.download),
             connect_rate = %config.pacing.connects_per_second.map_or("off".to_string(), |r| format!("{r}/s")),
             socks5 = %self.socks5_listen_addr.map_or("off".to_string(), |address| address.to_string()),
+            metrics = %self.metrics_listen_addr.map_or("off".to_string(), |address| address.to_string()),
             "fyntr listening on {}",
             self.listen_addr
         );
         if let Some(address) = self.socks5_listen_addr {
             info!("fyntr SOCKS5 listening on {address}");
         }
+        if let Some(address) = self.metrics_listen_addr {
+            if !address.ip().is_loopback() {
+                warn!(address = %address, "metrics on a non-loopback address: anyone who can reach it can read them");
+            }
+            info!("fyntr metrics on http://{address}/metrics");
+        }
+    }
+
+    /// What the server counts, readable from any thread (what `/metrics` serves).
+    pub fn observer(&self) -> Observer {
+        Observer::new(Arc::clone(&self.shared))
     }
 
     /// Serves until `shutdown` fires (or its sender drops) and the tunnels have drained.
     pub fn run(self, shutdown: ShutdownSignal) -> std::io::Result<()> {
-        self.backend.run(self.config, self.listeners, shutdown)
+        let observer = self.observer();
+        if let Some(listener) = self.metrics {
+            crate::metrics::endpoint::spawn(listener, observer, shutdown.clone())?;
+        }
+        self.backend.run(self.shared, self.listeners, shutdown)
     }
 }
 
@@ -480,6 +608,8 @@ impl Started {
 pub struct ServerHandle {
     listen_addr: SocketAddr,
     socks5_listen_addr: Option<SocketAddr>,
+    metrics_listen_addr: Option<SocketAddr>,
+    reloader: Reloader,
     stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -493,6 +623,16 @@ impl ServerHandle {
     /// Where the SOCKS5 port listens, if it is on.
     pub fn socks5_listen_addr(&self) -> Option<SocketAddr> {
         self.socks5_listen_addr
+    }
+
+    /// Where the metrics endpoint listens, if it is on.
+    pub fn metrics_listen_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen_addr
+    }
+
+    /// A handle that changes the running server's settings.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Stops accepting, lets open tunnels finish within the shutdown grace, and waits for the
@@ -525,6 +665,32 @@ fn resolve(option: &'static str, bind: &str, port: u16) -> Result<SocketAddr, St
         .map_err(|_| error("not an IP address or resolvable host name".into()))?
         .next()
         .ok_or_else(|| error("resolved to no address".into()))
+}
+
+/// An `ADDR:PORT` (a host name, an IPv4 address, or a bracketed IPv6 address, then a port).
+fn resolve_address(option: &'static str, text: &str) -> Result<SocketAddr, StartError> {
+    let error = |why: &str| StartError::Address {
+        option,
+        value: text.to_string(),
+        why: why.to_string(),
+    };
+    let (host, port) = text
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| error("expected ADDR:PORT, such as 127.0.0.1:9090"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| error("the port is not a number from 0 to 65535"))?;
+    resolve(option, host, port)
+}
+
+/// Two listeners on one port: both set SO_REUSEPORT, so the kernel would let them share it and
+/// split its connections between two protocols.
+fn same_port(address: SocketAddr) -> StartError {
+    StartError::Settings(format!(
+        "--socks5-port {} is the proxy port; choose another",
+        address.port()
+    ))
 }
 
 fn local_addr(

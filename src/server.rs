@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::admission::{Admission, Ticket};
 use crate::{
-    config::Config,
+    metrics::{Ending, Protocol, Refusal},
     proto::Status,
     tunnel::{self, Answer},
     worker::{Shared, WorkerContext},
@@ -60,9 +60,14 @@ pub enum FrontEnd {
 impl FrontEnd {
     /// The name logs use.
     pub fn name(self) -> &'static str {
+        self.protocol().name()
+    }
+
+    /// What its clients speak (until a CONNECT port's client turns out to speak plain HTTP).
+    pub fn protocol(self) -> Protocol {
         match self {
-            Self::Connect => "connect",
-            Self::Socks5 => "socks5",
+            Self::Connect => Protocol::Connect,
+            Self::Socks5 => Protocol::Socks5,
         }
     }
 }
@@ -88,15 +93,13 @@ impl Listeners {
 
 /// Runs the proxy on `backend` until `shutdown` fires and the tunnels have drained (or the grace
 /// period passed).
-pub fn run<B: Backend>(
+pub(crate) fn run<B: Backend>(
     backend: B,
-    config: Config,
+    shared: Arc<Shared>,
     listeners: Listeners,
     shutdown: ShutdownSignal,
 ) -> io::Result<()> {
-    let config = config.resolve();
-    let workers = config.workers.max(1);
-    let shared = Arc::new(Shared::new(config));
+    let workers = shared.config.workers.max(1);
     let mut front_ends = vec![FrontEnd::Connect];
     let mut groups = vec![listeners.proxy];
     if let Some(socks5) = listeners.socks5 {
@@ -122,7 +125,11 @@ async fn run_worker<B: Backend>(
     mut shutdown: ShutdownSignal,
 ) {
     let config = &shared.config;
-    let ctx = Rc::new(WorkerContext::new(backend, Arc::clone(&shared)));
+    let ctx = Rc::new(WorkerContext::new(
+        backend,
+        Arc::clone(&shared),
+        worker.index,
+    ));
     B::spawn(Rc::clone(ctx.gate()).run_timer());
     B::spawn(close_pipes_when_idle(Rc::clone(&ctx)));
     let listeners: Vec<_> = worker.listeners.into_iter().map(Rc::new).collect();
@@ -214,16 +221,21 @@ fn refuse_over_cap<B: Backend>(
     front_end: FrontEnd,
 ) {
     let cap = ctx.shared.admission.cap();
+    let stats = ctx.stats();
+    stats.count_ending(front_end.protocol(), Ending::Refused);
     if front_end == FrontEnd::Socks5 {
+        stats.count_refusal(front_end.protocol(), Refusal::Closed);
         // Nothing a SOCKS5 client could read says "busy" before its greeting (as in fyntr
         // 0.4.8): the connection closes at once.
         info!(client = %peer, protocol = front_end.name(), cap, "connection closed: connection cap reached");
         return;
     }
     if ctx.refusing.get() >= MAX_REFUSING {
+        stats.count_refusal(front_end.protocol(), Refusal::Closed);
         warn!(client = %peer, cap, "connection cap reached; closed without a response");
         return;
     }
+    stats.count_refusal(front_end.protocol(), Refusal::Status(503));
     info!(client = %peer, status = 503, cap, "request refused: connection cap reached");
     ctx.refusing.set(ctx.refusing.get() + 1);
     let ctx = Rc::clone(ctx);

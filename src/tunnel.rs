@@ -11,6 +11,7 @@ use tracing::info;
 
 pub(crate) use crate::establish::{connect_upstream, Answer, PortRule};
 use crate::{
+    metrics::{Ending, Protocol, WorkerStats},
     proto::{
         self, http,
         response::ESTABLISHED,
@@ -78,6 +79,7 @@ pub(crate) async fn serve<B: Backend>(
     let mut report = Report::new(front_end, peer);
     run(&ctx, &client, started, &mut report).await;
     drop(ticket);
+    count(ctx.stats(), &report);
     log(peer, started.elapsed(), &report);
 }
 
@@ -103,14 +105,18 @@ async fn run<B: Backend>(
         .upstream
         .map(|reached| reached.ip())
         .filter(|ip| !ip.is_loopback());
+    let protocol = report.front_end.protocol();
+    let live = ctx.live();
+    ctx.stats().tunnel_opened(protocol);
     let (traffic, end) = relay::relay(
-        &ctx.relay_context(),
+        &ctx.relay_context(protocol, live.idle_timeout),
         client,
         &upstream,
         &pipelined,
         observed_peer,
     )
     .await;
+    ctx.stats().tunnel_closed(protocol, started.elapsed());
     report.traffic = traffic;
     report.outcome = Outcome::Relayed(end);
 }
@@ -125,7 +131,8 @@ async fn establish<B: Backend>(
     report: &mut Report,
 ) -> Option<Established<B::Stream>> {
     let front_end = report.front_end;
-    let deadline = started + ctx.config().handshake_timeout;
+    let handshake_timeout = ctx.live().handshake_timeout;
+    let deadline = started + handshake_timeout;
     let request = match front_end {
         FrontEnd::Connect => read_head(ctx, client, deadline).await,
         FrontEnd::Socks5 => read_socks5_request(ctx, client, deadline).await,
@@ -149,7 +156,6 @@ async fn establish<B: Backend>(
         }
     };
     report.target = Some(target.clone());
-    let deadline = started + ctx.config().handshake_timeout;
     let (upstream, reached) =
         match connect_upstream(ctx, &target, PortRule::Tunnel, deadline, report).await {
             Ok(connected) => connected,
@@ -331,7 +337,7 @@ async fn read_until<B: Backend, T>(
             Err(_) => {
                 let reason = format!(
                     "request incomplete after {:?} ({} bytes received)",
-                    ctx.config().handshake_timeout,
+                    ctx.live().handshake_timeout,
                     received.len()
                 );
                 return Err(HeadFailure::Refuse(timed_out, reason));
@@ -397,6 +403,26 @@ pub(crate) async fn respond_and_close<B: Backend>(
             Err(_) => break,
         }
     }
+}
+
+/// Counts how a connection ended (and what a refused one was told).
+fn count(stats: &WorkerStats, report: &Report) {
+    let protocol = report.front_end.protocol();
+    let ending = match &report.outcome {
+        Outcome::Forwarded => {
+            stats.count_ending(Protocol::Http, Ending::Forwarded);
+            return;
+        }
+        Outcome::Refused(answer, _) => {
+            stats.count_refusal(protocol, answer.refusal());
+            Ending::Refused
+        }
+        Outcome::ClientGone(_) => Ending::ClientGone,
+        Outcome::Relayed(RelayEnd::IdleTimeout) => Ending::IdleTimeout,
+        Outcome::Relayed(RelayEnd::Failed(..)) => Ending::Error,
+        Outcome::Relayed(_) => Ending::Closed,
+    };
+    stats.count_ending(protocol, ending);
 }
 
 fn log(peer: SocketAddr, duration: Duration, report: &Report) {

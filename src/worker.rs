@@ -5,8 +5,8 @@
 use std::{
     cell::{Cell, RefCell},
     rc::Rc,
-    sync::Arc,
-    time::Instant,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use fyntr_platform::{Backend, PipeBudget, PipePool};
@@ -18,46 +18,52 @@ use crate::{
     config::{Config, Pacing, RateSetting},
     dial::SocketTuning,
     gate::Gate,
-    policy::Policy,
+    metrics::{Protocol, Stats, WorkerStats},
     relay::RelayContext,
+    reload::Live,
     sched::pacer::{on_the_wire, Pacer, Rate},
     send_queue::BulkFlows,
 };
 
-/// What all workers share (read-only but for atomics).
+/// What all workers share (read-only but for atomics and the settings a reload swaps).
 pub(crate) struct Shared {
+    /// The configuration the server started with; what may change while it runs is in
+    /// [`Shared::live`].
     pub(crate) config: Config,
-    pub(crate) policy: Policy,
+    live: RwLock<Arc<Live>>,
     pub(crate) admission: Arc<Admission>,
-    upload_pacer: Option<Arc<Pacer>>,
-    download_pacer: Option<Arc<Pacer>>,
+    pub(crate) upload_pacer: Option<Arc<Pacer>>,
+    pub(crate) download_pacer: Option<Arc<Pacer>>,
     /// The directions paced with `auto`, if any.
-    auto_pacing: Option<Arc<AutoPacing>>,
-    connect_pacer: Option<Arc<Pacer>>,
+    pub(crate) auto_pacing: Option<Arc<AutoPacing>>,
+    pub(crate) connect_pacer: Option<Arc<Pacer>>,
+    /// Counters and gauges, one shard per worker.
+    pub(crate) stats: Stats,
+    /// The backend's name, for `fyntr_build_info`.
+    pub(crate) backend_name: &'static str,
     /// What every worker's pipe pool draws from.
     pipe_budget: PipeBudget,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> Shared {
+    pub(crate) fn new(config: Config, backend_name: &'static str) -> Shared {
         let epoch = Instant::now();
-        // A byte pacer's burst is one whole chunk plus 2 ms of the rate: room for a timer that
-        // fires late (Tokio's resolution is 1 ms) without losing the rate, no more. With 2 ms
-        // in all, late timers cost a fifth of a 19 Mbit/s rate on loopback.
         // With `auto`, the pacer starts unlimited and the controllers set its rate.
         let byte_pacer = |setting: RateSetting| match setting {
             RateSetting::Off => None,
             RateSetting::Auto => Some(Arc::new(Pacer::unlimited(epoch))),
-            RateSetting::Fixed(rate) => {
-                let slack = (rate.bytes_per_second() * 0.002) as u64;
-                let chunk = on_the_wire(config.buffer_size as u64);
-                Some(Arc::new(Pacer::new(rate, chunk + slack, epoch)))
-            }
+            RateSetting::Fixed(rate) => Some(Arc::new(Pacer::new(
+                rate,
+                byte_burst(rate, config.buffer_size),
+                epoch,
+            ))),
         };
-        // Connections: a burst of a tenth of a second's worth, at least one.
         let connect_pacer = config.pacing.connects_per_second.map(|per_second| {
-            let burst = (per_second / 10.0).floor().max(1.0) as u64;
-            Arc::new(Pacer::new(Rate(per_second), burst, epoch))
+            Arc::new(Pacer::new(
+                Rate(per_second),
+                connect_burst(per_second),
+                epoch,
+            ))
         });
         let upload_pacer = byte_pacer(config.pacing.upload);
         let download_pacer = byte_pacer(config.pacing.download);
@@ -73,8 +79,10 @@ impl Shared {
             AutoPacing::start(auto_pacing);
         }
         Shared {
-            policy: Policy::new(&config.policy),
+            live: RwLock::new(Arc::new(Live::new(&config))),
             admission: Arc::new(Admission::new(config.connection_cap)),
+            stats: Stats::new(config.workers.max(1)),
+            backend_name,
             upload_pacer,
             download_pacer,
             auto_pacing,
@@ -87,9 +95,44 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The settings for a new request: what the last reload left in force.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        Arc::clone(
+            &self
+                .live
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Puts `live` in force for the requests that come after.
+    pub(crate) fn set_live(&self, live: Live) {
+        *self
+            .live
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(live);
+    }
+}
+
+/// A fixed byte rate's burst: one whole chunk plus 2 ms of the rate, room for a timer that
+/// fires late (Tokio's resolution is 1 ms) without losing the rate, no more. With 2 ms in all,
+/// late timers cost a fifth of a 19 Mbit/s rate on loopback.
+pub(crate) fn byte_burst(rate: Rate, buffer_size: usize) -> u64 {
+    let slack = (rate.bytes_per_second() * 0.002) as u64;
+    on_the_wire(buffer_size as u64) + slack
+}
+
+/// New connections' burst: a tenth of a second's worth, at least one.
+pub(crate) fn connect_burst(per_second: f64) -> u64 {
+    (per_second / 10.0).floor().max(1.0) as u64
+}
+
 /// What one worker's tasks share. Single-threaded.
 pub(crate) struct WorkerContext<B: Backend> {
     pub(crate) shared: Arc<Shared>,
+    /// This worker's index: its shard of [`Shared::stats`].
+    index: usize,
     pool: B::Pool,
     pub(crate) pipes: PipePool,
     /// Where interactive messages and request heads land first (see `relay` and `tunnel`);
@@ -105,7 +148,7 @@ pub(crate) struct WorkerContext<B: Backend> {
 
 impl<B: Backend> WorkerContext<B> {
     /// A worker's context on `backend`: its buffer pool, pipes, scratch buffer and gate.
-    pub(crate) fn new(backend: B, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(backend: B, shared: Arc<Shared>, index: usize) -> Self {
         let config = &shared.config;
         Self {
             pool: backend.new_pool(config.buffer_size, config.max_buffers_per_worker),
@@ -120,20 +163,29 @@ impl<B: Backend> WorkerContext<B> {
                 config.scheduler,
                 shared.upload_pacer.clone(),
                 shared.download_pacer.clone(),
+                shared.stats.worker(index).backlog(),
             ),
             bulk_flows: BulkFlows::default(),
             tunnels: Cell::new(0),
             refusing: Cell::new(0),
             stopping: Cell::new(false),
             all_closed: Notify::new(),
+            index,
             shared,
         }
     }
 
-    /// What the relay of a tunnel on this worker uses.
-    pub(crate) fn relay_context(&self) -> RelayContext<'_, B> {
+    /// What the relay of a tunnel of `protocol` on this worker uses, with the idle timeout in
+    /// force when it starts.
+    pub(crate) fn relay_context(
+        &self,
+        protocol: Protocol,
+        idle_timeout: Option<Duration>,
+    ) -> RelayContext<'_, B> {
         RelayContext {
             config: &self.shared.config,
+            idle_timeout,
+            bytes: self.stats().bytes(protocol),
             admission: &self.shared.admission,
             pool: &self.pool,
             pipes: &self.pipes,
@@ -150,8 +202,14 @@ impl<B: Backend> WorkerContext<B> {
         &self.shared.config
     }
 
-    pub(crate) fn policy(&self) -> &Policy {
-        &self.shared.policy
+    /// The settings for a new request (see [`Shared::live`]).
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.shared.live()
+    }
+
+    /// This worker's counters.
+    pub(crate) fn stats(&self) -> &WorkerStats {
+        self.shared.stats.worker(self.index)
     }
 
     /// The worker's scratch buffer for interactive reads and request heads.

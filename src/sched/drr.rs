@@ -91,6 +91,8 @@ pub struct Scheduler {
     round: VecDeque<FlowId>,
     /// Bytes counted against the window.
     in_flight: u64,
+    /// Bytes of chunks waiting for a grant.
+    queued: u64,
     /// Outstanding grants by age, to find stalled ones; may hold finished ones, pruned lazily.
     by_age: VecDeque<(Instant, FlowId, u64)>,
     next_sequence: u64,
@@ -112,6 +114,7 @@ impl Scheduler {
             free: Vec::new(),
             round: VecDeque::new(),
             in_flight: 0,
+            queued: 0,
             by_age: VecDeque::new(),
             next_sequence: 0,
             stalled_grants: 0,
@@ -178,9 +181,10 @@ impl Scheduler {
             .map(|grant| u64::from(grant.len))
             .sum();
         flow.live = false;
-        flow.queue.clear();
+        let forgotten: u64 = flow.queue.drain(..).map(u64::from).sum();
         flow.outstanding.clear();
         self.in_flight -= released;
+        self.queued -= forgotten;
         self.free.push(id.index);
     }
 
@@ -196,6 +200,7 @@ impl Scheduler {
             flow.visiting = false;
             self.round.push_back(id);
         }
+        self.queued += u64::from(len);
     }
 
     /// The oldest outstanding write of `id` has completed.
@@ -267,6 +272,7 @@ impl Scheduler {
             }
             self.next_sequence += 1;
             self.in_flight += u64::from(head);
+            self.queued -= u64::from(head);
             self.by_age.push_back((now, id, sequence));
             return Some(Grant {
                 flow: id,
@@ -292,7 +298,12 @@ impl Scheduler {
         }
     }
 
-    /// Bytes granted but not yet written (excluding stalled writes).
+    /// Bytes of chunks waiting for a grant: the DRR backlog.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued
+    }
+
+    /// Bytes granted whose writes have not completed, counted against the window.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
     }
