@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: everything CI checks, runnable on a fresh machine.
 # Installs what the tests need when it is missing (curl, openssl, ss, git, wget, Go: Debian
-# packages; requests and PySocks: PyPI), then runs formatting and lint checks, every unit and
+# packages; requests, PySocks and prometheus-client: PyPI), then runs formatting and lint checks, every unit and
 # integration test, and compiles the benches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+# The metrics tests parse /metrics with the Prometheus project's own Python parser.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+    echo "ci/test.sh: installing prometheus-client"
+    python3 -m pip install --quiet prometheus-client 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages prometheus-client
+fi
 # Python clients of the SOCKS5 tests: requests with PySocks (socks5h:// URLs).
 if ! python3 -c 'import requests, socks' >/dev/null 2>&1; then
     echo "ci/test.sh: installing requests and PySocks"

@@ -36,6 +36,39 @@ fn tunnel(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> TcpStrea
 }
 
 on_each_backend! {
+    fn a_program_reloads_settings_and_reads_metrics(backend) {
+        let echo = targets::echo();
+        let server = builder(backend)
+            .allow_port(echo.port())
+            .metrics_bind("127.0.0.1:0")
+            .background()
+            .expect("starts");
+        let metrics = server.metrics_listen_addr().expect("metrics are on");
+        let mut health = TcpStream::connect(metrics).unwrap();
+        health.set_read_timeout(Some(WAIT)).unwrap();
+        health.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status_of(&read_until_close(&mut health)), 200);
+        let data = payload(50_000, 2);
+        let open = tunnel(server.listen_addr(), echo);
+        // Without the echo's port, and on another port (which takes a restart).
+        let reloaded = server
+            .reloader()
+            .reload(builder(backend).metrics_bind("127.0.0.1:0").port(1))
+            .expect("reloads");
+        assert_eq!(reloaded.ignored, vec!["port"]);
+        assert_eq!(send_and_receive(open, data.clone()), data);
+        let mut refused = TcpStream::connect(server.listen_addr()).unwrap();
+        refused.set_read_timeout(Some(WAIT)).unwrap();
+        write!(refused, "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").unwrap();
+        assert_error_response(&read_until_close(&mut refused), 403);
+        // A reload that cannot load is refused and changes nothing.
+        let broken = server
+            .reloader()
+            .reload(builder(backend).threat_feed_file("/nonexistent/feed.txt"));
+        assert!(matches!(broken, Err(StartError::Threats(_))));
+        server.shutdown().expect("stops");
+    }
+
     fn a_background_server_tunnels_forwards_and_shuts_down(backend) {
         let echo = targets::echo();
         let server = builder(backend)
