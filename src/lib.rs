@@ -10,6 +10,8 @@
 //!   `establish` (private) is the one path from a request to an upstream for all of them:
 //!   threat feeds, connect pacing, the [`policy`], resolution and the [`dial`].
 //! - [`run`]: the builder the binary and library users start a server from.
+//! - [`metrics`]: per-worker counters summed on scrape, their Prometheus and JSON renderings,
+//!   and the `/metrics` listener. [`reload`]: changing a running server's settings (SIGHUP).
 //! - `worker` (private): what all workers share and what one worker's tasks share; it hands the
 //!   relay only what the relay uses. `admission` (private, re-exported by [`server`]): the
 //!   connection cap.
