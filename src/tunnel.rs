@@ -96,7 +96,9 @@ async fn run<B: Backend>(
         None => return,
         Some(Established::Tunnel(upstream, pipelined)) => (upstream, pipelined),
         Some(Established::Forward(request, rest)) => {
+            ctx.stats().opened(Protocol::Http);
             Box::pin(crate::forward::serve(ctx, client, request, rest, report)).await;
+            ctx.stats().closed(Protocol::Http);
             report.outcome = Outcome::Forwarded;
             return;
         }
@@ -107,7 +109,7 @@ async fn run<B: Backend>(
         .filter(|ip| !ip.is_loopback());
     let protocol = report.front_end.protocol();
     let live = ctx.live();
-    ctx.stats().tunnel_opened(protocol);
+    ctx.stats().opened(protocol);
     let (traffic, end) = relay::relay(
         &ctx.relay_context(protocol, live.idle_timeout),
         client,
@@ -116,7 +118,8 @@ async fn run<B: Backend>(
         observed_peer,
     )
     .await;
-    ctx.stats().tunnel_closed(protocol, started.elapsed());
+    ctx.stats().closed(protocol);
+    ctx.stats().observe_tunnel(started.elapsed());
     report.traffic = traffic;
     report.outcome = Outcome::Relayed(end);
 }

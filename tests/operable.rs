@@ -239,6 +239,7 @@ on_each_backend! {
         // Every tunnel is open: the gauge counts them.
         let text = scrape(metrics);
         assert!(series(&text, "fyntr_active_connections", "").unwrap() >= tunnels as f64, "{text}");
+        assert_eq!(series(&text, "fyntr_open_tunnels", r#"protocol="connect""#), Some(tunnels as f64), "{text}");
         // Scrapes are answered while they all move data.
         drop(go);
         for _ in 0..5 {

@@ -265,14 +265,18 @@ impl WorkerStats {
         self.connect_time.observe(time);
     }
 
-    /// A tunnel of `protocol` opened (`+1`) or closed (`-1`), having lasted `lasted`.
-    pub(crate) fn tunnel_opened(&self, protocol: Protocol) {
+    /// A tunnel (or a plain HTTP forwarding connection) of `protocol` began relaying.
+    pub(crate) fn opened(&self, protocol: Protocol) {
         self.open_tunnels[protocol as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A tunnel of `protocol` that lasted `lasted` closed.
-    pub(crate) fn tunnel_closed(&self, protocol: Protocol, lasted: Duration) {
+    /// What [`WorkerStats::opened`] counted ended.
+    pub(crate) fn closed(&self, protocol: Protocol) {
         self.open_tunnels[protocol as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A tunnel lasted `lasted`, from its client's connection to its close.
+    pub(crate) fn observe_tunnel(&self, lasted: Duration) {
         self.tunnel_duration.observe(lasted);
     }
 }

@@ -89,7 +89,7 @@ impl Collector for Figures {
         let mut open = family(
             &mut encoder,
             "fyntr_open_tunnels",
-            "Established tunnels and forwarding connections relaying now.",
+            "Established tunnels (and plain HTTP connections) relaying now.",
             MetricType::Gauge,
         )?;
         for (protocol, count) in &s.open_tunnels {
