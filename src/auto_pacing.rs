@@ -14,7 +14,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -121,6 +124,8 @@ impl BaseMemory {
 /// One direction under `auto`.
 struct AutoDirection {
     pacer: Arc<Pacer>,
+    /// Whether this direction is paced with `auto` now (a reload may change it).
+    enabled: AtomicBool,
     observed: Mutex<Observed>,
     /// What the controller estimated at its last tick, for the metrics.
     estimate: Mutex<AutoEstimate>,
@@ -146,24 +151,30 @@ fn name(direction: Direction) -> &'static str {
 }
 
 impl AutoPacing {
-    /// `auto` for the directions that have a pacer here; `None` when neither has.
+    /// The controllers of the directions that have a pacer here, each on while `enabled`
+    /// says so; `None` when neither has a pacer.
     pub(crate) fn new(
         upload: Option<Arc<Pacer>>,
         download: Option<Arc<Pacer>>,
+        enabled: [bool; 2],
         buffer_size: usize,
     ) -> Option<Arc<AutoPacing>> {
         if upload.is_none() && download.is_none() {
             return None;
         }
-        let direction = |pacer: Option<Arc<Pacer>>| {
+        let direction = |pacer: Option<Arc<Pacer>>, enabled: bool| {
             pacer.map(|pacer| AutoDirection {
                 pacer,
+                enabled: AtomicBool::new(enabled),
                 observed: Mutex::new(Observed::default()),
                 estimate: Mutex::new(AutoEstimate::default()),
             })
         };
         Some(Arc::new(AutoPacing {
-            directions: [direction(upload), direction(download)],
+            directions: [
+                direction(upload, enabled[0]),
+                direction(download, enabled[1]),
+            ],
             buffer_size,
             bases: Mutex::new(BaseMemory::default()),
             path_delays: Mutex::new(Vec::new()),
@@ -172,7 +183,17 @@ impl AutoPacing {
 
     /// Whether `way` is paced with `auto`.
     pub(crate) fn covers(&self, way: Direction) -> bool {
-        self.directions[way as usize].is_some()
+        self.directions[way as usize]
+            .as_ref()
+            .is_some_and(|direction| direction.enabled.load(Ordering::Relaxed))
+    }
+
+    /// Turns `auto` on or off for `way` (a reload). Off, the controller leaves the pacer alone
+    /// and starts afresh when turned on again.
+    pub(crate) fn set_enabled(&self, way: Direction, enabled: bool) {
+        if let Some(direction) = &self.directions[way as usize] {
+            direction.enabled.store(enabled, Ordering::Relaxed);
+        }
     }
 
     /// What the controller of `way` estimated at its last tick (all zero when `way` is not
@@ -407,6 +428,11 @@ fn run_controllers(weak: Weak<AutoPacing>) {
             let Some(direction) = &auto.directions[way as usize] else {
                 continue;
             };
+            if !direction.enabled.load(Ordering::Relaxed) {
+                // Off (a fixed rate or none is in force): a later `auto` starts from scratch.
+                controllers[way as usize] = AutoRate::new(AutoRateConfig::default(), now);
+                continue;
+            }
             // The pacer also counts the ACKs this direction carries for the opposite one.
             let acks = acks_on_the_wire(observed[1 - way as usize].delivered);
             let observed = std::mem::take(&mut observed[way as usize]);

@@ -119,9 +119,11 @@ pub(crate) async fn connect_upstream<B: Backend>(
         }
     }
     if let Some(pacer) = ctx.connect_pacer() {
-        // Connection storms wait their turn in arrival order, within the handshake deadline.
+        // Connection storms wait their turn in arrival order, within the handshake deadline
+        // (with no --connect-rate the pacer is unlimited and every turn is now).
         let now = Instant::now();
         match pacer.reserve(1, now, deadline) {
+            Some(turn) if turn <= now => {}
             Some(turn) => {
                 tokio::time::sleep_until(turn.into()).await;
                 report.connect_wait = turn.saturating_duration_since(now);

@@ -2,17 +2,19 @@
 //!
 //! What a request reads when it starts ([`Live`]: policy, threat feeds, timeouts, the dial
 //! plan) is swapped whole, so each request sees one consistent set and open tunnels keep the
-//! one they started with. The connection cap and fixed rates change in place. What was bound or
-//! sized at start (listeners, workers, backend, buffers) takes a restart; a reload that changes
-//! it says so and keeps the running value.
+//! one they started with. The connection cap and the rates change in place (every direction has
+//! a pacer and an `auto` controller that can be turned on and off). What was bound or sized at
+//! start (listeners, workers, backend, buffers) takes a restart; a reload that changes it says
+//! so and keeps the running value.
 
 use std::{sync::Arc, time::Duration};
 
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, RateSetting, Threats},
+    config::{Config, Pacing, RateSetting, Threats},
     dial::DialPlan,
+    gate::Direction,
     policy::Policy,
     run::{ServerBuilder, StartError},
     worker::{byte_burst, connect_burst, Shared},
@@ -30,6 +32,8 @@ pub(crate) struct Live {
     pub(crate) idle_timeout: Option<Duration>,
     /// Upstream dialling.
     pub(crate) dial: DialPlan,
+    /// The rates in force each way and of new connections.
+    pub(crate) pacing: Pacing,
 }
 
 impl Live {
@@ -41,6 +45,7 @@ impl Live {
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             dial: config.dial,
+            pacing: config.pacing,
         }
     }
 }
@@ -68,9 +73,10 @@ impl Reloader {
         }
     }
 
-    /// Puts `settings` in force for new requests: policy, threat feeds (read again from their
-    /// files), timeouts, the connection cap and fixed rates. Open tunnels are not touched. On an
-    /// error nothing changes.
+    /// Puts `settings` in force: policy, threat feeds (read again from their files), timeouts
+    /// and the connection cap for new requests, while open tunnels keep what they started with;
+    /// rates (`off`, `auto` or fixed, each way, and of new connections) for all traffic at once,
+    /// since one pacer paces every tunnel. On an error nothing changes.
     pub fn reload(&self, settings: ServerBuilder) -> Result<Reloaded, StartError> {
         let reloaded = self.apply(settings);
         self.shared.stats.count_reload(reloaded.is_ok());
@@ -87,50 +93,53 @@ impl Reloader {
         let ignored = settings.needs_restart(&self.started);
         let prepared = settings.prepare_for_reload()?;
         let shared = &self.shared;
-        let mut ignored = ignored;
-        let mut rates = Vec::new();
-        for (name, running, wanted, pacer) in [
+        let running = shared.live().pacing;
+        let wanted = prepared.pacing;
+        // Nothing failed: everything changes now.
+        for (way, running, wanted, pacer) in [
             (
-                "upload_rate",
-                shared.config.pacing.upload,
-                prepared.pacing.upload,
+                Direction::Upload,
+                running.upload,
+                wanted.upload,
                 &shared.upload_pacer,
             ),
             (
-                "download_rate",
-                shared.config.pacing.download,
-                prepared.pacing.download,
+                Direction::Download,
+                running.download,
+                wanted.download,
                 &shared.download_pacer,
             ),
         ] {
-            match (running, wanted, pacer) {
-                (RateSetting::Fixed(_), RateSetting::Fixed(rate), Some(pacer)) => {
-                    rates.push((
-                        pacer,
-                        Some(rate),
-                        byte_burst(rate, shared.config.buffer_size),
-                    ));
+            let (Some(pacer), true) = (pacer, running != wanted) else {
+                continue;
+            };
+            let auto = shared.auto_pacing.as_deref();
+            match wanted {
+                RateSetting::Off => {
+                    auto.inspect(|auto| auto.set_enabled(way, false));
+                    pacer.set_rate(None, 0);
                 }
-                (running, wanted, _) if running == wanted => {}
-                _ => ignored.push(name),
+                RateSetting::Fixed(rate) => {
+                    auto.inspect(|auto| auto.set_enabled(way, false));
+                    pacer.set_rate(Some(rate), byte_burst(rate, shared.config.buffer_size));
+                }
+                RateSetting::Auto => {
+                    // Unlimited until the controller, starting afresh, finds a queue.
+                    pacer.set_rate(None, 0);
+                    auto.inspect(|auto| auto.set_enabled(way, true));
+                }
             }
         }
-        match (
-            shared.config.pacing.connects_per_second,
-            prepared.pacing.connects_per_second,
-            &shared.connect_pacer,
-        ) {
-            (Some(_), Some(per_second), Some(pacer)) => rates.push((
-                pacer,
-                Some(crate::sched::pacer::Rate(per_second)),
-                connect_burst(per_second),
-            )),
-            (None, None, _) => {}
-            _ => ignored.push("connect_rate"),
-        }
-        // Nothing failed: everything changes now.
-        for (pacer, rate, burst) in rates {
-            pacer.set_rate(rate, burst);
+        if running.connects_per_second != wanted.connects_per_second {
+            if let Some(pacer) = &shared.connect_pacer {
+                match wanted.connects_per_second {
+                    Some(per_second) => pacer.set_rate(
+                        Some(crate::sched::pacer::Rate(per_second)),
+                        connect_burst(per_second),
+                    ),
+                    None => pacer.set_rate(None, 0),
+                }
+            }
         }
         shared.admission.set_cap(prepared.connection_cap);
         shared.set_live(Live::new(&prepared));
@@ -150,6 +159,8 @@ impl Reloader {
             allowed_ports = %ports.join(","),
             idle_timeout_s = prepared.idle_timeout.map_or(0, |timeout| timeout.as_secs()),
             handshake_timeout_s = prepared.handshake_timeout.as_secs(),
+            upload_rate = ?prepared.pacing.upload,
+            download_rate = ?prepared.pacing.download,
             threat_entries = prepared.threats.as_ref().map_or(0, |threats| {
                 let counts = threats.index.counts();
                 counts.domains + counts.ips + counts.ranges

@@ -48,31 +48,30 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: Config, backend_name: &'static str) -> Shared {
         let epoch = Instant::now();
-        // With `auto`, the pacer starts unlimited and the controllers set its rate.
-        let byte_pacer = |setting: RateSetting| match setting {
-            RateSetting::Off => None,
-            RateSetting::Auto => Some(Arc::new(Pacer::unlimited(epoch))),
-            RateSetting::Fixed(rate) => Some(Arc::new(Pacer::new(
-                rate,
-                byte_burst(rate, config.buffer_size),
-                epoch,
-            ))),
+        // Every direction has a pacer, unlimited unless a rate is fixed, so that a reload can
+        // set, change or lift a rate; with `auto` the controllers set it. An unlimited pacer
+        // costs one atomic load per grant.
+        let byte_pacer = |setting: RateSetting| {
+            Some(Arc::new(match setting {
+                RateSetting::Off | RateSetting::Auto => Pacer::unlimited(epoch),
+                RateSetting::Fixed(rate) => {
+                    Pacer::new(rate, byte_burst(rate, config.buffer_size), epoch)
+                }
+            }))
         };
-        let connect_pacer = config.pacing.connects_per_second.map(|per_second| {
-            Arc::new(Pacer::new(
-                Rate(per_second),
-                connect_burst(per_second),
-                epoch,
-            ))
-        });
+        let connect_pacer = Some(Arc::new(match config.pacing.connects_per_second {
+            Some(per_second) => Pacer::new(Rate(per_second), connect_burst(per_second), epoch),
+            None => Pacer::unlimited(epoch),
+        }));
         let upload_pacer = byte_pacer(config.pacing.upload);
         let download_pacer = byte_pacer(config.pacing.download);
-        let auto = |setting: RateSetting, pacer: &Option<Arc<Pacer>>| {
-            pacer.clone().filter(|_| setting.is_auto())
-        };
         let auto_pacing = AutoPacing::new(
-            auto(config.pacing.upload, &upload_pacer),
-            auto(config.pacing.download, &download_pacer),
+            upload_pacer.clone(),
+            download_pacer.clone(),
+            [
+                config.pacing.upload.is_auto(),
+                config.pacing.download.is_auto(),
+            ],
             config.buffer_size,
         );
         if let Some(auto_pacing) = &auto_pacing {

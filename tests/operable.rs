@@ -405,6 +405,49 @@ on_each_backend! {
         assert_eq!(send_and_receive(proxy.tunnel(&echo.to_string()), data.clone()), data);
     }
 
+    fn a_reload_moves_rates_between_auto_fixed_and_off(backend) {
+        let echo = targets::echo();
+        let dir = TempDir::new("rates");
+        let settings = |rates: &str| {
+            format!("port = 0\nallow_cidr = [\"127.0.0.0/8\"]\nallow_port = [{}]\n{rates}", echo.port())
+        };
+        let file = dir.write("fyntr.toml", &settings(""));
+        let proxy = Proxy::start_raw(&["--config", file.to_str().unwrap(), "--backend", backend.flag(), "--metrics-bind", "127.0.0.1:0"]).expect("starts");
+        let metrics = metrics_addr(&proxy);
+        let rate = |text: &str, direction: &str, mode: &str| {
+            series(text, "fyntr_pacing_rate_bytes_per_second", &format!(r#"direction="{direction}",mode="{mode}""#))
+        };
+        let (status, json) = get(metrics, "GET /metrics?format=json HTTP/1.1");
+        assert_eq!(status, 200);
+        assert!(json.contains(r#""mode":"auto""#), "{json}");
+        let open = proxy.tunnel(&echo.to_string());
+        let mut applied = 0.0;
+        let mut reload = |rates: &str| {
+            std::fs::write(&file, settings(rates)).unwrap();
+            proxy.signal("HUP");
+            applied += 1.0;
+            wait_for_series(metrics, "fyntr_reloads_total", r#"result="applied""#, applied)
+        };
+        // auto to fixed, both ways.
+        let text = reload("upload_rate = \"8mbit\"\ndownload_rate = \"16mbit\"\nconnect_rate = 50\n");
+        assert_eq!(rate(&text, "upload", "fixed"), Some(1e6), "{text}");
+        assert_eq!(rate(&text, "download", "fixed"), Some(2e6), "{text}");
+        // A fixed rate to another, and to off.
+        let text = reload("upload_rate = \"4mbit\"\ndownload_rate = \"off\"\n");
+        assert_eq!(rate(&text, "upload", "fixed"), Some(5e5), "{text}");
+        assert_eq!(rate(&text, "download", "off"), None, "{text}");
+        assert!(!text.contains(r#"direction="download",mode="#), "{text}");
+        // Back to auto: unlimited until the controller finds a queue.
+        let text = reload("");
+        assert!(!text.contains("fyntr_pacing_rate_bytes_per_second{"), "{text}");
+        let (_, json) = get(metrics, "GET /metrics?format=json HTTP/1.1");
+        assert_eq!(json.matches(r#""mode":"auto""#).count(), 2, "{json}");
+        assert!(!proxy.log().contains("takes a restart"), "{}", proxy.log());
+        // The tunnel opened before all this still carries bytes exactly.
+        let data = payload(200_000, 8);
+        assert_eq!(send_and_receive(open, data.clone()), data);
+    }
+
     fn the_stats_line_is_redrawn_on_a_terminal_and_summed_up_elsewhere(backend) {
         // Under a pseudo-terminal: the line is rewritten in place.
         let script = r#"

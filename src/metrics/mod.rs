@@ -394,10 +394,11 @@ impl Snapshot {
             worker.connect_time.add_to(&mut connect_time);
             worker.tunnel_duration.add_to(&mut tunnel_duration);
         }
+        let in_force = shared.live().pacing;
         let pacing = [Direction::Upload, Direction::Download].map(|way| {
             let (setting, pacer) = match way {
-                Direction::Upload => (shared.config.pacing.upload, &shared.upload_pacer),
-                Direction::Download => (shared.config.pacing.download, &shared.download_pacer),
+                Direction::Upload => (in_force.upload, &shared.upload_pacer),
+                Direction::Download => (in_force.download, &shared.download_pacer),
             };
             DirectionPacing {
                 mode: match setting {
