@@ -38,6 +38,22 @@ fn family<'a>(
     encoder.encode_descriptor(name, help, None, kind)
 }
 
+/// A gauge family with one sample per `(direction, value)`.
+fn direction_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&str, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut gauge = family(encoder, name, help, MetricType::Gauge)?;
+    for (direction, value) in values {
+        gauge
+            .encode_family(&[("direction", *direction)])?
+            .encode_gauge(value)?;
+    }
+    Ok(())
+}
+
 /// The encoder adds the buckets up itself: it takes each bucket's own count.
 fn histogram(encoder: &mut MetricEncoder, histogram: &Histogram) -> Result<(), std::fmt::Error> {
     let buckets: Vec<(f64, u64)> = histogram
@@ -190,42 +206,30 @@ impl Collector for Figures {
             .zip(&s.pacing)
             .filter_map(|(direction, pacing)| pacing.auto.map(|auto| (*direction, auto)))
             .collect();
-        let mut delivery = family(
+        let by_direction = |value: fn(&super::AutoEstimate) -> Option<f64>| -> Vec<(&str, f64)> {
+            autos
+                .iter()
+                .filter_map(|(direction, auto)| value(auto).map(|value| (*direction, value)))
+                .collect()
+        };
+        direction_gauge(
             &mut encoder,
             "fyntr_auto_delivery_rate_bytes_per_second",
             "With auto pacing: what the path delivered lately (the estimated bottleneck rate while paced).",
-            MetricType::Gauge,
+            &by_direction(|auto| Some(auto.delivery_rate)),
         )?;
-        for (direction, auto) in &autos {
-            delivery
-                .encode_family(&[("direction", *direction)])?
-                .encode_gauge(&auto.delivery_rate)?;
-        }
-        let mut base = family(
+        direction_gauge(
             &mut encoder,
             "fyntr_auto_base_rtt_seconds",
             "With auto pacing: the path's base round trip, once measured.",
-            MetricType::Gauge,
+            &by_direction(|auto| auto.base_rtt.map(|rtt| rtt.as_secs_f64())),
         )?;
-        for (direction, auto) in &autos {
-            if let Some(rtt) = auto.base_rtt {
-                base.encode_family(&[("direction", *direction)])?
-                    .encode_gauge(&rtt.as_secs_f64())?;
-            }
-        }
-        let mut queue = family(
+        direction_gauge(
             &mut encoder,
             "fyntr_auto_queue_delay_seconds",
             "With auto pacing: the queueing delay on the path, once measured.",
-            MetricType::Gauge,
+            &by_direction(|auto| auto.queue_delay.map(|delay| delay.as_secs_f64())),
         )?;
-        for (direction, auto) in &autos {
-            if let Some(delay) = auto.queue_delay {
-                queue
-                    .encode_family(&[("direction", *direction)])?
-                    .encode_gauge(&delay.as_secs_f64())?;
-            }
-        }
         let mut reloads = family(
             &mut encoder,
             "fyntr_reloads",
