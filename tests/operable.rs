@@ -243,8 +243,9 @@ on_each_backend! {
         for _ in 0..tunnels {
             all_ready.recv_timeout(WAIT).unwrap();
         }
-        // Every tunnel is open: the gauge counts them.
-        let text = scrape(metrics);
+        // Every tunnel is open: the gauge counts them. A tunnel is counted just after its
+        // client reads the 200, so the last ones may take a moment to show.
+        let text = wait_for_series(metrics, "fyntr_open_tunnels", r#"protocol="connect""#, tunnels as f64);
         assert!(series(&text, "fyntr_active_connections", "").unwrap() >= tunnels as f64, "{text}");
         assert_eq!(series(&text, "fyntr_open_tunnels", r#"protocol="connect""#), Some(tunnels as f64), "{text}");
         // Scrapes are answered while they all move data.
@@ -256,7 +257,8 @@ on_each_backend! {
             worker.join().unwrap();
         }
         let moved = (tunnels * 40 * 16 * 1024) as f64;
-        let text = scrape(metrics);
+        // A chunk is counted once its write completes, which may be just after the echo came back.
+        let text = wait_for_series(metrics, "fyntr_bytes_total", r#"protocol="connect",direction="upload""#, moved);
         assert_eq!(series(&text, "fyntr_bytes_total", r#"protocol="connect",direction="upload""#), Some(moved));
     }
 
