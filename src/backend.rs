@@ -38,9 +38,13 @@ impl fmt::Display for Unavailable {
 
 impl std::error::Error for Unavailable {}
 
-/// Picks the backend for `choice`. `fixed_buffers` is the registered-buffer count per worker the
-/// io_uring backend may use.
-pub fn choose(choice: BackendChoice, fixed_buffers: usize) -> Result<Choice, Unavailable> {
+/// Picks the backend for `choice`. The io_uring backend's relay buffers are `buffer_size`
+/// bytes, registered with its rings when `may_register` (see `uring::buffers`).
+pub fn choose(
+    choice: BackendChoice,
+    buffer_size: usize,
+    may_register: bool,
+) -> Result<Choice, Unavailable> {
     let tokio = Chosen::Tokio(fyntr_platform::portable::Portable);
     match choice {
         BackendChoice::Tokio => Ok(Choice {
@@ -54,20 +58,19 @@ pub fn choose(choice: BackendChoice, fixed_buffers: usize) -> Result<Choice, Una
                 use fyntr_platform::uring;
                 match uring::probe() {
                     Ok(report) => {
-                        let (fixed_buffers, buffers) = if report.registered_buffers {
-                            (fixed_buffers, format!("{fixed_buffers} registered buffers per worker"))
-                        } else {
-                            let why = report.registration_error.unwrap_or_default();
-                            (0, format!("plain buffers, registration unavailable: {why}"))
-                        };
                         let how = if choice == BackendChoice::Auto {
                             "auto: io_uring is available"
                         } else {
                             "requested with --backend io-uring"
                         };
+                        let buffers = if may_register {
+                            "relay buffers registered on first use"
+                        } else {
+                            "relay buffers not registered (RLIMIT_MEMLOCK too low)"
+                        };
                         Ok(Choice {
-                            backend: Chosen::IoUring(uring::Uring::new(fixed_buffers)),
-                            reason: format!("{how}; {buffers}"),
+                            backend: Chosen::IoUring(uring::Uring::new(buffer_size, may_register)),
+                            reason: format!("{how}; {}; {buffers}", report.setup.describe()),
                             fallback_warning: None,
                         })
                     }
@@ -85,7 +88,7 @@ pub fn choose(choice: BackendChoice, fixed_buffers: usize) -> Result<Choice, Una
             }
             #[cfg(not(target_os = "linux"))]
             {
-                let _ = fixed_buffers;
+                let _ = (buffer_size, may_register);
                 if choice == BackendChoice::IoUring {
                     return Err(Unavailable("io_uring exists only on Linux".into()));
                 }

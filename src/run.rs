@@ -395,7 +395,8 @@ impl ServerBuilder {
         let buffer_size = prepared.config.buffer_size;
         backend::choose(
             self.backend,
-            fixed_buffer_count(buffer_size, prepared.config.workers),
+            buffer_size,
+            may_register_ring_buffers(buffer_size, prepared.config.workers),
         )?;
         Ok(())
     }
@@ -421,7 +422,11 @@ impl ServerBuilder {
         let workers = config.workers;
         let buffer_size = config.buffer_size;
         return_buffers_to_the_system(buffer_size);
-        let choice = backend::choose(self.backend, fixed_buffer_count(buffer_size, workers))?;
+        let choice = backend::choose(
+            self.backend,
+            buffer_size,
+            may_register_ring_buffers(buffer_size, workers),
+        )?;
         if let Some(warning) = &choice.fallback_warning {
             warn!("{warning}");
         }
@@ -789,26 +794,27 @@ fn return_buffers_to_the_system(buffer_size: usize) {
     let _ = buffer_size;
 }
 
-/// Registered buffers per worker: the default, unless `RLIMIT_MEMLOCK` (which pinned, registered
-/// memory counts against) cannot hold it, in which case what fits in three quarters of it.
-fn fixed_buffer_count(buffer_size: usize, workers: usize) -> usize {
+/// Whether the io_uring backend may register its workers' relay buffers with their rings:
+/// registered memory is pinned and counts against `RLIMIT_MEMLOCK`, so only when all workers'
+/// buffers fit in three quarters of it (or the process has `CAP_IPC_LOCK`, as root does).
+fn may_register_ring_buffers(buffer_size: usize, workers: usize) -> bool {
     #[cfg(target_os = "linux")]
     {
-        let wanted = crate::platform::uring::DEFAULT_FIXED_BUFFERS;
         let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::MEMLOCK) else {
-            return 0;
+            return false;
         };
-        // Root has CAP_IPC_LOCK, which lifts the limit.
         // Safety: geteuid has no preconditions.
         if soft == rlimit::INFINITY || unsafe { libc::geteuid() } == 0 {
-            return wanted;
+            return true;
         }
-        let per_worker = (soft / 4 * 3) / (buffer_size as u64 * workers.max(1) as u64);
-        wanted.min(usize::try_from(per_worker).unwrap_or(usize::MAX))
+        let wanted = buffer_size as u64
+            * u64::from(crate::platform::uring::RING_BUFFERS)
+            * workers.max(1) as u64;
+        wanted <= soft / 4 * 3
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (buffer_size, workers);
-        0
+        false
     }
 }

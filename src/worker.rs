@@ -154,7 +154,11 @@ impl<B: Backend> WorkerContext<B> {
             pipes: PipePool::new(
                 config.splice_chunk,
                 config.buffer_size,
-                config.pipes_per_worker,
+                if backend.relays_through_pipes() {
+                    config.pipes_per_worker
+                } else {
+                    0
+                },
                 shared.pipe_budget.clone(),
             ),
             scratch: RefCell::new(vec![0; crate::relay::INTERACTIVE_READ].into_boxed_slice()),

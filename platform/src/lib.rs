@@ -16,7 +16,7 @@
 //! - [`socket`]: binding the listening sockets (one per worker with `SO_REUSEPORT` on Linux).
 //!
 //! Backends: [`portable`] (Tokio current-thread runtime per worker, epoll/kqueue) runs everywhere;
-//! `uring` (Linux) runs a tokio-uring ring per worker with registered buffers.
+//! `uring` (Linux) drives an io_uring ring per worker with its own executor.
 //!
 //! Cancellation rule shared by all backends: futures returned by [`Stream::read`] and
 //! [`Stream::write_all`] must be driven to completion, never dropped mid-flight (an io_uring
@@ -37,8 +37,6 @@ pub mod splice;
 pub mod tcp_info;
 #[cfg(target_os = "linux")]
 pub mod uring;
-#[cfg(target_os = "linux")]
-mod uring_flush;
 
 pub use pipe_budget::PipeBudget;
 pub use pool::{HeapBuffer, HeapPool};
@@ -160,6 +158,12 @@ pub trait Backend: Copy + Send + Sync + 'static {
 
     /// Short name for logs: `tokio` or `io-uring`.
     fn name(&self) -> &'static str;
+
+    /// Whether bulk data may be relayed through kernel pipes ([`Stream::try_splice_in`]). A
+    /// backend that answers `false` relays through its own buffers, and gets no pipes.
+    fn relays_through_pipes(&self) -> bool {
+        true
+    }
 
     /// Runs `workers` workers, each on its own thread with its own single-threaded runtime, and
     /// blocks until all of them return.

@@ -138,38 +138,6 @@ impl Drop for HeapBuffer {
     }
 }
 
-// Safety: a `HeapBuffer`'s memory is a boxed slice owned by the buffer until it is dropped, so the
-// pointers stay valid and stable while tokio-uring holds the buffer for an operation; `len` never
-// exceeds the slice's length, and the slice is zero-initialised, so every byte up to the total is
-// initialised.
-#[cfg(target_os = "linux")]
-unsafe impl tokio_uring::buf::IoBuf for HeapBuffer {
-    fn stable_ptr(&self) -> *const u8 {
-        self.data
-            .as_deref()
-            .map_or(std::ptr::null(), <[u8]>::as_ptr)
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.capacity()
-    }
-}
-
-#[cfg(target_os = "linux")]
-unsafe impl tokio_uring::buf::IoBufMut for HeapBuffer {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.spare_mut().as_mut_ptr()
-    }
-
-    unsafe fn set_init(&mut self, pos: usize) {
-        self.len = self.len.max(pos.min(self.capacity()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

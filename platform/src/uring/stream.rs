@@ -1,0 +1,349 @@
+//! A connected socket on a worker's ring: data arrives through a multishot receive into
+//! provided buffers, and leaves as ring writes, in the order the relay submits them.
+//!
+//! Sockets are blocking: every transfer goes through the ring, which never blocks on them (it
+//! tries at once and waits on the socket's readiness inside the kernel), and nothing here calls
+//! `recv` or `send` directly.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    rc::Rc,
+    task::{Poll, Waker},
+};
+
+use io_uring::{cqueue, opcode, types};
+
+use super::{
+    buffers::{Provided, UringBuffer, GROUP},
+    submission::{errno, Hold},
+    with_worker,
+};
+use crate::{balance::Load, IoBuffer, Pipe};
+
+/// Buffers a stream may hold received but not yet taken by the relay before its receive is
+/// cancelled: the rest waits in the socket, where TCP's window holds the sender back.
+pub(super) const READ_AHEAD: usize = 2;
+
+/// What a stream's multishot receive has delivered and how it stands.
+pub(super) struct RecvState {
+    fd: RawFd,
+    pending: RefCell<VecDeque<Provided>>,
+    /// How the stream ended: `Some(0)` at EOF, `Some(errno)` after an error.
+    end: Cell<Option<i32>>,
+    /// The receive in flight, by key.
+    armed: Cell<Option<usize>>,
+    /// A cancellation of it was asked for.
+    cancelling: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    /// Its stream is gone: whatever still arrives goes straight back to the ring.
+    dropped: Cell<bool>,
+}
+
+impl RecvState {
+    /// A completion of this stream's receive (`key`); `more` when it stays armed.
+    pub(super) fn on_completion(self: &Rc<Self>, key: usize, result: i32, flags: u32, more: bool) {
+        if !more && self.armed.get() == Some(key) {
+            self.armed.set(None);
+            self.cancelling.set(false);
+        }
+        let buffer = cqueue::buffer_select(flags);
+        with_worker(|worker| {
+            if result > 0 {
+                let Some(bid) = buffer else {
+                    self.end.set(Some(libc::EIO));
+                    return;
+                };
+                let provided = worker.buffers.claim(bid, result as u32);
+                if self.dropped.get() {
+                    return;
+                }
+                let mut pending = self.pending.borrow_mut();
+                pending.push_back(provided);
+                if pending.len() >= READ_AHEAD && !self.cancelling.get() {
+                    if let Some(armed) = self.armed.get() {
+                        self.cancelling.set(true);
+                        worker.submission.cancel(armed);
+                    }
+                }
+            } else {
+                if let Some(bid) = buffer {
+                    drop(worker.buffers.claim(bid, 0));
+                }
+                match -result {
+                    0 => self.end.set(Some(0)),
+                    // Out of buffers: armed again once one comes back.
+                    libc::ENOBUFS => worker.buffers.wait_for_buffer(Rc::downgrade(self)),
+                    libc::ECANCELED => {}
+                    code => self.end.set(Some(code)),
+                }
+            }
+        });
+        self.wake();
+    }
+
+    /// A buffer came back to the ring after this stream's receive ran out of them.
+    pub(super) fn buffer_returned(&self) {
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether a read would complete now.
+    fn ready(&self) -> bool {
+        !self.pending.borrow().is_empty() || self.end.get().is_some()
+    }
+
+    /// Makes sure a receive is armed (or waits for a buffer to arm one).
+    fn arm(self: &Rc<Self>) {
+        if self.armed.get().is_some() || self.end.get().is_some() || self.dropped.get() {
+            return;
+        }
+        with_worker(|worker| {
+            if worker.buffers.available() == 0 {
+                worker.buffers.wait_for_buffer(Rc::downgrade(self));
+                return;
+            }
+            let key = worker.submission.recv_multishot(self, self.fd, GROUP);
+            self.armed.set(Some(key));
+        });
+    }
+
+    /// The end as a read's result, once everything before it was read.
+    fn end_result(&self) -> Option<io::Result<usize>> {
+        match self.end.get()? {
+            0 => Some(Ok(0)),
+            code => Some(Err(io::Error::from_raw_os_error(code))),
+        }
+    }
+}
+
+/// A connected stream on a worker's ring.
+pub struct UringStream {
+    state: Rc<RecvState>,
+    // Declared after `state`'s users; closed last.
+    socket: std::net::TcpStream,
+    /// A client connection's place in its worker's count ([`crate::balance`]).
+    pub(super) load: Option<Load>,
+}
+
+impl UringStream {
+    /// Adopts a connected, blocking socket.
+    pub(super) fn new(socket: std::net::TcpStream) -> Self {
+        Self {
+            state: Rc::new(RecvState {
+                fd: socket.as_raw_fd(),
+                pending: RefCell::new(VecDeque::new()),
+                end: Cell::new(None),
+                armed: Cell::new(None),
+                cancelling: Cell::new(false),
+                waker: RefCell::new(None),
+                dropped: Cell::new(false),
+            }),
+            socket,
+            load: None,
+        }
+    }
+
+    pub(super) fn socket(&self) -> &std::net::TcpStream {
+        &self.socket
+    }
+
+    /// Writes `hold` (a buffer or bytes) whole, in ring writes from its start; gives it back.
+    async fn write_held(&self, mut hold: Hold) -> (io::Result<()>, Hold) {
+        let fd = types::Fd(self.socket.as_raw_fd());
+        let mut written = 0;
+        loop {
+            let (address, len, fixed) = match &hold {
+                Hold::Buffer(buffer) => {
+                    let fixed = match buffer {
+                        UringBuffer::Provided(provided) => {
+                            with_worker(|worker| provided.buffers().registered(&worker.submission))
+                        }
+                        UringBuffer::Plain { .. } => false,
+                    };
+                    let bytes = buffer.filled();
+                    (bytes.as_ptr(), bytes.len(), fixed)
+                }
+                Hold::Bytes(bytes) => (bytes.as_ptr(), bytes.len(), false),
+                Hold::Nothing | Hold::Address(_) => (std::ptr::null(), 0, false),
+            };
+            if written >= len {
+                return (Ok(()), hold);
+            }
+            // Safety (of the pointer arithmetic): `written` < `len`, within the held bytes.
+            let from = unsafe { address.add(written) };
+            let rest = u32::try_from(len - written).unwrap_or(u32::MAX);
+            let entry = if fixed {
+                opcode::WriteFixed::new(fd, from, rest, 0).build()
+            } else {
+                opcode::Send::new(fd, from, rest)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            };
+            let completion = with_worker(|worker| worker.submission.single(entry, hold));
+            let result;
+            (result, hold) = completion.await;
+            match result {
+                n if n > 0 => written += n as usize,
+                0 => {
+                    let error = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no data");
+                    return (Err(error), hold);
+                }
+                n if -n == libc::EINTR || -n == libc::EAGAIN => {}
+                n => return (Err(errno(n)), hold),
+            }
+        }
+    }
+}
+
+impl Drop for UringStream {
+    fn drop(&mut self) {
+        let state = &self.state;
+        state.dropped.set(true);
+        state.pending.borrow_mut().clear();
+        state.waker.borrow_mut().take();
+        if let Some(armed) = state.armed.get() {
+            if !state.cancelling.get() {
+                state.cancelling.set(true);
+                // The receive holds its own reference to the socket: the descriptor closes
+                // now, the connection once the cancellation completes.
+                super::try_with_worker(|worker| worker.submission.cancel(armed));
+            }
+        }
+    }
+}
+
+impl crate::Stream for UringStream {
+    type Buffer = UringBuffer;
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::poll_fn(|cx| {
+            if self.state.ready() {
+                return Poll::Ready(Ok(()));
+            }
+            self.state.arm();
+            let mut waker = self.state.waker.borrow_mut();
+            match &*waker {
+                Some(current) if current.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+
+    async fn read(&self, buf: UringBuffer) -> (io::Result<usize>, UringBuffer) {
+        loop {
+            if let Some(provided) = self.state.pending.borrow_mut().pop_front() {
+                let buffer = UringBuffer::Provided(provided);
+                return (Ok(buffer.filled().len()), buffer);
+            }
+            if let Some(end) = self.state.end_result() {
+                return (end, buf);
+            }
+            if let Err(error) = self.readable().await {
+                return (Err(error), buf);
+            }
+        }
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut copied = 0;
+        let mut pending = self.state.pending.borrow_mut();
+        while copied < buf.len() {
+            let Some(front) = pending.front_mut() else {
+                break;
+            };
+            let bytes = front.filled_bytes();
+            let n = bytes.len().min(buf.len() - copied);
+            buf[copied..copied + n].copy_from_slice(&bytes[..n]);
+            copied += n;
+            front.consume(n);
+            if front.filled_bytes().is_empty() {
+                pending.pop_front();
+            }
+        }
+        drop(pending);
+        if copied > 0 {
+            return Ok(copied);
+        }
+        match self.state.end_result() {
+            Some(end) => end,
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    async fn send_all(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_held(Hold::Bytes(Box::from(bytes))).await.0
+    }
+
+    async fn write_all(&self, buf: UringBuffer) -> (io::Result<()>, UringBuffer) {
+        let (result, hold) = self.write_held(Hold::Buffer(buf)).await;
+        let Hold::Buffer(buf) = hold else {
+            unreachable!("a write gives back what it held")
+        };
+        (result, buf)
+    }
+
+    fn try_splice_in(&self, _pipe: &mut Pipe, _max: usize) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io_uring backend relays through its ring's buffers, not pipes",
+        ))
+    }
+
+    async fn splice_out(&self, _pipe: &mut Pipe) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io_uring backend relays through its ring's buffers, not pipes",
+        ))
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        crate::socket::shutdown_write(&self.socket)
+    }
+
+    fn abort(&self) {
+        // The receive then completes with EOF, and writes in flight with an error.
+        crate::socket::shutdown_both(&self.socket);
+    }
+
+    fn queued_to_read(&self) -> io::Result<usize> {
+        let held: usize = self
+            .state
+            .pending
+            .borrow()
+            .iter()
+            .map(|provided| provided.filled_bytes().len())
+            .sum();
+        Ok(held + crate::socket::queued_to_read(&self.socket)?)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        crate::socket::local_addr(&self.socket.as_fd())
+    }
+
+    fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
+        crate::tcp_info::read(&self.socket.as_fd())
+    }
+
+    fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+        crate::socket::fix_receive_buffer(&self.socket, bytes)
+    }
+
+    fn set_window_clamp(&self, bytes: usize) -> io::Result<()> {
+        crate::socket::set_window_clamp(&self.socket, bytes)
+    }
+
+    fn bound_send_queue(&self, unsent: usize, buffer: Option<usize>) -> io::Result<()> {
+        crate::socket::bound_send_queue(&self.socket, unsent, buffer)
+    }
+}
