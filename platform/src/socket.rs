@@ -59,38 +59,6 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
 pub(crate) const ACCEPTED_INHERIT_NODELAY: bool =
     cfg!(any(target_os = "linux", target_os = "android"));
 
-/// Accepts one pending connection on the non-blocking `listener` as a non-blocking,
-/// close-on-exec socket, in one `accept4` call (WouldBlock when none is pending).
-#[cfg(target_os = "linux")]
-pub(crate) fn accept_non_blocking(
-    listener: &std::net::TcpListener,
-) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // Safety: accept4 writes at most `len` bytes of address into the storage try_init hands
-    // it and sets `len` to the address's length; the descriptor it returns is new and ours.
-    let (fd, peer) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            let fd = libc::accept4(
-                listener.as_raw_fd(),
-                storage.cast(),
-                len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            );
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(fd)
-            }
-        })?
-    };
-    // Safety: `fd` is a connected socket that nothing else owns.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    let peer = peer
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP address"))?;
-    Ok((stream, peer))
-}
-
 /// The congestion control for sockets whose peer is on this host.
 pub const LOOPBACK_CONGESTION_CONTROL: &str = "reno";
 
@@ -204,24 +172,6 @@ pub(crate) fn writable_now<S: std::os::fd::AsRawFd>(socket: &S) -> io::Result<bo
         return Err(io::Error::last_os_error());
     }
     Ok(ready > 0)
-}
-
-/// One non-blocking `send` of `bytes` (no `SIGPIPE`); returns how many were accepted.
-pub(crate) fn send_now<S: std::os::fd::AsRawFd>(socket: &S, bytes: &[u8]) -> io::Result<usize> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let flags = libc::MSG_DONTWAIT;
-    // Safety: a valid slice for its length.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            flags,
-        )
-    };
-    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
 /// Sends all of `bytes` with `try_send` (one non-blocking attempt), waiting with `writable`

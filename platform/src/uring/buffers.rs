@@ -1,14 +1,17 @@
 //! Relay buffers of the io_uring backend: a provided buffer ring the kernel receives into, and
 //! the buffer type that crosses the backend boundary.
 //!
-//! Each worker maps one region of [`RING_BUFFERS`] buffers and hands them all to the kernel as
-//! a provided buffer ring. A socket's multishot receive takes one when data arrives, so an idle
-//! tunnel holds none; the relay then writes that very buffer to the other socket, and dropping
-//! it gives it back to the ring. When the ring runs dry, receives stop (the data waits in the
-//! socket, under TCP's flow control) until a buffer comes back: backpressure, never loss. The
-//! region is registered with the ring as one fixed buffer on its first write, so writes from
-//! it need no page pinning per operation; that pins the region (`RLIMIT_MEMLOCK`), and where
-//! registration is refused, writes are plain sends.
+//! Each worker maps two regions and hands their buffers to the kernel as two provided buffer
+//! rings: [`SMALL_BUFFERS`] of one page for interactive traffic (TLS handshakes, requests, small
+//! messages), and [`RING_BUFFERS`] of the relay buffer size for bulk. A socket's multishot
+//! receive takes one when data arrives, so an idle tunnel holds none; the relay then writes that
+//! very buffer to the other socket, and dropping it gives it back to its ring. The kernel takes
+//! buffers in ring order, so every buffer of a ring gets touched in turn: small messages in big
+//! buffers would make a page of each resident. When a ring runs dry, receives stop (the data
+//! waits in the socket, under TCP's flow control) until a buffer comes back: backpressure, never
+//! loss. Both regions are registered with the ring as fixed buffers on the first write from
+//! them, so writes need no page pinning per operation; that pins the regions
+//! (`RLIMIT_MEMLOCK`), and where registration is refused, writes are plain sends.
 
 use std::{
     cell::{Cell, RefCell},
@@ -23,21 +26,19 @@ use io_uring::types::BufRingEntry;
 use super::{stream::RecvState, submission::Submission};
 use crate::{BufferPool, IoBuffer};
 
-/// Buffers in each worker's provided ring (a power of two): enough for the chunks in flight on
-/// a busy worker's tunnels, each stream holding at most [`super::stream::READ_AHEAD`] ahead.
+/// Bulk buffers in each worker's provided ring (a power of two): enough for the chunks in
+/// flight on a busy worker's tunnels, each stream holding at most
+/// [`super::stream::READ_AHEAD`] ahead.
 pub const RING_BUFFERS: u16 = 128;
 
-/// The buffer group every receive draws from.
-pub(super) const GROUP: u16 = 0;
+/// Small buffers in each worker's other ring (a power of two), and their size: one page each,
+/// 256 KiB in all when every one has been used.
+pub(super) const SMALL_BUFFERS: u16 = 64;
+pub(super) const SMALL_SIZE: usize = 4096;
 
-/// Whether the region is registered as a fixed buffer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Registration {
-    /// Not tried yet: registration pins the region, so it waits for the first write.
-    Pending,
-    Registered,
-    Unavailable,
-}
+/// The buffer groups receives draw from; also their fixed-buffer index once registered.
+pub(super) const SMALL_GROUP: u16 = 0;
+pub(super) const BULK_GROUP: u16 = 1;
 
 /// One worker's provided buffer ring and the region behind it.
 pub(super) struct ProvidedBuffers {
@@ -53,19 +54,17 @@ pub(super) struct ProvidedBuffers {
     available: Cell<usize>,
     /// Streams whose receive stopped for want of a buffer, woken when one comes back.
     starved: RefCell<Vec<Weak<RecvState>>>,
-    registration: Cell<Registration>,
-    /// Whether registration may be tried (`RLIMIT_MEMLOCK` leaves room for it).
-    may_register: bool,
+    group: u16,
 }
 
 impl ProvidedBuffers {
-    /// Maps `RING_BUFFERS` buffers of `size` bytes and registers them as group [`GROUP`].
+    /// Maps `count` buffers (a power of two) of `size` bytes and registers them as `group`.
     pub(super) fn new(
         size: usize,
-        may_register: bool,
+        count: u16,
+        group: u16,
         submission: &Submission,
     ) -> io::Result<Rc<Self>> {
-        let count = RING_BUFFERS;
         let size = size.max(1);
         let region_len = size * usize::from(count);
         let entries_len = (std::mem::size_of::<BufRingEntry>() * usize::from(count)).max(page());
@@ -87,13 +86,12 @@ impl ProvidedBuffers {
             tail: Cell::new(0),
             available: Cell::new(0),
             starved: RefCell::new(Vec::new()),
-            registration: Cell::new(Registration::Pending),
-            may_register,
+            group,
         });
         // Safety: the entries stay mapped until `buffers` is dropped, which happens only after
         // the ring is closed (the worker closes its ring first).
         submission.with_submitter(|submitter| unsafe {
-            submitter.register_buf_ring(buffers.entries.as_ptr() as u64, count, GROUP)
+            submitter.register_buf_ring(buffers.entries.as_ptr() as u64, count, group)
         })?;
         for bid in 0..count {
             buffers.give_back(bid);
@@ -154,30 +152,12 @@ impl ProvidedBuffers {
         unsafe { self.region.as_ptr().add(usize::from(bid) * self.size) }
     }
 
-    /// Whether writes from the region may use the fixed buffer (registering it on first use).
-    pub(super) fn registered(&self, submission: &Submission) -> bool {
-        if self.registration.get() == Registration::Pending {
-            let outcome = if self.may_register {
-                let iovec = libc::iovec {
-                    iov_base: self.region.as_ptr().cast(),
-                    iov_len: self.region_len,
-                };
-                // Safety: the region stays mapped until after the ring is closed.
-                submission.with_submitter(|submitter| unsafe {
-                    submitter.register_buffers(&[iovec])
-                })
-            } else {
-                Err(io::Error::other("RLIMIT_MEMLOCK leaves no room"))
-            };
-            self.registration.set(match outcome {
-                Ok(()) => Registration::Registered,
-                Err(error) => {
-                    tracing::debug!(%error, bytes = self.region_len, "io_uring: relay buffers not registered; writes are plain sends");
-                    Registration::Unavailable
-                }
-            });
+    /// The region, for registration as a fixed buffer.
+    pub(super) fn region(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.region.as_ptr().cast(),
+            iov_len: self.region_len,
         }
-        self.registration.get() == Registration::Registered
     }
 }
 
@@ -248,9 +228,9 @@ impl Provided {
         self.len -= n;
     }
 
-    /// Whether this buffer lies in the registered region.
-    pub(super) fn buffers(&self) -> &ProvidedBuffers {
-        &self.buffers
+    /// The group (and fixed-buffer index) of the ring it came from.
+    pub(super) fn group(&self) -> u16 {
+        self.buffers.group
     }
 }
 

@@ -58,7 +58,12 @@ impl Uring {
 pub(super) struct RingWorker {
     // Field order is teardown order: the ring closes before the buffers it uses are unmapped.
     submission: submission::Submission,
-    buffers: Rc<buffers::ProvidedBuffers>,
+    small: Rc<buffers::ProvidedBuffers>,
+    bulk: Rc<buffers::ProvidedBuffers>,
+    /// Whether both regions are registered as fixed buffers: `None` until the first write
+    /// from one (registration pins them).
+    registered: std::cell::Cell<Option<bool>>,
+    may_register: bool,
     executor: executor::Executor,
 }
 
@@ -87,14 +92,59 @@ impl RingWorker {
     fn new(buffer_size: usize, register_buffers: bool) -> io::Result<Rc<Self>> {
         let (ring, setup) = submission::build_ring(submission::SUBMISSION_ENTRIES)?;
         let submission = submission::Submission::new(ring, setup);
-        let buffers = buffers::ProvidedBuffers::new(buffer_size, register_buffers, &submission)?;
+        let small = buffers::ProvidedBuffers::new(
+            buffers::SMALL_SIZE,
+            buffers::SMALL_BUFFERS,
+            buffers::SMALL_GROUP,
+            &submission,
+        )?;
+        let bulk = buffers::ProvidedBuffers::new(
+            buffer_size,
+            buffers::RING_BUFFERS,
+            buffers::BULK_GROUP,
+            &submission,
+        )?;
         let executor = executor::Executor::new()?;
         submission.arm_remote_wake(executor.eventfd());
         Ok(Rc::new(Self {
             submission,
-            buffers,
+            small,
+            bulk,
+            registered: std::cell::Cell::new(None),
+            may_register: register_buffers,
             executor,
         }))
+    }
+
+    /// The ring of buffer group `group`.
+    fn buffers(&self, group: u16) -> &Rc<buffers::ProvidedBuffers> {
+        if group == buffers::SMALL_GROUP {
+            &self.small
+        } else {
+            &self.bulk
+        }
+    }
+
+    /// The fixed-buffer index writes from `provided` may use, registering both regions on
+    /// first use; `None` where registration is refused.
+    fn fixed_index(&self, provided: &buffers::Provided) -> Option<u16> {
+        let registered = self.registered.get().unwrap_or_else(|| {
+            let outcome = if self.may_register {
+                let regions = [self.small.region(), self.bulk.region()];
+                // Safety: both regions stay mapped until after the ring is closed.
+                self.submission
+                    .with_submitter(|submitter| unsafe { submitter.register_buffers(&regions) })
+            } else {
+                Err(io::Error::other("RLIMIT_MEMLOCK leaves no room"))
+            };
+            if let Err(error) = &outcome {
+                tracing::debug!(%error, "io_uring: relay buffers not registered; writes are plain sends");
+            }
+            self.registered.set(Some(outcome.is_ok()));
+            outcome.is_ok()
+        });
+        // The regions are registered in group order.
+        registered.then(|| provided.group())
     }
 
     /// Runs `future` on this thread until it completes, then drops every task it left.
@@ -113,11 +163,13 @@ impl RingWorker {
             Ok(worker) => {
                 let RingWorker {
                     submission,
-                    buffers,
+                    small,
+                    bulk,
                     executor,
+                    ..
                 } = worker;
                 submission.close();
-                drop(buffers);
+                drop((small, bulk));
                 drop(executor);
             }
             Err(_) => tracing::debug!("io_uring worker state still referenced at exit"),

@@ -19,7 +19,7 @@ use std::{
 use io_uring::{cqueue, opcode, types};
 
 use super::{
-    buffers::{Provided, UringBuffer, GROUP},
+    buffers::{Provided, UringBuffer, BULK_GROUP, SMALL_GROUP, SMALL_SIZE},
     submission::{errno, Hold},
     with_worker,
 };
@@ -28,6 +28,9 @@ use crate::{balance::Load, IoBuffer, Pipe};
 /// Buffers a stream may hold received but not yet taken by the relay before its receive is
 /// cancelled: the rest waits in the socket, where TCP's window holds the sender back.
 pub(super) const READ_AHEAD: usize = 2;
+
+/// Short receives in a row after which a bulk stream goes back to small buffers.
+const SHORT_RUN: u8 = 4;
 
 /// What a stream's multishot receive has delivered and how it stands.
 pub(super) struct RecvState {
@@ -42,29 +45,43 @@ pub(super) struct RecvState {
     waker: RefCell<Option<Waker>>,
     /// Its stream is gone: whatever still arrives goes straight back to the ring.
     dropped: Cell<bool>,
+    /// Receive into bulk buffers (a small one came back full), or small ones (the start, and
+    /// after [`SHORT_RUN`] short receives in a row).
+    bulk: Cell<bool>,
+    short_run: Cell<u8>,
 }
 
 impl RecvState {
     /// A completion of this stream's receive (`key`); `more` when it stays armed.
-    pub(super) fn on_completion(self: &Rc<Self>, key: usize, result: i32, flags: u32, more: bool) {
+    pub(super) fn on_completion(
+        self: &Rc<Self>,
+        key: usize,
+        group: u16,
+        result: i32,
+        flags: u32,
+        more: bool,
+    ) {
         if !more && self.armed.get() == Some(key) {
             self.armed.set(None);
             self.cancelling.set(false);
         }
         let buffer = cqueue::buffer_select(flags);
         with_worker(|worker| {
+            let buffers = worker.buffers(group);
             if result > 0 {
                 let Some(bid) = buffer else {
                     self.end.set(Some(libc::EIO));
                     return;
                 };
-                let provided = worker.buffers.claim(bid, result as u32);
+                let provided = buffers.claim(bid, result as u32);
                 if self.dropped.get() {
                     return;
                 }
+                self.choose_buffers(group, result as usize);
                 let mut pending = self.pending.borrow_mut();
                 pending.push_back(provided);
-                if pending.len() >= READ_AHEAD && !self.cancelling.get() {
+                let switch = self.bulk.get() != (group == BULK_GROUP);
+                if (switch || pending.len() >= READ_AHEAD) && !self.cancelling.get() {
                     if let Some(armed) = self.armed.get() {
                         self.cancelling.set(true);
                         worker.submission.cancel(armed);
@@ -72,18 +89,39 @@ impl RecvState {
                 }
             } else {
                 if let Some(bid) = buffer {
-                    drop(worker.buffers.claim(bid, 0));
+                    drop(buffers.claim(bid, 0));
                 }
                 match -result {
                     0 => self.end.set(Some(0)),
                     // Out of buffers: armed again once one comes back.
-                    libc::ENOBUFS => worker.buffers.wait_for_buffer(Rc::downgrade(self)),
+                    libc::ENOBUFS => buffers.wait_for_buffer(Rc::downgrade(self)),
                     libc::ECANCELED => {}
                     code => self.end.set(Some(code)),
                 }
             }
         });
         self.wake();
+    }
+
+    /// Moves to bulk buffers when a small one came back full, and back after a run of short
+    /// receives.
+    fn choose_buffers(&self, group: u16, received: usize) {
+        if group == SMALL_GROUP {
+            if received >= SMALL_SIZE {
+                self.bulk.set(true);
+                self.short_run.set(0);
+            }
+        } else if received < SMALL_SIZE {
+            let run = self.short_run.get() + 1;
+            if run >= SHORT_RUN {
+                self.bulk.set(false);
+                self.short_run.set(0);
+            } else {
+                self.short_run.set(run);
+            }
+        } else {
+            self.short_run.set(0);
+        }
     }
 
     /// A buffer came back to the ring after this stream's receive ran out of them.
@@ -108,11 +146,13 @@ impl RecvState {
             return;
         }
         with_worker(|worker| {
-            if worker.buffers.available() == 0 {
-                worker.buffers.wait_for_buffer(Rc::downgrade(self));
+            let group = if self.bulk.get() { BULK_GROUP } else { SMALL_GROUP };
+            let buffers = worker.buffers(group);
+            if buffers.available() == 0 {
+                buffers.wait_for_buffer(Rc::downgrade(self));
                 return;
             }
-            let key = worker.submission.recv_multishot(self, self.fd, GROUP);
+            let key = worker.submission.recv_multishot(self, self.fd, group);
             self.armed.set(Some(key));
         });
     }
@@ -147,14 +187,12 @@ impl UringStream {
                 cancelling: Cell::new(false),
                 waker: RefCell::new(None),
                 dropped: Cell::new(false),
+                bulk: Cell::new(false),
+                short_run: Cell::new(0),
             }),
             socket,
             load: None,
         }
-    }
-
-    pub(super) fn socket(&self) -> &std::net::TcpStream {
-        &self.socket
     }
 
     /// Writes `hold` (a buffer or bytes) whole, in ring writes from its start; gives it back.
@@ -166,15 +204,15 @@ impl UringStream {
                 Hold::Buffer(buffer) => {
                     let fixed = match buffer {
                         UringBuffer::Provided(provided) => {
-                            with_worker(|worker| provided.buffers().registered(&worker.submission))
+                            with_worker(|worker| worker.fixed_index(provided))
                         }
-                        UringBuffer::Plain { .. } => false,
+                        UringBuffer::Plain { .. } => None,
                     };
                     let bytes = buffer.filled();
                     (bytes.as_ptr(), bytes.len(), fixed)
                 }
-                Hold::Bytes(bytes) => (bytes.as_ptr(), bytes.len(), false),
-                Hold::Nothing | Hold::Address(_) => (std::ptr::null(), 0, false),
+                Hold::Bytes(bytes) => (bytes.as_ptr(), bytes.len(), None),
+                Hold::Address(_) => (std::ptr::null(), 0, None),
             };
             if written >= len {
                 return (Ok(()), hold);
@@ -182,8 +220,8 @@ impl UringStream {
             // Safety (of the pointer arithmetic): `written` < `len`, within the held bytes.
             let from = unsafe { address.add(written) };
             let rest = u32::try_from(len - written).unwrap_or(u32::MAX);
-            let entry = if fixed {
-                opcode::WriteFixed::new(fd, from, rest, 0).build()
+            let entry = if let Some(index) = fixed {
+                opcode::WriteFixed::new(fd, from, rest, index).build()
             } else {
                 opcode::Send::new(fd, from, rest)
                     .flags(libc::MSG_NOSIGNAL)

@@ -34,9 +34,10 @@ const ENTER_GETEVENTS: u32 = 1;
 
 /// What an operation's slot keeps alive for the kernel until it completes.
 pub(super) enum Hold {
-    Nothing,
     Buffer(UringBuffer),
     Bytes(Box<[u8]>),
+    // Read by the kernel only.
+    #[allow(dead_code)]
     Address(Box<socket2::SockAddr>),
 }
 
@@ -49,8 +50,8 @@ enum Slot {
         /// Its future was dropped: the completion only frees the slot.
         abandoned: bool,
     },
-    /// A multishot receive feeding a stream.
-    Recv(Rc<RecvState>),
+    /// A multishot receive feeding a stream, from buffer group `.1`.
+    Recv(Rc<RecvState>, u16),
     /// A multishot accept feeding a listener.
     Accept(Rc<AcceptState>),
     /// The read kept pending on the executor's eventfd.
@@ -169,7 +170,10 @@ impl Submission {
 
     /// Queues a multishot receive for `state`; returns its key (to cancel it).
     pub(super) fn recv_multishot(&self, state: &Rc<RecvState>, fd: RawFd, group: u16) -> usize {
-        let key = self.slots.borrow_mut().insert(Slot::Recv(Rc::clone(state)));
+        let key = self
+            .slots
+            .borrow_mut()
+            .insert(Slot::Recv(Rc::clone(state), group));
         self.push(opcode::RecvMulti::new(types::Fd(fd), group).build(), key);
         key
     }
@@ -275,13 +279,13 @@ impl Submission {
                 }
                 false
             }
-            Slot::Recv(state) => {
-                let state = Rc::clone(state);
+            Slot::Recv(state, group) => {
+                let (state, group) = (Rc::clone(state), *group);
                 if !more {
                     slots.remove(key);
                 }
                 drop(slots);
-                state.on_completion(key, result, flags, more);
+                state.on_completion(key, group, result, flags, more);
                 false
             }
             Slot::Accept(state) => {
