@@ -113,16 +113,6 @@ impl Chosen {
         }
     }
 
-    /// Whether this backend relays bulk data through kernel pipes.
-    pub fn relays_through_pipes(&self) -> bool {
-        use fyntr_platform::Backend;
-        match self {
-            Self::Tokio(backend) => backend.relays_through_pipes(),
-            #[cfg(target_os = "linux")]
-            Self::IoUring(backend) => backend.relays_through_pipes(),
-        }
-    }
-
     /// Runs the server on this backend (monomorphised per backend).
     pub(crate) fn run(
         self,

@@ -405,7 +405,7 @@ impl ServerBuilder {
     /// [`Started::run`].
     pub fn start(self) -> Result<Started, StartError> {
         let Prepared {
-            mut config,
+            config,
             listen,
             socks5_listen,
             metrics_listen,
@@ -429,9 +429,6 @@ impl ServerBuilder {
         )?;
         if let Some(warning) = &choice.fallback_warning {
             warn!("{warning}");
-        }
-        if !choice.backend.relays_through_pipes() {
-            config.pipes_per_worker = 0;
         }
         let bind = |what, address| {
             socket::bind_listeners(address, workers).map_err(|source| StartError::Bind {
@@ -574,7 +571,7 @@ impl Started {
             idle_timeout_s = config.idle_timeout.map_or(0, |timeout| timeout.as_secs()),
             handshake_timeout_s = config.handshake_timeout.as_secs(),
             buffer_size = config.buffer_size,
-            zero_copy = zero_copy_state(config.pipes_per_worker, self.backend.relays_through_pipes()),
+            zero_copy = zero_copy_state(config.pipes_per_worker),
             pipe_budget = %describe_pipe_budget(config),
             splice_chunk = config.splice_chunk,
             allowed_ports = %ports.join(","),
@@ -773,9 +770,8 @@ fn describe_pipe_budget(config: &Config) -> String {
 }
 
 /// What the start line says about zero-copy relaying.
-fn zero_copy_state(pipes_per_worker: usize, backend_splices: bool) -> &'static str {
+fn zero_copy_state(pipes_per_worker: usize) -> &'static str {
     match (cfg!(target_os = "linux"), pipes_per_worker) {
-        _ if !backend_splices => "ring buffers (received into and written from the same buffer)",
         (false, _) => "off (splice is Linux-only)",
         (true, 0) => "off",
         (true, _) => "splice",
