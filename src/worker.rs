@@ -154,11 +154,7 @@ impl<B: Backend> WorkerContext<B> {
             pipes: PipePool::new(
                 config.splice_chunk,
                 config.buffer_size,
-                if backend.relays_through_pipes() {
-                    config.pipes_per_worker
-                } else {
-                    0
-                },
+                config.pipes_per_worker,
                 shared.pipe_budget.clone(),
             ),
             scratch: RefCell::new(vec![0; crate::relay::INTERACTIVE_READ].into_boxed_slice()),

@@ -159,12 +159,6 @@ pub trait Backend: Copy + Send + Sync + 'static {
     /// Short name for logs: `tokio` or `io-uring`.
     fn name(&self) -> &'static str;
 
-    /// Whether bulk data may be relayed through kernel pipes ([`Stream::try_splice_in`]). A
-    /// backend that answers `false` relays through its own buffers, and gets no pipes.
-    fn relays_through_pipes(&self) -> bool {
-        true
-    }
-
     /// Runs `workers` workers, each on its own thread with its own single-threaded runtime, and
     /// blocks until all of them return.
     ///

@@ -121,6 +121,24 @@ impl Pipe {
         Ok(moved)
     }
 
+    /// Copies a prefix of `bytes` into this pipe with one non-blocking `write`; returns how
+    /// many went in. For bytes a backend already received into its own memory.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn fill_with(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let room = self.capacity.saturating_sub(self.held).min(bytes.len());
+        // Safety: `bytes` is valid for `room` bytes; the write end is open.
+        let written = unsafe {
+            libc::write(
+                self.write_end.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                room,
+            )
+        };
+        let written = usize::try_from(written).map_err(|_| io::Error::last_os_error())?;
+        self.held += written;
+        Ok(written)
+    }
+
     /// One non-blocking `splice` of what the pipe holds into `socket`; returns the bytes moved.
     #[cfg(target_os = "linux")]
     pub(crate) fn drain_into(&mut self, socket: RawFd) -> io::Result<usize> {

@@ -188,10 +188,6 @@ impl Backend for Uring {
         "io-uring"
     }
 
-    fn relays_through_pipes(&self) -> bool {
-        false
-    }
-
     fn run_workers<F, Fut>(
         self,
         workers: usize,
@@ -240,7 +236,8 @@ impl Backend for Uring {
 
     async fn connect(addr: SocketAddr, tuning: SocketTuning) -> io::Result<UringStream> {
         let socket = crate::socket::socket_for(addr, tuning)?;
-        // Blocking: the ring never blocks on it, and direct calls never move data.
+        // Connected through the ring as a blocking socket (one completion, no EINPROGRESS),
+        // then non-blocking for the splices (see `stream`).
         socket.set_nonblocking(false)?;
         socket.set_nodelay(true)?;
         let address = Box::new(socket2::SockAddr::from(addr));
@@ -259,6 +256,7 @@ impl Backend for Uring {
         if result < 0 {
             return Err(submission::errno(result));
         }
+        socket.set_nonblocking(true)?;
         Ok(UringStream::new(socket.into()))
     }
 

@@ -1,14 +1,17 @@
 //! A connected socket on a worker's ring: data arrives through a multishot receive into
 //! provided buffers, and leaves as ring writes, in the order the relay submits them.
 //!
-//! Sockets are blocking: every transfer goes through the ring, which never blocks on them (it
-//! tries at once and waits on the socket's readiness inside the kernel), and nothing here calls
-//! `recv` or `send` directly.
+//! Bulk data the relay splices is the exception: the kernel never runs a ring splice inline
+//! (every one goes to an io-wq thread, see [`crate::splice`]), and copying a bulk stream
+//! through user memory twice costs more than the splice saves in calls (load benchmark: 0.37 of
+//! a direct connection copying, against 0.77 splicing). So while the relay splices a stream,
+//! its readiness comes from a ring poll and the splices are plain non-blocking calls; sockets
+//! are non-blocking for that. The multishot receive is cancelled, and its last completion seen,
+//! before the first splice, so that no byte can overtake another.
 
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
-    future::Future,
     io,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd, RawFd},
@@ -49,6 +52,8 @@ pub(super) struct RecvState {
     /// after [`SHORT_RUN`] short receives in a row).
     bulk: Cell<bool>,
     short_run: Cell<u8>,
+    /// The relay splices this stream: readiness comes from a ring poll, not a receive.
+    splicing: Cell<bool>,
 }
 
 impl RecvState {
@@ -142,7 +147,11 @@ impl RecvState {
 
     /// Makes sure a receive is armed (or waits for a buffer to arm one).
     fn arm(self: &Rc<Self>) {
-        if self.armed.get().is_some() || self.end.get().is_some() || self.dropped.get() {
+        if self.armed.get().is_some()
+            || self.end.get().is_some()
+            || self.dropped.get()
+            || self.splicing.get()
+        {
             return;
         }
         with_worker(|worker| {
@@ -163,6 +172,17 @@ impl RecvState {
             0 => Some(Ok(0)),
             code => Some(Err(io::Error::from_raw_os_error(code))),
         }
+    }
+}
+
+/// Waits until the kernel reports `events` on `fd` (a one-shot ring poll). Dropping the future
+/// cancels the poll.
+async fn ring_poll(fd: RawFd, events: i16) -> io::Result<()> {
+    let entry = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
+    let completion = with_worker(|worker| worker.submission.single(entry, Hold::Nothing));
+    match completion.await.0 {
+        result if result >= 0 => Ok(()),
+        result => Err(errno(result)),
     }
 }
 
@@ -189,6 +209,7 @@ impl UringStream {
                 dropped: Cell::new(false),
                 bulk: Cell::new(false),
                 short_run: Cell::new(0),
+                splicing: Cell::new(false),
             }),
             socket,
             load: None,
@@ -212,7 +233,7 @@ impl UringStream {
                     (bytes.as_ptr(), bytes.len(), fixed)
                 }
                 Hold::Bytes(bytes) => (bytes.as_ptr(), bytes.len(), None),
-                Hold::Address(_) => (std::ptr::null(), 0, None),
+                Hold::Nothing | Hold::Address(_) => (std::ptr::null(), 0, None),
             };
             if written >= len {
                 return (Ok(()), hold);
@@ -221,6 +242,7 @@ impl UringStream {
             let from = unsafe { address.add(written) };
             let rest = u32::try_from(len - written).unwrap_or(u32::MAX);
             let entry = if let Some(index) = fixed {
+                // An rw operation: on a non-blocking socket it answers EAGAIN when full.
                 opcode::WriteFixed::new(fd, from, rest, index).build()
             } else {
                 opcode::Send::new(fd, from, rest)
@@ -236,7 +258,12 @@ impl UringStream {
                     let error = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no data");
                     return (Err(error), hold);
                 }
-                n if -n == libc::EINTR || -n == libc::EAGAIN => {}
+                n if -n == libc::EINTR => {}
+                n if -n == libc::EAGAIN => {
+                    if let Err(error) = ring_poll(fd.0, libc::POLLOUT).await {
+                        return (Err(error), hold);
+                    }
+                }
                 n => return (Err(errno(n)), hold),
             }
         }
@@ -263,22 +290,36 @@ impl Drop for UringStream {
 impl crate::Stream for UringStream {
     type Buffer = UringBuffer;
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> {
-        std::future::poll_fn(|cx| {
+    async fn readable(&self) -> io::Result<()> {
+        loop {
             if self.state.ready() {
-                return Poll::Ready(Ok(()));
+                return Ok(());
             }
-            self.state.arm();
-            let mut waker = self.state.waker.borrow_mut();
-            match &*waker {
-                Some(current) if current.will_wake(cx.waker()) => {}
-                _ => *waker = Some(cx.waker().clone()),
+            if self.state.splicing.get() && self.state.armed.get().is_none() {
+                // Readable, hung up or failed: the splice that follows tells which.
+                return ring_poll(self.socket.as_raw_fd(), libc::POLLIN).await;
             }
-            Poll::Pending
-        })
+            // Receiving (or waiting for the cancelled receive's last completion).
+            let mut woken = false;
+            std::future::poll_fn(|cx| {
+                if woken || self.state.ready() {
+                    return Poll::Ready(());
+                }
+                woken = true;
+                self.state.arm();
+                let mut waker = self.state.waker.borrow_mut();
+                match &*waker {
+                    Some(current) if current.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            })
+            .await;
+        }
     }
 
     async fn read(&self, buf: UringBuffer) -> (io::Result<usize>, UringBuffer) {
+        self.state.splicing.set(false);
         loop {
             if let Some(provided) = self.state.pending.borrow_mut().pop_front() {
                 let buffer = UringBuffer::Provided(provided);
@@ -294,6 +335,7 @@ impl crate::Stream for UringStream {
     }
 
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.state.splicing.set(false);
         let mut copied = 0;
         let mut pending = self.state.pending.borrow_mut();
         while copied < buf.len() {
@@ -331,18 +373,47 @@ impl crate::Stream for UringStream {
         (result, buf)
     }
 
-    fn try_splice_in(&self, _pipe: &mut Pipe, _max: usize) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the io_uring backend relays through its ring's buffers, not pipes",
-        ))
+    fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
+        let state = &self.state;
+        state.splicing.set(true);
+        // What the receive already took goes first, copied into the pipe.
+        {
+            let mut pending = state.pending.borrow_mut();
+            if let Some(front) = pending.front_mut() {
+                let n = pipe.fill_with(&front.filled_bytes()[..front.filled_bytes().len().min(max)])?;
+                front.consume(n);
+                if front.filled_bytes().is_empty() {
+                    pending.pop_front();
+                }
+                return Ok(n);
+            }
+        }
+        if let Some(armed) = state.armed.get() {
+            // Not a byte is spliced before the receive's last completion is in.
+            if !state.cancelling.get() {
+                state.cancelling.set(true);
+                with_worker(|worker| worker.submission.cancel(armed));
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if let Some(end) = state.end_result() {
+            return end;
+        }
+        pipe.fill_from(self.socket.as_raw_fd(), max)
     }
 
-    async fn splice_out(&self, _pipe: &mut Pipe) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the io_uring backend relays through its ring's buffers, not pipes",
-        ))
+    async fn splice_out(&self, pipe: &mut Pipe) -> io::Result<()> {
+        let fd = self.socket.as_raw_fd();
+        while pipe.held() > 0 {
+            match pipe.drain_into(fd) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    ring_poll(fd, libc::POLLOUT).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     fn shutdown_write(&self) -> io::Result<()> {

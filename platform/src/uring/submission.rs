@@ -34,6 +34,7 @@ const ENTER_GETEVENTS: u32 = 1;
 
 /// What an operation's slot keeps alive for the kernel until it completes.
 pub(super) enum Hold {
+    Nothing,
     Buffer(UringBuffer),
     Bytes(Box<[u8]>),
     // Read by the kernel only.
@@ -182,7 +183,7 @@ impl Submission {
     pub(super) fn accept_multishot(&self, state: &Rc<AcceptState>, fd: RawFd) -> usize {
         let key = self.slots.borrow_mut().insert(Slot::Accept(Rc::clone(state)));
         let entry = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build();
         self.push(entry, key);
         key
