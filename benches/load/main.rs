@@ -15,6 +15,8 @@
 //! direct, fyntr, ...), and the table gives medians: a mode's ratio is the median of its ratios
 //! to the direct run of the same round, with their range, so that the machine's drift during a
 //! run (other tenants, thermal) weighs on every mode alike.
+//! The `syscalls` scenario counts the proxy's system calls per relayed message with `strace`
+//! (see `syscalls.rs`).
 //! Each scenario is bounded in time and count; the load generator and its targets run in this
 //! process, on loopback only.
 
@@ -23,6 +25,7 @@
 mod proxies;
 mod report;
 mod scenarios;
+mod syscalls;
 mod targets;
 
 use std::{path::PathBuf, time::Duration};

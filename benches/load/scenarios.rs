@@ -49,7 +49,7 @@ impl Metric {
             proxy_only: false,
         }
     }
-    fn of_proxy(name: &'static str, unit: &'static str, value: f64) -> Metric {
+    pub fn of_proxy(name: &'static str, unit: &'static str, value: f64) -> Metric {
         Metric {
             name,
             unit,
@@ -100,6 +100,10 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "idle",
         run: |o, t, p| Box::pin(idle(o, t, p)),
+    },
+    Scenario {
+        name: "syscalls",
+        run: |o, t, p| Box::pin(crate::syscalls::syscalls(o, t, p)),
     },
 ];
 

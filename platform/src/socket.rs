@@ -356,36 +356,6 @@ mod tests {
             .to_string()
     }
 
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn accepted_sockets_are_non_blocking_without_nagle() {
-        let listener = bind_listeners("127.0.0.1:0".parse().unwrap(), 1)
-            .unwrap()
-            .remove(0);
-        let nothing_pending = accept_non_blocking(&listener).unwrap_err();
-        assert_eq!(nothing_pending.kind(), io::ErrorKind::WouldBlock);
-
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, peer) = loop {
-            match accept_non_blocking(&listener) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                result => break result.unwrap(),
-            }
-        };
-        assert_eq!(peer, client.local_addr().unwrap());
-        assert!(
-            accepted.nodelay().unwrap(),
-            "TCP_NODELAY inherited from the listener"
-        );
-        let mut byte = [0u8; 1];
-        let empty = std::io::Read::read(&mut &accepted, &mut byte).unwrap_err();
-        assert_eq!(
-            empty.kind(),
-            io::ErrorKind::WouldBlock,
-            "accepted non-blocking"
-        );
-    }
-
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn loopback_sockets_get_the_loopback_congestion_control() {

@@ -127,13 +127,8 @@ impl Pipe {
     pub(crate) fn fill_with(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let room = self.capacity.saturating_sub(self.held).min(bytes.len());
         // Safety: `bytes` is valid for `room` bytes; the write end is open.
-        let written = unsafe {
-            libc::write(
-                self.write_end.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                room,
-            )
-        };
+        let written =
+            unsafe { libc::write(self.write_end.as_raw_fd(), bytes.as_ptr().cast(), room) };
         let written = usize::try_from(written).map_err(|_| io::Error::last_os_error())?;
         self.held += written;
         Ok(written)

@@ -235,7 +235,10 @@ impl Wake for TaskHandle {
             let executor = local.get();
             // Safety: as in `spawn_local`.
             if !executor.is_null() && Arc::ptr_eq(&unsafe { &*executor }.remote, &self.remote) {
-                unsafe { &*executor }.ready.borrow_mut().push_back(Arc::clone(self));
+                unsafe { &*executor }
+                    .ready
+                    .borrow_mut()
+                    .push_back(Arc::clone(self));
                 true
             } else {
                 false
@@ -338,6 +341,7 @@ impl<T> Slots<T> {
         value
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
     }

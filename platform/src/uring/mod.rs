@@ -24,6 +24,8 @@ mod listener;
 mod probe;
 mod stream;
 mod submission;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 use std::{cell::RefCell, future::Future, io, net::SocketAddr, os::fd::AsRawFd, rc::Rc};
@@ -41,6 +43,8 @@ use crate::{balance::Balance, Backend, SocketTuning, Worker};
 pub struct Uring {
     buffer_size: usize,
     register_buffers: bool,
+    /// Buffers in each provided ring (small, bulk).
+    ring_buffers: (u16, u16),
 }
 
 impl Uring {
@@ -50,7 +54,15 @@ impl Uring {
         Self {
             buffer_size,
             register_buffers,
+            ring_buffers: (buffers::SMALL_BUFFERS, RING_BUFFERS),
         }
+    }
+
+    /// The same with `small` and `bulk` buffers (powers of two) in its provided rings.
+    #[cfg(test)]
+    fn with_ring_buffers(mut self, small: u16, bulk: u16) -> Self {
+        self.ring_buffers = (small, bulk);
+        self
     }
 }
 
@@ -89,18 +101,22 @@ pub(super) fn try_with_worker<T>(f: impl FnOnce(&RingWorker) -> T) -> Option<T> 
 }
 
 impl RingWorker {
-    fn new(buffer_size: usize, register_buffers: bool) -> io::Result<Rc<Self>> {
+    fn new(
+        buffer_size: usize,
+        register_buffers: bool,
+        (small_count, bulk_count): (u16, u16),
+    ) -> io::Result<Rc<Self>> {
         let (ring, setup) = submission::build_ring(submission::SUBMISSION_ENTRIES)?;
         let submission = submission::Submission::new(ring, setup);
         let small = buffers::ProvidedBuffers::new(
             buffers::SMALL_SIZE,
-            buffers::SMALL_BUFFERS,
+            small_count,
             buffers::SMALL_GROUP,
             &submission,
         )?;
         let bulk = buffers::ProvidedBuffers::new(
             buffer_size,
-            buffers::RING_BUFFERS,
+            bulk_count,
             buffers::BULK_GROUP,
             &submission,
         )?;
@@ -114,6 +130,19 @@ impl RingWorker {
             may_register: register_buffers,
             executor,
         }))
+    }
+
+    /// Operations in flight and buffers on the rings (small, bulk), for tests that check
+    /// everything comes back.
+    #[cfg(test)]
+    fn outstanding() -> (usize, usize, usize) {
+        with_worker(|worker| {
+            (
+                worker.submission.in_flight(),
+                worker.small.available(),
+                worker.bulk.available(),
+            )
+        })
     }
 
     /// The ring of buffer group `group`.
@@ -215,9 +244,10 @@ impl Backend for Uring {
         let timers = timers::handle()?;
         let buffer_size = self.buffer_size;
         let register = self.register_buffers;
+        let ring_buffers = self.ring_buffers;
         crate::run_worker_threads("fyntr-uring", sources, move |index, sources| {
             let _timers = timers.enter();
-            let ring = RingWorker::new(buffer_size, register)?;
+            let ring = RingWorker::new(buffer_size, register, ring_buffers)?;
             let listeners = sources
                 .into_iter()
                 .map(|(listener, share)| UringListener::new(listener, share))

@@ -33,7 +33,8 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
-const NEWER_KERNEL: &str = "the io_uring backend needs Linux 6.0 or later; run with --backend tokio";
+const NEWER_KERNEL: &str =
+    "the io_uring backend needs Linux 6.0 or later; run with --backend tokio";
 
 /// Checks that this process may use io_uring the way the backend does.
 pub fn probe() -> Result<ProbeReport, Unavailable> {
@@ -73,8 +74,8 @@ pub fn probe() -> Result<ProbeReport, Unavailable> {
 /// Receives one byte over a socket pair with a multishot receive into a one-buffer provided
 /// ring, as the workers do.
 fn multishot_receive(ring: IoUring) -> Result<(), Unavailable> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|error| classify("socketpair", &error))?;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|error| classify("socketpair", &error))?;
     #[repr(C, align(4096))]
     struct Page([u8; 4096]);
     let mut entries = Box::new(Page([0; 4096]));
@@ -90,7 +91,9 @@ fn multishot_receive(ring: IoUring) -> Result<(), Unavailable> {
             .map_err(|error| {
                 if error.raw_os_error() == Some(libc::EINVAL) {
                     Unavailable {
-                        cause: format!("IORING_REGISTER_PBUF_RING rejected by this kernel: {error}"),
+                        cause: format!(
+                            "IORING_REGISTER_PBUF_RING rejected by this kernel: {error}"
+                        ),
                         advice: NEWER_KERNEL,
                     }
                 } else {
@@ -102,8 +105,7 @@ fn multishot_receive(ring: IoUring) -> Result<(), Unavailable> {
         entry.set_len(buffer.len() as u32);
         entry.set_bid(0);
         let tail = types::BufRingEntry::tail(entries_ptr).cast_mut();
-        std::sync::atomic::AtomicU16::from_ptr(tail)
-            .store(1, std::sync::atomic::Ordering::Release);
+        std::sync::atomic::AtomicU16::from_ptr(tail).store(1, std::sync::atomic::Ordering::Release);
     }
     use std::io::Write;
     (&theirs)

@@ -155,7 +155,11 @@ impl RecvState {
             return;
         }
         with_worker(|worker| {
-            let group = if self.bulk.get() { BULK_GROUP } else { SMALL_GROUP };
+            let group = if self.bulk.get() {
+                BULK_GROUP
+            } else {
+                SMALL_GROUP
+            };
             let buffers = worker.buffers(group);
             if buffers.available() == 0 {
                 buffers.wait_for_buffer(Rc::downgrade(self));
@@ -380,7 +384,8 @@ impl crate::Stream for UringStream {
         {
             let mut pending = state.pending.borrow_mut();
             if let Some(front) = pending.front_mut() {
-                let n = pipe.fill_with(&front.filled_bytes()[..front.filled_bytes().len().min(max)])?;
+                let n =
+                    pipe.fill_with(&front.filled_bytes()[..front.filled_bytes().len().min(max)])?;
                 front.consume(n);
                 if front.filled_bytes().is_empty() {
                     pending.pop_front();

@@ -181,7 +181,10 @@ impl Submission {
 
     /// Queues a multishot accept for `state`; returns its key.
     pub(super) fn accept_multishot(&self, state: &Rc<AcceptState>, fd: RawFd) -> usize {
-        let key = self.slots.borrow_mut().insert(Slot::Accept(Rc::clone(state)));
+        let key = self
+            .slots
+            .borrow_mut()
+            .insert(Slot::Accept(Rc::clone(state)));
         let entry = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build();
@@ -310,6 +313,7 @@ impl Submission {
     }
 
     /// Operations in flight (for the tests that check everything is returned).
+    #[cfg(test)]
     pub(super) fn in_flight(&self) -> usize {
         self.slots.borrow().len()
     }
