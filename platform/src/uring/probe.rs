@@ -58,6 +58,7 @@ pub fn probe() -> Result<ProbeReport, Unavailable> {
         ("ACCEPT", opcode::AcceptMulti::CODE),
         ("CONNECT", opcode::Connect::CODE),
         ("READ", opcode::Read::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
     ] {
         if !supported.is_supported(code) {
