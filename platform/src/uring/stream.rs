@@ -380,6 +380,9 @@ impl crate::Stream for UringStream {
     fn try_splice_in(&self, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
         let state = &self.state;
         state.splicing.set(true);
+        // Should the relay go back to small reads, the receive starts on small buffers again:
+        // what it takes ahead of the relay is then a page or two, not bulk buffers to copy.
+        state.bulk.set(false);
         // What the receive already took goes first, copied into the pipe.
         {
             let mut pending = state.pending.borrow_mut();
