@@ -88,7 +88,7 @@ fn sum(counts: &[(String, u64)], names: &[&str]) -> f64 {
         .iter()
         .filter(|(name, _)| names.contains(&name.as_str()))
         .map(|(_, calls)| *calls as f64)
-        .sum()
+        .fold(0.0, |total, calls| total + calls)
 }
 
 fn have_strace() -> bool {
