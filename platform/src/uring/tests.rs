@@ -129,46 +129,48 @@ fn exhausted_buffers_hold_the_sender_back_and_lose_nothing() {
     if !io_uring_here() {
         return;
     }
-    // Two buffers per ring: the relay holding them stops receiving; the data waits in the
-    // socket, then arrives whole once they are given back.
+    // One buffer per ring. The first stream's receive takes the small one and the relay keeps
+    // it; the second stream then receives nothing, its data waits in the socket, and arrives
+    // whole once the buffer is given back.
+    let first_sent = pattern(64 * 1024, 5);
     let sent = pattern(2 << 20, 3);
     let expected = sent.clone();
-    let backend = Uring::new(16 * 1024, false).with_ring_buffers(2, 2);
+    let backend = Uring::new(16 * 1024, false).with_ring_buffers(1, 1);
     let (addr, server) = worker(backend, move |listener| {
         let expected = expected.clone();
         async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut held = Vec::new();
-            let mut received = Vec::new();
-            // Read and keep buffers until the bulk ring is empty.
-            loop {
-                let (read, buffer) = stream.read(plain(16 * 1024)).await;
-                assert!(read.unwrap() > 0);
-                held.push(buffer);
-                if RingWorker::outstanding().2 == 0 {
-                    break;
-                }
-            }
-            // Starved: nothing more is received while they are held.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (first, _) = listener.accept().await.unwrap();
+            let (second, _) = listener.accept().await.unwrap();
+            first.readable().await.unwrap();
             assert_eq!(
-                RingWorker::outstanding().2,
+                RingWorker::outstanding().1,
                 0,
-                "no buffer came back by itself"
+                "the first holds the small buffer"
+            );
+            // Starved: nothing is received for the second while the buffer is held.
+            let waited = tokio::time::timeout(Duration::from_millis(100), second.readable()).await;
+            assert!(
+                waited.is_err(),
+                "the second received with no buffer to spare"
             );
             assert!(
-                stream.queued_to_read().unwrap() > 0,
+                second.queued_to_read().unwrap() > 0,
                 "the rest waits in the socket"
             );
-            for buffer in held.drain(..) {
-                received.extend_from_slice(buffer.filled());
-            }
+            // The relay takes the first's bytes: the buffer goes back to the ring.
+            let mut taken = vec![0u8; 4096];
+            assert!(first.try_recv(&mut taken).unwrap() > 0);
+            drop(first);
+            let mut received = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                let (read, buffer) = stream.read(plain(16 * 1024)).await;
-                if read.unwrap() == 0 {
-                    break;
+                second.readable().await.unwrap();
+                match second.try_recv(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(error) => panic!("receive failed: {error}"),
                 }
-                received.extend_from_slice(buffer.filled());
             }
             assert!(
                 received == expected,
@@ -176,17 +178,20 @@ fn exhausted_buffers_hold_the_sender_back_and_lose_nothing() {
                 received.len(),
                 expected.len()
             );
-            stream.shutdown_write().unwrap();
-            drop(stream);
+            drop(second);
             listener.stop();
-            everything_returned(2, 2).await;
+            everything_returned(1, 1).await;
         }
     });
-    let mut client = TcpStream::connect(addr).unwrap();
-    client.write_all(&sent).unwrap();
-    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut first = TcpStream::connect(addr).unwrap();
+    first.write_all(&first_sent).unwrap();
+    // One listener accepts in connection order.
+    let mut second = TcpStream::connect(addr).unwrap();
+    second.write_all(&sent).unwrap();
+    second.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
-    client.read_to_end(&mut rest).unwrap();
+    let _ = second.read_to_end(&mut rest);
+    let _ = first.read_to_end(&mut rest);
     server.join().unwrap();
 }
 
