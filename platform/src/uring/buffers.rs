@@ -253,6 +253,42 @@ pub enum UringBuffer {
     },
 }
 
+/// How many heap buffers of plain reads a worker keeps for reuse, like the portable pool.
+const KEEP_SPARE: usize = 16;
+
+thread_local! {
+    /// Heap buffers of plain reads, kept for the next: a bulk chunk read for want of a pipe
+    /// would otherwise allocate and free a whole buffer each time.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty heap buffer with room for `capacity` bytes, reused where one is kept.
+pub(super) fn spare_bytes(capacity: usize) -> Vec<u8> {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .filter(|bytes| bytes.capacity() >= capacity)
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+impl Drop for UringBuffer {
+    fn drop(&mut self) {
+        if let Self::Plain { bytes, .. } = self {
+            if bytes.capacity() > 0 {
+                let mut bytes = std::mem::take(bytes);
+                bytes.clear();
+                let _ = SPARE.try_with(|spare| {
+                    let mut spare = spare.borrow_mut();
+                    if spare.len() < KEEP_SPARE {
+                        spare.push(bytes);
+                    }
+                });
+            }
+        }
+    }
+}
+
 impl IoBuffer for UringBuffer {
     fn filled(&self) -> &[u8] {
         match self {

@@ -206,7 +206,9 @@ fn read_into(socket: &std::net::TcpStream, buf: &mut UringBuffer) -> io::Result<
         unreachable!("made plain above")
     };
     bytes.clear();
-    bytes.reserve_exact(*capacity);
+    if bytes.capacity() < *capacity {
+        *bytes = super::buffers::spare_bytes(*capacity);
+    }
     // Safety: the socket is open, and recv writes at most `capacity` bytes into the spare
     // capacity reserved above; the length then covers only what it wrote.
     let read = unsafe {
