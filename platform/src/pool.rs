@@ -87,6 +87,15 @@ pub struct HeapBuffer {
 }
 
 impl HeapBuffer {
+    /// A zeroed buffer of `capacity` bytes that belongs to no pool: freed when dropped.
+    pub(crate) fn detached(capacity: usize) -> Self {
+        Self {
+            data: Some(vec![0u8; capacity].into_boxed_slice()),
+            len: 0,
+            pool: None,
+        }
+    }
+
     /// The whole buffer, for a read to fill; call [`HeapBuffer::set_len`] afterwards.
     pub fn spare_mut(&mut self) -> &mut [u8] {
         self.data

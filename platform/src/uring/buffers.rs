@@ -24,7 +24,10 @@ use std::{
 use io_uring::types::BufRingEntry;
 
 use super::{stream::RecvState, submission::Submission};
-use crate::{BufferPool, IoBuffer};
+use crate::{
+    pool::{HeapBuffer, HeapPool},
+    BufferPool, IoBuffer,
+};
 
 /// Bulk buffers in each worker's provided ring (a power of two): enough for the chunks in
 /// flight on a busy worker's tunnels, each stream holding at most
@@ -244,63 +247,23 @@ impl Drop for Provided {
 pub enum UringBuffer {
     /// A buffer a receive filled, straight from the provided ring.
     Provided(Provided),
-    /// A plain heap buffer, allocated when first filled.
-    Plain {
-        /// The bytes held.
-        bytes: Vec<u8>,
-        /// How many it may hold.
-        capacity: usize,
-    },
-}
-
-/// How many heap buffers of plain reads a worker keeps for reuse, like the portable pool.
-const KEEP_SPARE: usize = 16;
-
-thread_local! {
-    /// Heap buffers of plain reads, kept for the next: a bulk chunk read for want of a pipe
-    /// would otherwise allocate and free a whole buffer each time.
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty heap buffer with room for `capacity` bytes, reused where one is kept.
-pub(super) fn spare_bytes(capacity: usize) -> Vec<u8> {
-    SPARE
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .filter(|bytes| bytes.capacity() >= capacity)
-        .unwrap_or_else(|| Vec::with_capacity(capacity))
-}
-
-impl Drop for UringBuffer {
-    fn drop(&mut self) {
-        if let Self::Plain { bytes, .. } = self {
-            if bytes.capacity() > 0 {
-                let mut bytes = std::mem::take(bytes);
-                bytes.clear();
-                let _ = SPARE.try_with(|spare| {
-                    let mut spare = spare.borrow_mut();
-                    if spare.len() < KEEP_SPARE {
-                        spare.push(bytes);
-                    }
-                });
-            }
-        }
-    }
+    /// A heap buffer of the worker's pool, for bulk chunks read with plain calls (see
+    /// `stream`).
+    Heap(HeapBuffer),
 }
 
 impl IoBuffer for UringBuffer {
     fn filled(&self) -> &[u8] {
         match self {
             Self::Provided(provided) => provided.filled_bytes(),
-            Self::Plain { bytes, .. } => bytes,
+            Self::Heap(heap) => heap.filled(),
         }
     }
 
     fn capacity(&self) -> usize {
         match self {
             Self::Provided(provided) => provided.buffers.size,
-            Self::Plain { capacity, .. } => *capacity,
+            Self::Heap(heap) => heap.capacity(),
         }
     }
 
@@ -321,25 +284,23 @@ impl IoBuffer for UringBuffer {
                 provided.len = n as u32;
                 n
             }
-            Self::Plain { bytes, capacity } => {
-                let n = source.len().min(*capacity);
-                bytes.clear();
-                bytes.extend_from_slice(&source[..n]);
-                n
-            }
+            Self::Heap(heap) => heap.fill_from(source),
         }
     }
 }
 
-/// A worker's pool: reads come in provided buffers, so what it hands out is only an empty
-/// placeholder, allocated if someone fills it.
+/// A worker's pool of heap buffers, bounded like the portable backend's. Receives come in
+/// provided buffers; the relay takes a buffer from here only for a bulk chunk it has no pipe
+/// for.
 pub struct UringPool {
-    buffer_size: usize,
+    heap: HeapPool,
 }
 
 impl UringPool {
-    pub(super) fn new(buffer_size: usize) -> Self {
-        Self { buffer_size }
+    pub(super) fn new(buffer_size: usize, max_buffers: usize) -> Self {
+        Self {
+            heap: HeapPool::new(buffer_size, max_buffers),
+        }
     }
 }
 
@@ -347,13 +308,10 @@ impl BufferPool for UringPool {
     type Buffer = UringBuffer;
 
     async fn take(&self) -> UringBuffer {
-        UringBuffer::Plain {
-            bytes: Vec::new(),
-            capacity: self.buffer_size,
-        }
+        UringBuffer::Heap(self.heap.take().await)
     }
 
     fn allocated(&self) -> usize {
-        0
+        self.heap.allocated()
     }
 }

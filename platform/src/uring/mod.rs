@@ -290,7 +290,7 @@ impl Backend for Uring {
         Ok(UringStream::new(socket.into()))
     }
 
-    fn new_pool(&self, buffer_size: usize, _max_buffers: usize) -> UringPool {
-        UringPool::new(buffer_size)
+    fn new_pool(&self, buffer_size: usize, max_buffers: usize) -> UringPool {
+        UringPool::new(buffer_size, max_buffers)
     }
 }

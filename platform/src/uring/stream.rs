@@ -27,7 +27,7 @@ use super::{
     submission::{errno, Hold},
     with_worker,
 };
-use crate::{balance::Load, IoBuffer, Pipe};
+use crate::{balance::Load, pool::HeapBuffer, IoBuffer, Pipe};
 
 /// Buffers a stream may hold received but not yet taken by the relay before its receive is
 /// cancelled: the rest waits in the socket, where TCP's window holds the sender back.
@@ -192,36 +192,18 @@ async fn ring_poll(fd: RawFd, events: i16) -> io::Result<()> {
     }
 }
 
-/// One non-blocking read from `socket` into `buf`, which becomes a plain buffer of the same
-/// capacity if it is not one.
+/// One non-blocking read from `socket` into `buf` (a heap buffer; a provided one is swapped
+/// for a heap buffer of the same size, which the relay never asks for).
 fn read_into(socket: &std::net::TcpStream, buf: &mut UringBuffer) -> io::Result<usize> {
     if let UringBuffer::Provided(_) = buf {
         let capacity = crate::IoBuffer::capacity(buf);
-        *buf = UringBuffer::Plain {
-            bytes: Vec::new(),
-            capacity,
-        };
+        *buf = UringBuffer::Heap(HeapBuffer::detached(capacity));
     }
-    let UringBuffer::Plain { bytes, capacity } = buf else {
-        unreachable!("made plain above")
+    let UringBuffer::Heap(heap) = buf else {
+        unreachable!("made a heap buffer above")
     };
-    bytes.clear();
-    if bytes.capacity() < *capacity {
-        *bytes = super::buffers::spare_bytes(*capacity);
-    }
-    // Safety: the socket is open, and recv writes at most `capacity` bytes into the spare
-    // capacity reserved above; the length then covers only what it wrote.
-    let read = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            bytes.as_mut_ptr().cast(),
-            *capacity,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
-    // Safety: recv initialised the first `read` bytes.
-    unsafe { bytes.set_len(read) };
+    let read = std::io::Read::read(&mut &*socket, heap.spare_mut())?;
+    heap.set_len(read);
     Ok(read)
 }
 
@@ -266,7 +248,7 @@ impl UringStream {
                         UringBuffer::Provided(provided) => {
                             with_worker(|worker| worker.fixed_index(provided))
                         }
-                        UringBuffer::Plain { .. } => None,
+                        UringBuffer::Heap(_) => None,
                     };
                     let bytes = buffer.filled();
                     (bytes.as_ptr(), bytes.len(), fixed)

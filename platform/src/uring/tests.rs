@@ -49,10 +49,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn plain(capacity: usize) -> UringBuffer {
-    UringBuffer::Plain {
-        bytes: Vec::new(),
-        capacity,
-    }
+    UringBuffer::Heap(crate::pool::HeapBuffer::detached(capacity))
 }
 
 /// Waits (bounded) until every operation but the eventfd read has completed and every buffer
