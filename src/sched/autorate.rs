@@ -159,6 +159,9 @@ const BEST_MEMORY: Duration = Duration::from_secs(10);
 /// How recent a cut of the opposite direction keeps a queue that does not drain from
 /// counting as someone else's.
 const OPPOSITE_CUT_WINDOW: Duration = Duration::from_secs(2);
+/// Ticks at the floor rate (within 5 % of it) with more to send, after which the queue that
+/// brought the rate there counts as someone else's: 2 s.
+const FLOOR_TICKS: u32 = 20;
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -189,6 +192,8 @@ pub struct AutoRate {
     /// What the path delivered when it last built a queue: the estimate of its rate.
     ceiling: f64,
     cuts_in_a_row: u32,
+    /// Ticks in a row at the floor rate with more to send.
+    ticks_at_floor: u32,
     /// The rate before the first of those cuts.
     rate_before_cuts: f64,
     step: f64,
@@ -214,6 +219,7 @@ impl AutoRate {
             delay_at_cut: Duration::ZERO,
             ceiling: 0.0,
             cuts_in_a_row: 0,
+            ticks_at_floor: 0,
             rate_before_cuts: 0.0,
             step: config.first_step,
             step_since: now,
@@ -335,6 +341,7 @@ impl AutoRate {
                     self.last_cut = Some(now);
                     self.delay_at_cut = delay;
                     self.cuts_in_a_row = 0;
+                    self.ticks_at_floor = 0;
                     self.step = self.config.first_step;
                     self.step_since = now;
                 }
@@ -365,6 +372,22 @@ impl AutoRate {
         // a step down the pacer holds nothing back (the sockets' windows are the limit), and
         // what moves is a fraction of the rate.
         let pushing = sample.backlogged || load >= self.config.min_load;
+        // Held at the floor with more to send: whatever queue brought the rate there is not
+        // fyntr's, however its delay wobbles (a drop-tail queue that another flow keeps full
+        // saws up and down, and reads as draining after every cut, so the cuts in a row below
+        // never add up). Pacing there only hands that flow the link while the tunnels time
+        // out; on a path that is clear the rate grows off the floor within a tick or two.
+        if self.rate <= 1.05 * self.config.floor && pushing {
+            self.ticks_at_floor += 1;
+            if self.ticks_at_floor >= FLOOR_TICKS {
+                self.mode = Mode::Contended;
+                self.contended_until = Some(now + self.config.contended_pause);
+                self.ticks_at_floor = 0;
+                return;
+            }
+        } else {
+            self.ticks_at_floor = 0;
+        }
         if queue && pushing && since_cut >= self.config.refractory {
             let draining = delay < self.delay_at_cut.mul_f64(0.8);
             if draining {
@@ -400,7 +423,13 @@ impl AutoRate {
             // Someone else's queue: cut after cut did not drain it, and they halved the rate
             // (a queue of jitter comes and goes; a slower link drains after a cut or two).
             let halved = self.rate <= 0.5 * self.rate_before_cuts;
-            if self.cuts_in_a_row >= self.config.contended_after && halved && !opposite_cutting {
+            // The opposite direction cutting too may mean the queue is its own, which its cuts
+            // drain; twice as many cuts in a row with the queue as full mean it is no queue of
+            // fyntr's in either direction (a download beside fyntr's fills the downlink, and
+            // the uploads read its delay too).
+            let opposite_may_drain =
+                opposite_cutting && self.cuts_in_a_row < 2 * self.config.contended_after;
+            if self.cuts_in_a_row >= self.config.contended_after && halved && !opposite_may_drain {
                 self.mode = Mode::Contended;
                 self.contended_until = Some(now + self.config.contended_pause);
             }
@@ -593,6 +622,8 @@ mod tests {
         demand: Option<f64>,
         /// Another flow's greedy demand beside fyntr's, when on.
         competitor: bool,
+        /// The opposite direction cuts its rate every tick (it reads the same queue).
+        opposite_cutting: bool,
         ticks: Vec<Tick>,
     }
 
@@ -605,6 +636,7 @@ mod tests {
                 now,
                 demand: None,
                 competitor: false,
+                opposite_cutting: false,
                 ticks: Vec::new(),
             }
         }
@@ -663,7 +695,7 @@ mod tests {
                     loss: (offered > 0.0).then(|| dropped / offered),
                     backlogged,
                     opposite_load: 0.0,
-                    opposite_cut: None,
+                    opposite_cut: self.opposite_cutting.then_some(self.now),
                 };
                 let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
                 if std::env::var_os("AUTORATE_TRACE").is_some() {
@@ -769,6 +801,26 @@ mod tests {
         assert!(
             p99 <= 12.0,
             "queueing delay p99 {p99:.1} ms once alone again"
+        );
+    }
+
+    #[test]
+    fn a_competing_flow_does_not_starve_it_while_both_directions_cut() {
+        // A download beside fyntr's fills the downlink queue. A round trip crosses both
+        // queues, so fyntr's upload reads the same delay and cuts as well; that must not keep
+        // the download from seeing that the queue is not fyntr's.
+        let mut run = Run::new(20.0);
+        run.run(100, 0..0);
+        run.competitor = true;
+        run.opposite_cutting = true;
+        run.run(600, 0..0);
+        let ticks = &run.ticks[200..700];
+        let mine: f64 = ticks.iter().map(|t| t.delivered).sum();
+        let theirs: f64 = ticks.iter().map(|t| t.other_delivered).sum();
+        let share = mine / (mine + theirs);
+        assert!(
+            share >= 0.3,
+            "fyntr's share beside the other flow: {share:.2}"
         );
     }
 
