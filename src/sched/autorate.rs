@@ -20,7 +20,8 @@
 //! - **A stall** (nothing delivered: radio silence, a Wi-Fi roam, or a pause in the traffic)
 //!   is not congestion: the delay that the stalled bytes report once they arrive is ignored
 //!   for [`AutoRateConfig::stall_grace`].
-//! - **Contended**: when cut after cut leaves the queue as full, the queue is someone else's (a
+//! - **Contended**: when cut after cut leaves the queue as full, or the rate has been held at
+//!   [`AutoRateConfig::floor`] for 2 s with more to send, the queue is someone else's (a
 //!   loss-based flow that fills any buffer). Backing off further would hand it the whole link,
 //!   so pacing stops for [`AutoRateConfig::contended_pause`] (TCP then takes its share), then
 //!   tries again.
