@@ -725,6 +725,15 @@ mod tests {
             bytes / (megabits * MBIT * TICK.as_secs_f64() * ticks.len() as f64)
         }
 
+        /// fyntr's share of what the link carried for it and the competing flow over ticks
+        /// `range`.
+        fn share_beside_competitor(&self, range: std::ops::Range<usize>) -> f64 {
+            let ticks = &self.ticks[range];
+            let mine: f64 = ticks.iter().map(|t| t.delivered).sum();
+            let theirs: f64 = ticks.iter().map(|t| t.other_delivered).sum();
+            mine / (mine + theirs)
+        }
+
         /// The 99th percentile of the queueing delay over ticks `range`, in milliseconds.
         fn delay_p99_ms(&self, range: std::ops::Range<usize>) -> f64 {
             let mut delays: Vec<f64> = self.ticks[range].iter().map(|t| t.queue_delay).collect();
@@ -781,15 +790,12 @@ mod tests {
         run.run(100, 0..0);
         run.competitor = true;
         run.run(600, 0..0);
-        let ticks = &run.ticks[200..700];
-        let mine: f64 = ticks.iter().map(|t| t.delivered).sum();
-        let theirs: f64 = ticks.iter().map(|t| t.other_delivered).sum();
-        let share = mine / (mine + theirs);
+        let share = run.share_beside_competitor(200..700);
         assert!(
             share >= 0.3,
             "fyntr's share beside the other flow: {share:.2}"
         );
-        let floored = ticks
+        let floored = run.ticks[200..700]
             .iter()
             .filter(|t| t.rate.is_some_and(|rate| rate <= 125_000.0))
             .count();
@@ -815,10 +821,7 @@ mod tests {
         run.competitor = true;
         run.opposite_cutting = true;
         run.run(600, 0..0);
-        let ticks = &run.ticks[200..700];
-        let mine: f64 = ticks.iter().map(|t| t.delivered).sum();
-        let theirs: f64 = ticks.iter().map(|t| t.other_delivered).sum();
-        let share = mine / (mine + theirs);
+        let share = run.share_beside_competitor(200..700);
         assert!(
             share >= 0.3,
             "fyntr's share beside the other flow: {share:.2}"
