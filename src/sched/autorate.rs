@@ -381,9 +381,8 @@ impl AutoRate {
         if self.rate <= 1.05 * self.config.floor && pushing {
             self.ticks_at_floor += 1;
             if self.ticks_at_floor >= FLOOR_TICKS {
-                self.mode = Mode::Contended;
-                self.contended_until = Some(now + self.config.contended_pause);
                 self.ticks_at_floor = 0;
+                self.pause_for_contention(now);
                 return;
             }
         } else {
@@ -431,8 +430,7 @@ impl AutoRate {
             let opposite_may_drain =
                 opposite_cutting && self.cuts_in_a_row < 2 * self.config.contended_after;
             if self.cuts_in_a_row >= self.config.contended_after && halved && !opposite_may_drain {
-                self.mode = Mode::Contended;
-                self.contended_until = Some(now + self.config.contended_pause);
+                self.pause_for_contention(now);
             }
             return;
         }
@@ -488,6 +486,12 @@ impl AutoRate {
             self.step_since = now;
         }
         self.rate *= 1.0 + self.step;
+    }
+
+    /// Stops pacing for [`AutoRateConfig::contended_pause`]: the queue is someone else's.
+    fn pause_for_contention(&mut self, now: Instant) {
+        self.mode = Mode::Contended;
+        self.contended_until = Some(now + self.config.contended_pause);
     }
 
     /// Sets the rate just below `basis` (what the path delivers), the further below the larger
