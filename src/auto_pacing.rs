@@ -29,7 +29,7 @@ use crate::{
     gate::Direction,
     metrics::AutoEstimate,
     sched::{
-        autorate::{AutoRate, AutoRateConfig, Sample},
+        autorate::{first_to_decide, AutoRate, AutoRateConfig, Sample},
         pacer::{acks_on_the_wire, on_the_wire, Pacer, Rate},
     },
 };
@@ -424,7 +424,13 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         ));
-        for way in [Direction::Upload, Direction::Download] {
+        // The direction cut last decides first (see `first_to_decide`): its opposite reads
+        // that cut in the same tick.
+        let ways = match first_to_decide([&controllers[0], &controllers[1]]) {
+            0 => [Direction::Upload, Direction::Download],
+            _ => [Direction::Download, Direction::Upload],
+        };
+        for way in ways {
             let Some(direction) = &auto.directions[way as usize] else {
                 continue;
             };

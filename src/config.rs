@@ -175,8 +175,8 @@ impl Pacing {
         }
     }
 
-    /// Receive window for a paced download at `rate` while `tunnels` are open: the whole
-    /// `rate x BUFFER_TIME` for a lone tunnel, an equal share of it otherwise, so that all
+    /// Receive window for a paced download at `rate` among `tunnels` downloads: the whole
+    /// `rate x BUFFER_TIME` for a lone one, an equal share of it otherwise, so that all
     /// remote senders together can put at most about one round trip of data in flight and the
     /// router's queue stays short. At least 4 KiB, at most 4 MiB. The relay moves each
     /// upstream socket's window to it as tunnels come and go, so a flow left alone can use the

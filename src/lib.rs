@@ -32,6 +32,7 @@
 //! Bytes move through the backend crate `fyntr-platform`; this crate is generic over its
 //! [`Backend`](fyntr_platform::Backend) trait and is monomorphised per backend.
 
+mod active_downloads;
 mod admission;
 mod auto_pacing;
 pub mod backend;

@@ -22,7 +22,7 @@ use std::{
 use fyntr_platform::{Backend, BufferPool, IoBuffer, PipePool, PooledPipe, Stream};
 
 use crate::{
-    admission::Admission,
+    active_downloads::{ActiveDownloads, DownloadMark},
     auto_pacing::{AutoPacing, PathSampler},
     config::{Config, Pacing},
     gate::{Direction, FlowHandle, Gate},
@@ -37,8 +37,8 @@ pub(crate) struct RelayContext<'a, B: Backend> {
     pub(crate) idle_timeout: Option<Duration>,
     /// Where the bytes each way are counted (upload, download), as they are written.
     pub(crate) bytes: &'a [AtomicU64; 2],
-    /// The connection cap's count of open tunnels, among which paced windows are shared.
-    pub(crate) admission: &'a Admission,
+    /// Downloads that moved data lately, among which paced download windows are shared.
+    pub(crate) active_downloads: &'a ActiveDownloads,
     pub(crate) pool: &'a B::Pool,
     pub(crate) pipes: &'a PipePool,
     /// Where interactive messages land first; only ever borrowed without an await in between.
@@ -69,9 +69,11 @@ impl<B: Backend> RelayContext<'_, B> {
     }
 
     /// The receive window a download paced at `rate` may offer now: its share of the rate
-    /// over [`Pacing::BUFFER_TIME`] among the tunnels open now.
-    fn download_window(&self, rate: Rate, round_trip: Duration) -> usize {
-        Pacing::socket_buffer_over(rate, self.admission.active(), round_trip)
+    /// over `round_trip` among the downloads that moved data lately (tunnels that only
+    /// upload take no share).
+    fn download_window(&self, rate: Rate, round_trip: Duration, now: Instant) -> usize {
+        let downloads = self.active_downloads.count(now).max(1);
+        Pacing::socket_buffer_over(rate, downloads, round_trip)
     }
 }
 
@@ -302,6 +304,7 @@ async fn pump_chunks<B: Backend>(
     };
     let unsent = send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()));
     let mut send_queue = SendQueueFit::new(ctx.bulk_flows, unsent);
+    let mut download_mark = DownloadMark::default();
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
         // makes them readable.
@@ -333,7 +336,7 @@ async fn pump_chunks<B: Backend>(
                     .unwrap_or(Pacing::BUFFER_TIME);
                 window.follow(
                     tunnel.stream(from),
-                    ctx.download_window(rate, round_trip),
+                    ctx.download_window(rate, round_trip, Instant::now()),
                     Pacing::socket_buffer_over(rate, 1, round_trip),
                 )
             }
@@ -380,6 +383,9 @@ async fn pump_chunks<B: Backend>(
                 }
                 let read_at = Instant::now();
                 tunnel.last_read.set(read_at);
+                if to == Side::Downstream {
+                    ctx.active_downloads.mark(&mut download_mark, read_at);
+                }
                 if !Box::pin(forward(tunnel, flow, to, chunk, granted, read_at)).await {
                     return written;
                 }

@@ -13,6 +13,7 @@ use fyntr_platform::{Backend, PipeBudget, PipePool};
 use tokio::sync::Notify;
 
 use crate::{
+    active_downloads::ActiveDownloads,
     admission::Admission,
     auto_pacing::AutoPacing,
     config::{Config, Pacing, RateSetting},
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     live: RwLock<Arc<Live>>,
     pub(crate) admission: Arc<Admission>,
+    /// Downloads that moved data lately, among which a paced download window is shared.
+    pub(crate) active_downloads: ActiveDownloads,
     pub(crate) upload_pacer: Option<Arc<Pacer>>,
     pub(crate) download_pacer: Option<Arc<Pacer>>,
     /// The directions paced with `auto`, if any.
@@ -80,6 +83,7 @@ impl Shared {
         Shared {
             live: RwLock::new(Arc::new(Live::new(&config))),
             admission: Arc::new(Admission::new(config.connection_cap)),
+            active_downloads: ActiveDownloads::new(epoch),
             stats: Stats::new(config.workers.max(1)),
             backend_name,
             upload_pacer,
@@ -185,7 +189,7 @@ impl<B: Backend> WorkerContext<B> {
             config: &self.shared.config,
             idle_timeout,
             bytes: self.stats().bytes(protocol),
-            admission: &self.shared.admission,
+            active_downloads: &self.shared.active_downloads,
             pool: &self.pool,
             pipes: &self.pipes,
             scratch: &self.scratch,

@@ -180,6 +180,8 @@ pub struct AutoRate {
     /// The last ticks' delivery (bytes, seconds), newest last: the short average is its last
     /// [`LOAD_TICKS`], the longer one all of it.
     recent: [(f64, f64); SECOND_TICKS],
+    /// The rate in force during each of the last [`LOAD_TICKS`] ticks, newest last.
+    recent_rates: [f64; LOAD_TICKS],
     /// The path's jitter floor, in seconds ([`AutoRate::over_floor`]).
     floor: f64,
     /// The best averaged delivery lately and when it was seen; forgotten after
@@ -203,6 +205,8 @@ pub struct AutoRate {
     stalled_until: Option<Instant>,
     contended_until: Option<Instant>,
     last_delay: Option<Duration>,
+    /// Since when a queue has been left to the opposite direction's cut.
+    deferred_since: Option<Instant>,
 }
 
 impl AutoRate {
@@ -213,6 +217,7 @@ impl AutoRate {
             mode: Mode::Off,
             rate: 0.0,
             recent: [(0.0, 0.0); SECOND_TICKS],
+            recent_rates: [0.0; LOAD_TICKS],
             best: (0.0, now),
             floor: 0.0,
             bloat_bits: 0,
@@ -228,6 +233,7 @@ impl AutoRate {
             stalled_until: None,
             contended_until: None,
             last_delay: None,
+            deferred_since: None,
         }
     }
 
@@ -261,6 +267,11 @@ impl AutoRate {
         Duration::from_secs_f64(delay - self.floor.min(delay))
     }
 
+    /// The mean rate over the ticks [`AutoRate::delivery`] averages.
+    fn rate_during_load(&self) -> f64 {
+        self.recent_rates.iter().sum::<f64>() / LOAD_TICKS as f64
+    }
+
     /// Delivery over the last [`SECOND_TICKS`] ticks, in bytes on the wire per second.
     fn second_delivery(&self) -> f64 {
         average(&self.recent)
@@ -277,6 +288,8 @@ impl AutoRate {
         let wire = sample.delivered as f64 * WIRE_PER_PAYLOAD + sample.acks as f64;
         self.recent.rotate_left(1);
         self.recent[SECOND_TICKS - 1] = (wire, sample.interval.as_secs_f64());
+        self.recent_rates.rotate_left(1);
+        self.recent_rates[LOAD_TICKS - 1] = self.rate;
         if sample.queue_delay.is_some() {
             self.last_delay = sample.queue_delay;
         }
@@ -388,7 +401,22 @@ impl AutoRate {
         } else {
             self.ticks_at_floor = 0;
         }
-        if queue && pushing && since_cut >= self.config.refractory {
+        // Both directions read one delay. When the opposite direction cut for this queue since
+        // this one last did, its cut may be what drains it: wait for that, for `hold` at most,
+        // before cutting too. Not for a deep queue: a line that got slower needs both cut at
+        // once.
+        let opposite_turn = queue
+            && delay <= 2 * self.config.bloat
+            && sample.opposite_cut.is_some_and(|cut| {
+                now.saturating_duration_since(cut) < self.config.hold
+                    && self.last_cut.is_none_or(|mine| mine < cut)
+            });
+        let waited = *self.deferred_since.get_or_insert(now);
+        if !opposite_turn || now.duration_since(waited) >= self.config.hold {
+            self.deferred_since = None;
+        }
+        let my_turn = self.deferred_since.is_none();
+        if queue && pushing && since_cut >= self.config.refractory && my_turn {
             let draining = delay < self.delay_at_cut.mul_f64(0.8);
             if draining {
                 // The last cut works; the signal lags behind it.
@@ -398,11 +426,13 @@ impl AutoRate {
             }
             // The first cut is taken from the better of the last second's delivery and the
             // last ticks' (either may dip: a loss recovery, a pause between requests); a
-            // queue that outlasts it, from what moves now (the link got slower).
+            // queue that outlasts it, from what moves now (the link got slower), and from no
+            // more than the rate: delivery read over a few ticks can run over the link's
+            // rate (reports land a tick late), and a cut from it would leave the queue be.
             let basis = if self.cuts_in_a_row == 0 {
                 self.second_delivery().max(load)
             } else {
-                load
+                load.min(self.rate)
             };
             let before = self.rate;
             if !self.cut(now, basis, delay, lossy) {
@@ -456,7 +486,9 @@ impl AutoRate {
             self.step_since = now;
             return;
         }
-        if load < 0.85 * self.rate {
+        // Against the rates in force while that delivery happened: while the rate grows, the
+        // delivery averaged over the last ticks trails the rate of now by the growth.
+        if load < 0.85 * self.rate_during_load() {
             // Far more is admitted than delivered: the path does not keep up with the rate
             // (the limit is elsewhere), so raising it teaches nothing.
             self.step = self.config.first_step;
@@ -522,6 +554,19 @@ impl AutoRate {
     /// When the rate was last cut.
     pub fn last_cut(&self) -> Option<Instant> {
         self.last_cut
+    }
+}
+
+/// Which of the two directions' controllers (upload, download) takes its tick first: the one
+/// cut last. Both read one delay, and a controller waits while the other's fresh cut may drain
+/// the queue (see [`AutoRate::on_tick`]), so the first to decide is the first to cut. The one
+/// cut last is the one whose cut was needed: a cut that drained the queue left the other
+/// uncut, and a cut that did not was followed by the other's.
+pub fn first_to_decide(controllers: [&AutoRate; 2]) -> usize {
+    match (controllers[0].last_cut, controllers[1].last_cut) {
+        (Some(upload), Some(download)) if download > upload => 1,
+        (None, Some(_)) => 1,
+        _ => 0,
     }
 }
 
@@ -618,6 +663,17 @@ mod tests {
         }
     }
 
+    /// What crossed a link in one tick, in bytes.
+    #[derive(Default)]
+    struct Moved {
+        delivered: f64,
+        dropped: f64,
+        offered: f64,
+        other: f64,
+        /// Whether the pacer held bytes back.
+        backlogged: bool,
+    }
+
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
     /// second. Unpaced, a backlogged fyntr keeps the queue full as loss-based TCP does.
     struct Run {
@@ -654,72 +710,91 @@ mod tests {
         /// Runs `ticks` ticks of 100 ms.
         fn run(&mut self, ticks: usize, stall_ticks: std::ops::Range<usize>) {
             for _ in 0..ticks {
-                let tick_index = self.ticks.len();
-                let stalled = stall_ticks.contains(&tick_index);
-                let rate = self.controller.rate().map(Rate::bytes_per_second);
-                let (mut delivered, mut dropped, mut offered, mut other) = (0.0, 0.0, 0.0, 0.0);
-                let mut backlogged = false;
-                let capacity = self.link.capacity;
-                if stalled {
-                    self.link.capacity = 0.0;
-                }
-                for _ in 0..(TICK.as_millis() / STEP.as_millis()) {
-                    // TCP's own limit: what keeps the queue full. The pacer holds bytes back
-                    // only where it is below both that and the demand; above them the
-                    // sockets' windows are the limit and the pacer sees no backlog.
-                    let tcp = self.greedy_offer();
-                    let wanted = self.demand.map_or(tcp, |demand| demand.min(tcp));
-                    let offer = match rate {
-                        Some(rate) => {
-                            backlogged |= wanted > rate / WIRE_PER_PAYLOAD;
-                            wanted.min(rate / WIRE_PER_PAYLOAD)
-                        }
-                        None => wanted,
-                    };
-                    let other_offer = if self.competitor {
-                        self.greedy_offer()
-                    } else {
-                        0.0
-                    };
-                    let (out, drop, out_other) = self.link.step(offer, other_offer);
-                    delivered += out;
-                    dropped += drop;
-                    offered += offer * STEP.as_secs_f64();
-                    other += out_other;
-                }
-                self.link.capacity = capacity;
-                self.now += TICK;
+                let stalled = stall_ticks.contains(&self.ticks.len());
+                let moved = self.move_tick(stalled);
                 let queue_delay =
-                    (delivered > 0.0).then(|| Duration::from_secs_f64(self.link.observed));
-                let sample = Sample {
-                    now: self.now,
-                    interval: TICK,
-                    delivered: delivered as u64,
-                    acks: 0,
-                    queue_delay,
-                    loss: (offered > 0.0).then(|| dropped / offered),
-                    backlogged,
-                    opposite_load: 0.0,
-                    opposite_cut: self.opposite_cutting.then_some(self.now),
-                };
-                let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
-                if std::env::var_os("AUTORATE_TRACE").is_some() {
-                    eprintln!(
-                        "{tick_index} {:?} rate {:?} delivered {:.2} delay {:.1} ms backlogged {backlogged} loss {:.3}",
-                        self.controller.mode(),
-                        rate.map(|r| r / MBIT),
-                        delivered / MBIT / TICK.as_secs_f64(),
-                        self.link.observed * 1e3,
-                        sample.loss.unwrap_or(0.0),
-                    );
-                }
-                self.ticks.push(Tick {
-                    delivered,
-                    queue_delay: self.link.observed,
-                    rate,
-                    other_delivered: other,
-                });
+                    (moved.delivered > 0.0).then(|| Duration::from_secs_f64(self.link.observed));
+                let opposite_cut = self.opposite_cutting.then_some(self.now);
+                self.decide(&moved, queue_delay, 0.0, opposite_cut);
             }
+        }
+
+        /// One tick of traffic through the link at the rate in force; the clock moves on.
+        fn move_tick(&mut self, stalled: bool) -> Moved {
+            let rate = self.controller.rate().map(Rate::bytes_per_second);
+            let mut moved = Moved::default();
+            let capacity = self.link.capacity;
+            if stalled {
+                self.link.capacity = 0.0;
+            }
+            for _ in 0..(TICK.as_millis() / STEP.as_millis()) {
+                // TCP's own limit: what keeps the queue full. The pacer holds bytes back
+                // only where it is below both that and the demand; above them the
+                // sockets' windows are the limit and the pacer sees no backlog.
+                let tcp = self.greedy_offer();
+                let wanted = self.demand.map_or(tcp, |demand| demand.min(tcp));
+                let offer = match rate {
+                    Some(rate) => {
+                        moved.backlogged |= wanted > rate / WIRE_PER_PAYLOAD;
+                        wanted.min(rate / WIRE_PER_PAYLOAD)
+                    }
+                    None => wanted,
+                };
+                let other_offer = if self.competitor {
+                    self.greedy_offer()
+                } else {
+                    0.0
+                };
+                let (out, drop, out_other) = self.link.step(offer, other_offer);
+                moved.delivered += out;
+                moved.dropped += drop;
+                moved.offered += offer * STEP.as_secs_f64();
+                moved.other += out_other;
+            }
+            self.link.capacity = capacity;
+            self.now += TICK;
+            moved
+        }
+
+        /// The controller's answer to a tick of traffic, given the delay it reads and what
+        /// the opposite direction does; the tick is recorded.
+        fn decide(
+            &mut self,
+            moved: &Moved,
+            queue_delay: Option<Duration>,
+            opposite_load: f64,
+            opposite_cut: Option<Instant>,
+        ) {
+            let sample = Sample {
+                now: self.now,
+                interval: TICK,
+                delivered: moved.delivered as u64,
+                acks: 0,
+                queue_delay,
+                loss: (moved.offered > 0.0).then(|| moved.dropped / moved.offered),
+                backlogged: moved.backlogged,
+                opposite_load,
+                opposite_cut,
+            };
+            let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
+            if std::env::var_os("AUTORATE_TRACE").is_some() {
+                eprintln!(
+                    "{} {:?} rate {:?} delivered {:.2} delay {:.1} ms backlogged {} loss {:.3}",
+                    self.ticks.len(),
+                    self.controller.mode(),
+                    rate.map(|r| r / MBIT),
+                    moved.delivered / MBIT / TICK.as_secs_f64(),
+                    queue_delay.unwrap_or_default().as_secs_f64() * 1e3,
+                    moved.backlogged,
+                    sample.loss.unwrap_or(0.0),
+                );
+            }
+            self.ticks.push(Tick {
+                delivered: moved.delivered,
+                queue_delay: queue_delay.map_or(self.link.observed, |delay| delay.as_secs_f64()),
+                rate,
+                other_delivered: moved.other,
+            });
         }
 
         /// Utilisation of the link by fyntr over ticks `range`, at `megabits`.
@@ -743,6 +818,38 @@ mod tests {
             let mut delays: Vec<f64> = self.ticks[range].iter().map(|t| t.queue_delay).collect();
             delays.sort_by(f64::total_cmp);
             delays[(delays.len() * 99 / 100).min(delays.len() - 1)] * 1e3
+        }
+    }
+
+    /// Both directions of one path, each with its link and controller. A round trip crosses
+    /// both queues, so both controllers read the sum of the two delays.
+    struct Duplex {
+        /// Upload, download.
+        ways: [Run; 2],
+    }
+
+    impl Duplex {
+        fn new(up_megabits: f64, down_megabits: f64) -> Self {
+            let mut ways = [Run::new(up_megabits), Run::new(down_megabits)];
+            ways[1].now = ways[0].now;
+            ways[1].controller = AutoRate::new(AutoRateConfig::default(), ways[0].now);
+            Self { ways }
+        }
+
+        fn run(&mut self, ticks: usize) {
+            for _ in 0..ticks {
+                let moved = [self.ways[0].move_tick(false), self.ways[1].move_tick(false)];
+                let delay = Duration::from_secs_f64(
+                    self.ways[0].link.observed + self.ways[1].link.observed,
+                );
+                let first = first_to_decide([&self.ways[0].controller, &self.ways[1].controller]);
+                for way in [first, 1 - first] {
+                    let opposite = &self.ways[1 - way].controller;
+                    let (load, cut) = (opposite.delivery(), opposite.last_cut());
+                    let delay = (moved[way].delivered > 0.0).then_some(delay);
+                    self.ways[way].decide(&moved[way], delay, load, cut);
+                }
+            }
         }
     }
 
@@ -876,5 +983,45 @@ mod tests {
         run.demand = Some(0.0);
         run.run(6_100, 0..0);
         assert_eq!(run.controller.mode(), Mode::Off);
+    }
+
+    #[test]
+    fn one_directions_queue_does_not_hold_the_other_down() {
+        // Bulk both ways over a 20/20 line: each direction's queue delays the other's round
+        // trips too, and cutting the direction that did not build it drains nothing.
+        let mut duplex = Duplex::new(20.0, 20.0);
+        duplex.run(600);
+        for (way, run) in ["upload", "download"].iter().zip(&duplex.ways) {
+            let utilisation = run.utilisation(100..600, 20.0);
+            assert!(utilisation >= 0.8, "{way}: utilisation {utilisation:.2}");
+            let p99 = run.delay_p99_ms(100..600);
+            assert!(
+                p99 <= 15.0,
+                "{way}: round-trip queueing delay p99 {p99:.1} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn both_directions_follow_a_line_that_steps_down_and_up() {
+        let mut duplex = Duplex::new(20.0, 20.0);
+        duplex.run(300);
+        for run in &mut duplex.ways {
+            run.link.capacity = 5.0 * MBIT;
+        }
+        duplex.run(300);
+        for run in &mut duplex.ways {
+            run.link.capacity = 20.0 * MBIT;
+        }
+        duplex.run(300);
+        for (way, run) in ["upload", "download"].iter().zip(&duplex.ways) {
+            for (phase, megabits) in [(320..600, 5.0), (700..900, 20.0)] {
+                let utilisation = run.utilisation(phase.clone(), megabits);
+                assert!(
+                    utilisation >= 0.8,
+                    "{way} {phase:?}: utilisation {utilisation:.2}"
+                );
+            }
+        }
     }
 }
