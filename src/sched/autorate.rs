@@ -441,8 +441,10 @@ impl AutoRate {
                 return;
             }
             if self.cuts_in_a_row > 0 {
-                // The queue outlasted a cut: what the path delivered before is no guide.
-                self.best = (self.second_delivery(), now);
+                // The queue outlasted a cut: what the path delivered before is no guide, and
+                // the last second may still hold it (growing back to it after a step down
+                // would fill the queue again).
+                self.best = (self.second_delivery().min(load), now);
             } else {
                 self.rate_before_cuts = before;
             }
