@@ -47,7 +47,7 @@ impl ActiveDownloads {
 
     fn epoch(&self, now: Instant) -> u64 {
         // Epoch 0 is never marked, so an empty slot (all zero) reads as an old epoch.
-        now.saturating_duration_since(self.origin).as_secs() / EPOCH.as_secs() + 1
+        (now.saturating_duration_since(self.origin).as_millis() / EPOCH.as_millis()) as u64 + 1
     }
 
     /// Counts the download behind `mark` as active at `now` (once per epoch).
@@ -94,11 +94,17 @@ fn unpack(packed: u64) -> (u64, u32) {
 mod tests {
     use super::*;
 
+    /// A fresh count, and the instant `ms` milliseconds after its origin.
+    fn fresh() -> (ActiveDownloads, impl Fn(u64) -> Instant) {
+        let origin = Instant::now();
+        (ActiveDownloads::new(origin), move |ms| {
+            origin + Duration::from_millis(ms)
+        })
+    }
+
     #[test]
     fn each_download_counts_once_per_epoch_and_is_forgotten_after_two() {
-        let origin = Instant::now();
-        let active = ActiveDownloads::new(origin);
-        let at = |ms: u64| origin + Duration::from_millis(ms);
+        let (active, at) = fresh();
         let (mut first, mut second) = (DownloadMark::default(), DownloadMark::default());
         assert_eq!(active.count(at(0)), 0);
         for ms in [0, 100, 200, 900] {
@@ -119,9 +125,7 @@ mod tests {
 
     #[test]
     fn a_late_mark_does_not_overwrite_a_newer_epoch() {
-        let origin = Instant::now();
-        let active = ActiveDownloads::new(origin);
-        let at = |ms: u64| origin + Duration::from_millis(ms);
+        let (active, at) = fresh();
         let (mut early, mut late) = (DownloadMark::default(), DownloadMark::default());
         active.mark(&mut early, at(2_100));
         // A mark for epoch 1's slot-mate (epoch 3 shares the slot with epoch 1) arriving late.

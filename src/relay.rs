@@ -71,8 +71,8 @@ impl<B: Backend> RelayContext<'_, B> {
     /// The receive window a download paced at `rate` may offer now: its share of the rate
     /// over `round_trip` among the downloads that moved data lately (tunnels that only
     /// upload take no share).
-    fn download_window(&self, rate: Rate, round_trip: Duration, now: Instant) -> usize {
-        let downloads = self.active_downloads.count(now).max(1);
+    fn download_window(&self, rate: Rate, round_trip: Duration) -> usize {
+        let downloads = self.active_downloads.count(Instant::now()).max(1);
         Pacing::socket_buffer_over(rate, downloads, round_trip)
     }
 }
@@ -336,7 +336,7 @@ async fn pump_chunks<B: Backend>(
                     .unwrap_or(Pacing::BUFFER_TIME);
                 window.follow(
                     tunnel.stream(from),
-                    ctx.download_window(rate, round_trip, Instant::now()),
+                    ctx.download_window(rate, round_trip),
                     Pacing::socket_buffer_over(rate, 1, round_trip),
                 )
             }

@@ -411,11 +411,13 @@ impl AutoRate {
                 now.saturating_duration_since(cut) < self.config.hold
                     && self.last_cut.is_none_or(|mine| mine < cut)
             });
-        let waited = *self.deferred_since.get_or_insert(now);
-        if !opposite_turn || now.duration_since(waited) >= self.config.hold {
+        let my_turn = !opposite_turn || {
+            let since = *self.deferred_since.get_or_insert(now);
+            now.duration_since(since) >= self.config.hold
+        };
+        if my_turn {
             self.deferred_since = None;
         }
-        let my_turn = self.deferred_since.is_none();
         if queue && pushing && since_cut >= self.config.refractory && my_turn {
             let draining = delay < self.delay_at_cut.mul_f64(0.8);
             if draining {
@@ -692,7 +694,10 @@ mod tests {
 
     impl Run {
         fn new(megabits: f64) -> Self {
-            let now = Instant::now();
+            Self::starting_at(megabits, Instant::now())
+        }
+
+        fn starting_at(megabits: f64, now: Instant) -> Self {
             Self {
                 controller: AutoRate::new(AutoRateConfig::default(), now),
                 link: Link::new(megabits),
@@ -832,10 +837,13 @@ mod tests {
 
     impl Duplex {
         fn new(up_megabits: f64, down_megabits: f64) -> Self {
-            let mut ways = [Run::new(up_megabits), Run::new(down_megabits)];
-            ways[1].now = ways[0].now;
-            ways[1].controller = AutoRate::new(AutoRateConfig::default(), ways[0].now);
-            Self { ways }
+            let now = Instant::now();
+            Self {
+                ways: [
+                    Run::starting_at(up_megabits, now),
+                    Run::starting_at(down_megabits, now),
+                ],
+            }
         }
 
         fn run(&mut self, ticks: usize) {
