@@ -302,8 +302,19 @@ async fn pump_chunks<B: Backend>(
         Side::Upstream => pacing.upload.fixed(),
         Side::Downstream => pacing.download.fixed(),
     };
-    let unsent = send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()));
+    // An upload that `auto` watches over a real path is bounded from its first byte, paced or
+    // not yet: what the sockets take while `auto` is still off would leave at the speed of the
+    // first link after the first cut (see send_queue::AUTO_UNSENT).
+    let auto_upload = to == Side::Upstream && sampler.is_some();
+    let unsent = if auto_upload {
+        send_queue::AUTO_UNSENT
+    } else {
+        send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()))
+    };
     let mut send_queue = SendQueueFit::new(ctx.bulk_flows, unsent);
+    if auto_upload {
+        send_queue.bound_unsent(tunnel.stream(to));
+    }
     let mut download_mark = DownloadMark::default();
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which
@@ -334,11 +345,7 @@ async fn pump_chunks<B: Backend>(
                     .as_ref()
                     .and_then(PathSampler::window_round_trip)
                     .unwrap_or(Pacing::BUFFER_TIME);
-                window.follow(
-                    tunnel.stream(from),
-                    ctx.download_window(rate, round_trip),
-                    Pacing::socket_buffer_over(rate, 1, round_trip),
-                )
+                window.follow(tunnel.stream(from), ctx.download_window(rate, round_trip))
             }
             None => window.release(tunnel.stream(from)),
         }
@@ -419,8 +426,6 @@ async fn pump_chunks<B: Backend>(
 #[derive(Default)]
 struct WindowShare {
     clamp: Option<usize>,
-    /// The receive buffer fixed for it, while one is.
-    buffer: Option<usize>,
 }
 
 impl WindowShare {
@@ -430,24 +435,24 @@ impl WindowShare {
     const RELEASED: usize = 4 << 20;
 
     /// Moves `upstream`'s window clamp to `wanted` when it has moved by more than an eighth
-    /// since it was last set (one system call per change, not per chunk). It also fixes the
-    /// receive buffer at twice the `lone` window (room for the largest clamp with the kernel's
-    /// overhead), and again whenever that grows: autotuning would otherwise raise the clamp as
-    /// soon as fyntr read faster than the buffer filled, and the remote senders' windows with
-    /// it (testbed: downlink queue 18.8 KB mean with the clamp alone, 2.4 KB with buffers
-    /// fixed at connect).
-    fn follow<S: Stream>(&mut self, upstream: &S, wanted: usize, lone: usize) {
-        if self.buffer.is_none_or(|buffer| buffer < 2 * lone) {
-            match upstream.fix_receive_buffer(2 * lone) {
-                Ok(()) => self.buffer = Some(2 * lone),
-                Err(error) => tracing::debug!(%error, "could not fix a download's receive buffer"),
-            }
-        }
+    /// since it was last set, and fixes its receive buffer at twice that (room for the window
+    /// with the kernel's overhead): two system calls per change, not per chunk. A fixed buffer
+    /// ends autotuning, which would otherwise raise the clamp as soon as fyntr read faster than
+    /// the buffer filled, and the remote senders' windows with it (testbed: downlink queue
+    /// 18.8 KB mean with the clamp alone, 2.4 KB with buffers fixed at connect). The buffer
+    /// follows the share down as well as up: the window a sender may fill is the buffer's free
+    /// room, not only the clamp, so a buffer sized for a lone download let each of 30 tunnels
+    /// keep taking a share per round trip into bytes fyntr had not read yet, and the downlink
+    /// stayed full for seconds after a cut (testbed burst).
+    fn follow<S: Stream>(&mut self, upstream: &S, wanted: usize) {
         if self
             .clamp
             .is_some_and(|clamp| clamp.abs_diff(wanted) <= clamp / 8)
         {
             return;
+        }
+        if let Err(error) = upstream.fix_receive_buffer(2 * wanted) {
+            tracing::debug!(%error, "could not fix a download's receive buffer");
         }
         match upstream.set_window_clamp(wanted) {
             Ok(()) => self.clamp = Some(wanted),
@@ -460,7 +465,6 @@ impl WindowShare {
         if self.clamp.take().is_none() {
             return;
         }
-        self.buffer = None;
         if let Err(error) = upstream
             .fix_receive_buffer(Self::RELEASED)
             .and_then(|()| upstream.set_window_clamp(Self::RELEASED))

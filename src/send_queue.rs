@@ -37,6 +37,14 @@ pub(crate) const UNSENT: usize = 256 * 1024;
 /// waits in fyntr, behind the pacer.
 const PACED_UNSENT_TIME: Duration = Duration::from_millis(2);
 
+/// Unsent bytes an upload may hold in its socket while `auto` watches its direction over a real
+/// path, from the tunnel's first byte. With `auto` still off, a burst of new tunnels hands the
+/// kernel whole requests at once (30 tunnels of 128 KiB filled the testbed's uplink for 2.7 s
+/// after the first cut, the sockets sending what they held at the speed of the link). At
+/// this bound, 30 sockets hold under 0.5 MB, and a socket is refilled as soon as it falls
+/// below half of it, which keeps a path of a gigabit per second busy (16 KiB is 130 us of it).
+pub(crate) const AUTO_UNSENT: usize = 16 * 1024;
+
 /// The unsent bound for a direction paced at `bytes_per_second`, or not paced (`None`).
 pub(crate) fn unsent_bound(bytes_per_second: Option<f64>) -> usize {
     bytes_per_second.map_or(UNSENT, |rate| {
@@ -89,6 +97,13 @@ impl<'a> SendQueueFit<'a> {
             registered: false,
             round_trip: Duration::ZERO,
             applied: None,
+        }
+    }
+
+    /// Bounds `socket`'s unsent bytes now, before any bulk chunk (see [`AUTO_UNSENT`]).
+    pub(crate) fn bound_unsent<S: fyntr_platform::Stream>(&self, socket: &S) {
+        if let Err(error) = socket.bound_send_queue(self.unsent, None) {
+            tracing::debug!(%error, "could not bound a send queue");
         }
     }
 
