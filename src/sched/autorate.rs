@@ -152,7 +152,7 @@ const SECOND_TICKS: usize = 10;
 /// How fast the jitter floor rises toward the delay, per tick (a time constant of 30 s).
 const FLOOR_GAIN: f64 = 0.003;
 /// The highest jitter floor, in seconds: a delay above it always shows.
-const MAX_FLOOR: f64 = 0.003;
+const MAX_FLOOR: f64 = 0.002;
 /// How long the best delivery is remembered as the rate to grow back to quickly: a cut for a
 /// passing queue (a burst of new connections, the jitter of a busy path) costs a second,
 /// not the many seconds of probing up from scratch.
@@ -192,7 +192,8 @@ pub struct AutoRate {
     last_cut: Option<Instant>,
     /// The queueing delay at the last cut: a smaller one since means the cut works.
     delay_at_cut: Duration,
-    /// What the path delivered when it last built a queue: the estimate of its rate.
+    /// What the path delivered when it last built a queue, at most the rate in force then:
+    /// the estimate of its rate.
     ceiling: f64,
     cuts_in_a_row: u32,
     /// Ticks in a row at the floor rate with more to send.
@@ -504,8 +505,16 @@ impl AutoRate {
             self.rate *= 1.0 + self.config.first_step;
             return;
         }
-        // Below the best the path delivered lately: a quarter of the way back per tick.
-        let best = 0.95 * self.best.0;
+        // Below the best the path delivered lately, and no higher than where it last queued
+        // (delivery read over a second runs a little over the link's rate, and growing back
+        // to it quickly filled the queue again after every cut): a quarter of the way back per
+        // tick.
+        let best = 0.95
+            * if self.ceiling > 0.0 {
+                self.best.0.min(self.ceiling)
+            } else {
+                self.best.0
+            };
         if self.rate < best {
             self.rate = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
             return;
@@ -545,7 +554,8 @@ impl AutoRate {
         if target >= self.rate {
             return false;
         }
-        self.ceiling = basis;
+        // What moved when the queue showed, or the rate allowed then if that was less.
+        self.ceiling = basis.min(self.rate);
         // At most halved per cut: delivery read during a loss recovery understates the path.
         self.rate = target.max(0.5 * self.rate).max(self.config.floor);
         self.last_cut = Some(now);
