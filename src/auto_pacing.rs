@@ -139,7 +139,7 @@ pub(crate) struct AutoPacing {
     buffer_size: usize,
     bases: Mutex<BaseMemory>,
     /// The queueing delays reported since the last tick, one per report, of either direction.
-    path_delays: Mutex<Vec<DelayReport>>,
+    path_delays: Mutex<Vec<Duration>>,
 }
 
 /// A word for logs.
@@ -264,17 +264,8 @@ struct PathReport {
     delivered: u64,
     sent: u64,
     resent: u64,
-    queue_delay: Option<DelayReport>,
+    queue_delay: Option<Duration>,
     base: Option<Duration>,
-}
-
-/// One socket's reading of the path's queueing delay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DelayReport {
-    delay: Duration,
-    /// Whether the socket sent data within the last tick, so that its smoothed round trip
-    /// is of now and not of up to [`FRESH_ROUND_TRIP`] ago.
-    current: bool,
 }
 
 /// Reads one upstream socket's kernel figures at most once per [`TICK`] while its direction
@@ -347,10 +338,7 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         // streams in, so it is not used.
         let queue_delay = base
             .filter(|_| stats.since_data_sent < FRESH_ROUND_TRIP)
-            .map(|base| DelayReport {
-                delay: stats.round_trip.saturating_sub(base),
-                current: stats.since_data_sent < TICK,
-            });
+            .map(|base| stats.round_trip.saturating_sub(base));
         let report = match self.way {
             Direction::Upload => PathReport {
                 delivered: delivered_bytes(&stats, &self.last),
@@ -434,7 +422,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                     )
                 })
         });
-        let path_delay = path_delay(std::mem::take(
+        let path_delay = median(std::mem::take(
             &mut *auto
                 .path_delays
                 .lock()
@@ -524,26 +512,8 @@ fn run_controllers(weak: Weak<AutoPacing>) {
     }
 }
 
-/// The path's queueing delay from the sockets' reports: the median of those that sent data
-/// within the last tick, or of all of them when none did. A download's socket sends data only
-/// while its request goes out, so its round trip stands still for as long as the response
-/// comes in; in a burst such sockets are the most, and the median of all reports trailed the
-/// queue by half a second to a second (testbed: the probe saw 12 ms where the sockets' median
-/// said 3).
-fn path_delay(reports: Vec<DelayReport>) -> Option<Duration> {
-    let current: Vec<Duration> = reports
-        .iter()
-        .filter(|report| report.current)
-        .map(|report| report.delay)
-        .collect();
-    if current.is_empty() {
-        median(reports.into_iter().map(|report| report.delay).collect())
-    } else {
-        median(current)
-    }
-}
-
-/// The median of the delays (the lower one of an even count). A queue at the shared bottleneck delays every socket; one far-away server's
+/// The path's queueing delay from the sockets' reports: their median (the lower one of an
+/// even count). A queue at the shared bottleneck delays every socket; one far-away server's
 /// own queue delays only its sockets, and a socket whose base was measured through a queue
 /// reads low: the median ignores both while they are the fewer.
 fn median(mut delays: Vec<Duration>) -> Option<Duration> {
@@ -566,27 +536,6 @@ fn delay_ms(delay: Option<Duration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sockets_sending_now_speak_for_the_path() {
-        let ms = Duration::from_millis;
-        let report = |delay, current| DelayReport {
-            delay: ms(delay),
-            current,
-        };
-        assert_eq!(path_delay(vec![]), None);
-        // Three downloads whose round trips stood still, one upload sending now.
-        let reports = vec![
-            report(2, false),
-            report(3, false),
-            report(12, true),
-            report(1, false),
-        ];
-        assert_eq!(path_delay(reports), Some(ms(12)));
-        // None sending now: all of them count.
-        let reports = vec![report(2, false), report(9, false), report(4, false)];
-        assert_eq!(path_delay(reports), Some(ms(4)));
-    }
 
     #[test]
     fn the_delay_is_the_median_of_the_reports() {

@@ -22,7 +22,8 @@ Mbit/s each way; per phase: probe p99 inflation and loss, utilisation each way, 
 drain the queues after the step down and to carry 90 % of the new rate after the step up);
 competing (the burst beside one download that does not go through the proxy; the burst's share
 of the downlink); unshaped (the burst over a veth pair with no router: a fast link, where `auto`
-should never pace).
+should never pace); repeat (the burst run twice through one fyntr, 5 s apart, the second one
+measured: a plan run again, when `auto` has already found the line).
 
 Root only (namespaces, TUN); without root it prints why and exits 0. Traffic stays inside the
 namespaces (198.18.0.0/15, the benchmarking range); everything is removed at the end.
@@ -187,6 +188,14 @@ class Testbed:
             while "listening on" not in open(log_path).read():
                 assert time.monotonic() < deadline and fyntr.poll() is None, open(log_path).read()
                 time.sleep(0.05)
+        if fyntr is not None and config.get("warm_up"):
+            # The same burst once before the measured one, through the same proxy, unmeasured.
+            warm = dict(config, proxy=PROXY, idle_seconds=0.0)
+            subprocess.run(
+                ["ip", "netns", "exec", self.client_ns, sys.executable,
+                 os.path.join(HERE, "client.py"), json.dumps(warm)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=config["timeout_seconds"] + 30, check=False)
         time.sleep(0.5)
         mode_started = time.monotonic()
         before = self.router_stats()
@@ -435,6 +444,7 @@ SCENARIOS = {
     "steps": steps,
     "competing": lambda quick: {"direct_downloads": 1},
     "unshaped": lambda quick: {"server": FAST_SERVER_ADDR},
+    "repeat": lambda quick: {"warm_up": True},
 }
 
 
