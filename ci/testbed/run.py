@@ -196,6 +196,8 @@ class Testbed:
                  os.path.join(HERE, "client.py"), json.dumps(warm)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 timeout=config["timeout_seconds"] + 30, check=False)
+            # Its last bytes must not count as the measured burst's idle round trips.
+            self.wait_quiet()
         time.sleep(0.5)
         mode_started = time.monotonic()
         before = self.router_stats()
