@@ -42,7 +42,8 @@ const PACED_UNSENT_TIME: Duration = Duration::from_millis(2);
 /// kernel whole requests at once (30 tunnels of 128 KiB filled the testbed's uplink for 2.7 s
 /// after the first cut, the sockets sending what they held at the speed of the link). At
 /// this bound, 30 sockets hold under 0.5 MB, and a socket is refilled as soon as it falls
-/// below half of it, which keeps a path of a gigabit per second busy (16 KiB is 130 us of it).
+/// below half of it: on the testbed's unshaped link (several Gbit/s) a burst took as long as
+/// with 256 KiB.
 pub(crate) const AUTO_UNSENT: usize = 16 * 1024;
 
 /// The unsent bound for a direction paced at `bytes_per_second`, or not paced (`None`).
