@@ -305,16 +305,12 @@ async fn pump_chunks<B: Backend>(
     // An upload that `auto` watches over a real path is bounded from its first byte, paced or
     // not yet: what the sockets take while `auto` is still off would leave at the speed of the
     // first link after the first cut (see send_queue::AUTO_UNSENT).
-    let auto_upload = to == Side::Upstream && sampler.is_some();
-    let unsent = if auto_upload {
-        send_queue::AUTO_UNSENT
+    let mut send_queue = if to == Side::Upstream && sampler.is_some() {
+        SendQueueFit::bounded_from_start(ctx.bulk_flows, send_queue::AUTO_UNSENT, tunnel.stream(to))
     } else {
-        send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()))
+        let unsent = send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()));
+        SendQueueFit::new(ctx.bulk_flows, unsent)
     };
-    let mut send_queue = SendQueueFit::new(ctx.bulk_flows, unsent);
-    if auto_upload {
-        send_queue.bound_unsent(tunnel.stream(to));
-    }
     let mut download_mark = DownloadMark::default();
     loop {
         // No timer around this wait: the tunnel's idle watchdog shuts the sockets down, which

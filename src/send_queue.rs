@@ -88,6 +88,8 @@ pub(crate) struct SendQueueFit<'a> {
     round_trip: Duration,
     /// The send buffer last set; `None` while the kernel's autotuning runs.
     applied: Option<usize>,
+    /// Whether the unsent bound is already in force on the socket.
+    unsent_set: bool,
 }
 
 impl<'a> SendQueueFit<'a> {
@@ -98,14 +100,23 @@ impl<'a> SendQueueFit<'a> {
             registered: false,
             round_trip: Duration::ZERO,
             applied: None,
+            unsent_set: false,
         }
     }
 
-    /// Bounds `socket`'s unsent bytes now, before any bulk chunk (see [`AUTO_UNSENT`]).
-    pub(crate) fn bound_unsent<S: fyntr_platform::Stream>(&self, socket: &S) {
-        if let Err(error) = socket.bound_send_queue(self.unsent, None) {
-            tracing::debug!(%error, "could not bound a send queue");
+    /// A fit whose unsent bound holds on `socket` from now, before any bulk chunk (see
+    /// [`AUTO_UNSENT`]); the first bulk chunk then only sizes the send buffer.
+    pub(crate) fn bounded_from_start<S: fyntr_platform::Stream>(
+        flows: &'a BulkFlows,
+        unsent: usize,
+        socket: &S,
+    ) -> Self {
+        let mut fit = Self::new(flows, unsent);
+        match socket.bound_send_queue(unsent, None) {
+            Ok(()) => fit.unsent_set = true,
+            Err(error) => tracing::debug!(%error, "could not bound a send queue"),
         }
+        fit
     }
 
     /// Called after each full chunk: fits `socket` on the first one, and again whenever its
@@ -138,12 +149,14 @@ impl<'a> SendQueueFit<'a> {
         // An unpaced flow that keeps autotuning has nothing to share its socket with: it is
         // left alone (a lone bulk download with the unsent bound ran 5 % slower).
         let leave_alone = self.unsent == UNSENT && wanted.is_none();
-        if (!first && !moved) || (first && leave_alone) {
+        let bound_pending = first && !self.unsent_set && !leave_alone;
+        if !moved && !bound_pending {
             return;
         }
         let buffer = if moved { wanted } else { None };
-        if let Err(error) = socket.bound_send_queue(self.unsent, buffer) {
-            tracing::debug!(%error, "could not bound a send queue");
+        match socket.bound_send_queue(self.unsent, buffer) {
+            Ok(()) => self.unsent_set = true,
+            Err(error) => tracing::debug!(%error, "could not bound a send queue"),
         }
         if buffer.is_some() {
             self.applied = buffer;
