@@ -29,7 +29,7 @@ use crate::{
     gate::Direction,
     metrics::AutoEstimate,
     sched::{
-        autorate::{first_to_decide, AutoRate, AutoRateConfig, Sample},
+        autorate::{first_to_decide, AutoRate, AutoRateConfig, Mode, Sample},
         pacer::{acks_on_the_wire, on_the_wire, Pacer, Rate},
     },
 };
@@ -463,6 +463,8 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 backlogged,
                 opposite_load: controllers[1 - way as usize].delivery(),
                 opposite_cut: controllers[1 - way as usize].last_cut(),
+                opposite_cuts_in_a_row: controllers[1 - way as usize].cuts_in_a_row(),
+                opposite_contended: controllers[1 - way as usize].mode() == Mode::Contended,
             };
             let controller = &mut controllers[way as usize];
             let before = controller.rate();

@@ -305,8 +305,11 @@ async fn pump_chunks<B: Backend>(
     // An upload that `auto` watches over a real path is bounded from its first byte, paced or
     // not yet: what the sockets take while `auto` is still off would leave at the speed of the
     // first link after the first cut (see send_queue::AUTO_UNSENT).
-    let mut send_queue = if to == Side::Upstream && sampler.is_some() {
-        SendQueueFit::bounded_from_start(ctx.bulk_flows, send_queue::AUTO_UNSENT, tunnel.stream(to))
+    let watched_upload = to == Side::Upstream && sampler.is_some();
+    let mut send_queue = if watched_upload {
+        let unsent =
+            send_queue::auto_unsent_bound(ctx.live_rate(to).map(|rate| rate.bytes_per_second()));
+        SendQueueFit::bounded_from_start(ctx.bulk_flows, unsent, tunnel.stream(to))
     } else {
         let unsent = send_queue::unsent_bound(fixed_rate.map(|rate| rate.bytes_per_second()));
         SendQueueFit::new(ctx.bulk_flows, unsent)
@@ -332,6 +335,12 @@ async fn pump_chunks<B: Backend>(
             Pacing::chunk_for(rate, buffer_size)
         });
         let interactive_read = INTERACTIVE_READ.min(buffer_size).min(splice_chunk);
+        if watched_upload {
+            send_queue.follow_unsent(
+                send_queue::auto_unsent_bound(live_rate.map(|rate| rate.bytes_per_second())),
+                tunnel.stream(to),
+            );
+        }
         // With a download rate, downloads are paced where they enter (see above).
         let gate_reads = to == Side::Downstream && live_rate.is_some();
         match live_rate.filter(|_| gate_reads) {

@@ -61,6 +61,10 @@ pub struct Sample {
     /// read one delay (a round trip crosses both queues), so a queue that does not drain
     /// while the opposite direction cuts too is not a sign of a flow outside fyntr.
     pub opposite_cut: Option<Instant>,
+    /// The opposite direction's cuts in a row that left the queue as it was.
+    pub opposite_cuts_in_a_row: u32,
+    /// Whether the opposite direction stopped pacing for a queue that is not fyntr's.
+    pub opposite_contended: bool,
 }
 
 /// The controller's constants.
@@ -462,8 +466,16 @@ impl AutoRate {
             // drain; twice as many cuts in a row with the queue as full mean it is no queue of
             // fyntr's in either direction (a download beside fyntr's fills the downlink, and
             // the uploads read its delay too).
-            let opposite_may_drain =
-                opposite_cutting && self.cuts_in_a_row < 2 * self.config.contended_after;
+            // Nor is a queue someone else's while the opposite direction, moving enough to have
+            // built it, has not cut in a row itself (it waits for this one's cuts to drain the
+            // queue): an upload cut for a downlink's queue until it counted the queue as
+            // someone else's and stopped pacing, and the uplink's queue it then built did the
+            // same to the download (testbed burst: both unpaced for 10 s, both queues full).
+            let opposite_untried = 2.0 * sample.opposite_load >= load
+                && sample.opposite_cuts_in_a_row == 0
+                && !sample.opposite_contended;
+            let opposite_may_drain = (opposite_cutting || opposite_untried)
+                && self.cuts_in_a_row < 2 * self.config.contended_after;
             if self.cuts_in_a_row >= self.config.contended_after && halved && !opposite_may_drain {
                 self.pause_for_contention(now);
             }
@@ -572,6 +584,11 @@ impl AutoRate {
     /// When the rate was last cut.
     pub fn last_cut(&self) -> Option<Instant> {
         self.last_cut
+    }
+
+    /// Cuts in a row that left the queue as it was.
+    pub fn cuts_in_a_row(&self) -> u32 {
+        self.cuts_in_a_row
     }
 }
 
@@ -736,7 +753,7 @@ mod tests {
                 let queue_delay =
                     (moved.delivered > 0.0).then(|| Duration::from_secs_f64(self.link.observed));
                 let opposite_cut = self.opposite_cutting.then_some(self.now);
-                self.decide(&moved, queue_delay, 0.0, opposite_cut);
+                self.decide(&moved, queue_delay, 0.0, opposite_cut, 0, false);
             }
         }
 
@@ -785,6 +802,8 @@ mod tests {
             queue_delay: Option<Duration>,
             opposite_load: f64,
             opposite_cut: Option<Instant>,
+            opposite_cuts_in_a_row: u32,
+            opposite_contended: bool,
         ) {
             let sample = Sample {
                 now: self.now,
@@ -796,6 +815,8 @@ mod tests {
                 backlogged: moved.backlogged,
                 opposite_load,
                 opposite_cut,
+                opposite_cuts_in_a_row,
+                opposite_contended,
             };
             let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
             if std::env::var_os("AUTORATE_TRACE").is_some() {
@@ -870,8 +891,10 @@ mod tests {
                 for way in [first, 1 - first] {
                     let opposite = &self.ways[1 - way].controller;
                     let (load, cut) = (opposite.delivery(), opposite.last_cut());
+                    let cuts = opposite.cuts_in_a_row();
+                    let contended = opposite.mode() == Mode::Contended;
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
-                    self.ways[way].decide(&moved[way], delay, load, cut);
+                    self.ways[way].decide(&moved[way], delay, load, cut, cuts, contended);
                 }
             }
         }
@@ -960,6 +983,60 @@ mod tests {
         assert!(
             share >= 0.3,
             "fyntr's share beside the other flow: {share:.2}"
+        );
+    }
+
+    /// Cuts a controller makes under a queue that never drains, with fyntr delivering what it
+    /// paces (10 Mbit/s unpaced) and an opposite direction that moves `opposite_load` and never cuts,
+    /// before it counts the queue as someone else's.
+    fn cuts_under_a_queue_that_stays(opposite_load: f64) -> Option<usize> {
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        let mut cuts = 0;
+        for tick in 1..=300u32 {
+            let before = controller.rate().map(Rate::bytes_per_second);
+            let sample = Sample {
+                now: start + TICK * tick,
+                interval: TICK,
+                delivered: (before.unwrap_or(f64::MAX).min(10.0 * MBIT) * TICK.as_secs_f64()
+                    / WIRE_PER_PAYLOAD) as u64,
+                acks: 0,
+                queue_delay: Some(Duration::from_millis(20)),
+                loss: Some(0.0),
+                backlogged: true,
+                opposite_load,
+                opposite_cut: None,
+                opposite_cuts_in_a_row: 0,
+                opposite_contended: false,
+            };
+            let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
+            if controller.mode() == Mode::Contended {
+                return Some(cuts);
+            }
+            if before
+                .zip(after)
+                .is_some_and(|(before, after)| after < before)
+            {
+                cuts += 1;
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_queue_the_opposite_direction_may_have_built_takes_more_cuts_to_count_as_someone_elses() {
+        let contended_after = AutoRateConfig::default().contended_after as usize;
+        // Alone on the path: a queue that outlasts the cuts in a row is someone else's.
+        let alone = cuts_under_a_queue_that_stays(0.0).expect("counted as someone else's");
+        assert!(alone < 2 * contended_after, "{alone} cuts alone");
+        // Beside an opposite direction that moves about as much and has not cut: the queue
+        // may be its own (it waits while this one cuts), so twice as many cuts before the
+        // queue counts as someone else's, or none once this direction moves under half of
+        // what the opposite one does (the queue is then left to it).
+        let beside = cuts_under_a_queue_that_stays(5.0 * MBIT);
+        assert!(
+            beside.is_none_or(|cuts| cuts >= 2 * contended_after - 1),
+            "{beside:?} cuts beside a busy opposite direction, {alone} alone"
         );
     }
 
