@@ -45,6 +45,9 @@ struct Observed {
     delivered: u64,
     sent: u64,
     resent: u64,
+    /// Segments with data received, and of those out of order (downloads).
+    segments_in: u64,
+    out_of_order: u64,
     /// The least base round trip reported.
     base: Option<Duration>,
 }
@@ -231,6 +234,8 @@ impl AutoPacing {
         observed.delivered += report.delivered;
         observed.sent += report.sent;
         observed.resent += report.resent;
+        observed.segments_in += report.segments_in;
+        observed.out_of_order += report.out_of_order;
         if let Some(base) = report.base {
             observed.base = Some(observed.base.map_or(base, |least| least.min(base)));
         }
@@ -264,6 +269,8 @@ struct PathReport {
     delivered: u64,
     sent: u64,
     resent: u64,
+    segments_in: u64,
+    out_of_order: u64,
     queue_delay: Option<Duration>,
     base: Option<Duration>,
 }
@@ -346,6 +353,8 @@ impl<'a, S: Stream> PathSampler<'a, S> {
                 resent: stats
                     .bytes_retransmitted
                     .saturating_sub(self.last.bytes_retransmitted),
+                segments_in: 0,
+                out_of_order: 0,
                 queue_delay,
                 base,
             },
@@ -355,6 +364,16 @@ impl<'a, S: Stream> PathSampler<'a, S> {
                     .saturating_sub(self.last.bytes_received),
                 sent: 0,
                 resent: 0,
+                segments_in: u64::from(
+                    stats
+                        .data_segments_received
+                        .saturating_sub(self.last.data_segments_received),
+                ),
+                out_of_order: u64::from(
+                    stats
+                        .out_of_order_received
+                        .saturating_sub(self.last.out_of_order_received),
+                ),
                 queue_delay,
                 base,
             },
@@ -460,6 +479,8 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 acks,
                 queue_delay: path_delay,
                 loss: (observed.sent > 0).then(|| observed.resent as f64 / observed.sent as f64),
+                dropped: dropped(way, &observed),
+                opposite_dropped: controllers[1 - way as usize].dropped_lately(),
                 backlogged,
                 opposite_load: controllers[1 - way as usize].delivery(),
                 opposite_cut: controllers[1 - way as usize].last_cut(),
@@ -487,6 +508,8 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                     rate = %describe(rate),
                     delivered_mbit = controller.delivery() * 8.0 / 1e6,
                     queue_delay_ms = delay_ms(sample.queue_delay),
+                    dropped = controller.dropped_lately(),
+                    opposite_dropped = sample.opposite_dropped,
                     "auto rate changed"
                 );
             }
@@ -513,6 +536,26 @@ fn run_controllers(weak: Weak<AutoPacing>) {
         }
     }
 }
+
+/// Whether the direction's own link dropped its data during the tick, if its sockets say:
+/// uploads' resends over [`UPLOAD_DROPS`] of what they sent, downloads' out-of-order arrivals
+/// over [`DOWNLOAD_DROPS`] of what they received.
+fn dropped(way: Direction, observed: &Observed) -> Option<bool> {
+    match way {
+        Direction::Upload => (observed.sent > 0)
+            .then_some(observed.resent as f64 > UPLOAD_DROPS * observed.sent as f64),
+        Direction::Download => (observed.segments_in > 0)
+            .then_some(observed.out_of_order as f64 > DOWNLOAD_DROPS * observed.segments_in as f64),
+    }
+}
+
+/// Share of an upload tick's bytes sent again that shows the uplink dropped some: above the
+/// odd tail-loss probe, which resends a segment with nothing lost.
+const UPLOAD_DROPS: f64 = 0.005;
+/// Share of a download tick's segments that arrived out of order that shows the downlink
+/// dropped some: one drop puts the rest of a round trip's segments out of order, so a
+/// tenth, and not a single stray segment of a slow tick.
+const DOWNLOAD_DROPS: f64 = 0.1;
 
 /// The path's queueing delay from the sockets' reports: their median (the lower one of an
 /// even count). A queue at the shared bottleneck delays every socket; one far-away server's

@@ -49,6 +49,11 @@ pub struct TcpStats {
     pub congestion_window: u32,
     /// The sender's maximum segment size.
     pub send_mss: u32,
+    /// Segments with data this side received.
+    pub data_segments_received: u32,
+    /// Of those, segments that arrived out of order: after a hole, every segment until the
+    /// missing one comes again, so a link dropping this side's incoming data shows here.
+    pub out_of_order_received: u32,
 }
 
 impl TcpStats {
@@ -165,6 +170,8 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
         unsent: raw.notsent_bytes,
         congestion_window: raw.snd_cwnd,
         send_mss: raw.snd_mss,
+        data_segments_received: raw.data_segs_in,
+        out_of_order_received: raw.rcv_ooopack,
     })
 }
 

@@ -65,6 +65,11 @@ pub struct Sample {
     pub opposite_cuts_in_a_row: u32,
     /// Whether the opposite direction stopped pacing for a queue that is not fyntr's.
     pub opposite_contended: bool,
+    /// Whether this direction's own link dropped some of its data during the tick, if known.
+    pub dropped: Option<bool>,
+    /// Whether the opposite direction's link dropped some of its data lately
+    /// ([`AutoRate::dropped_lately`]).
+    pub opposite_dropped: bool,
 }
 
 /// The controller's constants.
@@ -167,6 +172,11 @@ const OPPOSITE_CUT_WINDOW: Duration = Duration::from_secs(2);
 /// Ticks at the floor rate (within 5 % of it) with more to send, after which the queue that
 /// brought the rate there counts as someone else's: 2 s.
 const FLOOR_TICKS: u32 = 20;
+/// How long after pacing resumes from a pause for contention a queue that stays is taken for
+/// the same flow's.
+const PROBATION: Duration = Duration::from_secs(3);
+/// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
+const DROP_TICKS: u32 = 5;
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -210,6 +220,12 @@ pub struct AutoRate {
     stalled_until: Option<Instant>,
     contended_until: Option<Instant>,
     last_delay: Option<Duration>,
+    /// One bit per recent tick, newest lowest: whether this direction's link dropped its data.
+    drop_bits: u32,
+    /// Whether the sockets ever said whether the link dropped data.
+    drops_known: bool,
+    /// When pacing last resumed after a pause for contention.
+    resumed_at: Option<Instant>,
     /// Since when a queue has been left to the opposite direction's cut.
     deferred_since: Option<Instant>,
 }
@@ -238,6 +254,9 @@ impl AutoRate {
             stalled_until: None,
             contended_until: None,
             last_delay: None,
+            drop_bits: 0,
+            drops_known: false,
+            resumed_at: None,
             deferred_since: None,
         }
     }
@@ -326,7 +345,21 @@ impl AutoRate {
         // the opposite one moves leaves a queue to it: the queue is most likely the busier
         // direction's, and cutting the lighter one too would starve it for nothing. Its own
         // resends still count: they are its own queue overflowing.
-        let lighter = sample.opposite_load > 2.0 * load;
+        //
+        // A queue that drops the opposite direction's data while this direction's link drops
+        // none of its own is the opposite direction's too, whatever each moves: on a 5 Mbit/s
+        // uplink beside a 40 Mbit/s downlink, uploads and downloads moved about as much, and
+        // the downloads were cut to 1-4 Mbit/s for the uplink's queue (testbed asymmetric).
+        self.drop_bits = ((self.drop_bits << 1) | u32::from(sample.dropped == Some(true)))
+            & ((1 << DROP_TICKS) - 1);
+        self.drops_known |= sample.dropped.is_some();
+        // And one that drops only this direction's data is this one's, however little it
+        // moves.
+        let only_opposite_drops =
+            sample.opposite_dropped && self.drops_known && self.drop_bits == 0;
+        let only_mine_drops = self.drop_bits != 0 && !sample.opposite_dropped;
+        let lighter =
+            (sample.opposite_load > 2.0 * load && !only_mine_drops) || only_opposite_drops;
         // A tick with no report of the delay says nothing either way. The lighter direction
         // may grow while the busier one keeps a queue.
         let known = sample.queue_delay.is_some();
@@ -363,6 +396,7 @@ impl AutoRate {
                     self.ticks_at_floor = 0;
                     self.step = self.config.first_step;
                     self.step_since = now;
+                    self.resumed_at = Some(now);
                 }
             }
         }
@@ -471,12 +505,27 @@ impl AutoRate {
             // queue): an upload cut for a downlink's queue until it counted the queue as
             // someone else's and stopped pacing, and the uplink's queue it then built did the
             // same to the download (testbed burst: both unpaced for 10 s, both queues full).
+            // (Not when only this direction's link drops data: the queue is on its link.)
+            let only_mine_drops = self.dropped_lately() && !sample.opposite_dropped;
             let opposite_untried = 2.0 * sample.opposite_load >= load
                 && sample.opposite_cuts_in_a_row == 0
-                && !sample.opposite_contended;
+                && !sample.opposite_contended
+                && !only_mine_drops;
             let opposite_may_drain = (opposite_cutting || opposite_untried)
                 && self.cuts_in_a_row < 2 * self.config.contended_after;
-            if self.cuts_in_a_row >= self.config.contended_after && halved && !opposite_may_drain {
+            // Soon after a pause for contention, a queue back at once and not drained by two
+            // cuts is the same flow's: back to the pause without first halving the rate (beside
+            // a competing download, fyntr's downloads spent seconds at a few Mbit/s after each
+            // pause before the rule above let them go).
+            let probation = self
+                .resumed_at
+                .is_some_and(|at| now.duration_since(at) < PROBATION);
+            let someone_elses = if probation {
+                self.cuts_in_a_row >= 2
+            } else {
+                self.cuts_in_a_row >= self.config.contended_after && halved
+            };
+            if someone_elses && !opposite_may_drain {
                 self.pause_for_contention(now);
             }
             return;
@@ -584,6 +633,11 @@ impl AutoRate {
     /// When the rate was last cut.
     pub fn last_cut(&self) -> Option<Instant> {
         self.last_cut
+    }
+
+    /// Whether this direction's link dropped some of its data in the last [`DROP_TICKS`].
+    pub fn dropped_lately(&self) -> bool {
+        self.drop_bits != 0
     }
 
     /// Cuts in a row that left the queue as it was.
@@ -709,6 +763,16 @@ mod tests {
         backlogged: bool,
     }
 
+    /// What a controller sees of the opposite direction's (none, by default).
+    #[derive(Default)]
+    struct OppositeView {
+        load: f64,
+        cut: Option<Instant>,
+        cuts_in_a_row: u32,
+        contended: bool,
+        dropped: bool,
+    }
+
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
     /// second. Unpaced, a backlogged fyntr keeps the queue full as loss-based TCP does.
     struct Run {
@@ -753,7 +817,11 @@ mod tests {
                 let queue_delay =
                     (moved.delivered > 0.0).then(|| Duration::from_secs_f64(self.link.observed));
                 let opposite_cut = self.opposite_cutting.then_some(self.now);
-                self.decide(&moved, queue_delay, 0.0, opposite_cut, 0, false);
+                let opposite = OppositeView {
+                    cut: opposite_cut,
+                    ..OppositeView::default()
+                };
+                self.decide(&moved, queue_delay, &opposite);
             }
         }
 
@@ -800,10 +868,7 @@ mod tests {
             &mut self,
             moved: &Moved,
             queue_delay: Option<Duration>,
-            opposite_load: f64,
-            opposite_cut: Option<Instant>,
-            opposite_cuts_in_a_row: u32,
-            opposite_contended: bool,
+            opposite: &OppositeView,
         ) {
             let sample = Sample {
                 now: self.now,
@@ -813,10 +878,12 @@ mod tests {
                 queue_delay,
                 loss: (moved.offered > 0.0).then(|| moved.dropped / moved.offered),
                 backlogged: moved.backlogged,
-                opposite_load,
-                opposite_cut,
-                opposite_cuts_in_a_row,
-                opposite_contended,
+                opposite_load: opposite.load,
+                opposite_cut: opposite.cut,
+                opposite_cuts_in_a_row: opposite.cuts_in_a_row,
+                opposite_contended: opposite.contended,
+                dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
+                opposite_dropped: opposite.dropped,
             };
             let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
             if std::env::var_os("AUTORATE_TRACE").is_some() {
@@ -890,11 +957,15 @@ mod tests {
                 let first = first_to_decide([&self.ways[0].controller, &self.ways[1].controller]);
                 for way in [first, 1 - first] {
                     let opposite = &self.ways[1 - way].controller;
-                    let (load, cut) = (opposite.delivery(), opposite.last_cut());
-                    let cuts = opposite.cuts_in_a_row();
-                    let contended = opposite.mode() == Mode::Contended;
+                    let opposite = OppositeView {
+                        load: opposite.delivery(),
+                        cut: opposite.last_cut(),
+                        cuts_in_a_row: opposite.cuts_in_a_row(),
+                        contended: opposite.mode() == Mode::Contended,
+                        dropped: opposite.dropped_lately(),
+                    };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
-                    self.ways[way].decide(&moved[way], delay, load, cut, cuts, contended);
+                    self.ways[way].decide(&moved[way], delay, &opposite);
                 }
             }
         }
@@ -1008,6 +1079,8 @@ mod tests {
                 opposite_cut: None,
                 opposite_cuts_in_a_row: 0,
                 opposite_contended: false,
+                dropped: None,
+                opposite_dropped: false,
             };
             let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
             if controller.mode() == Mode::Contended {
@@ -1101,6 +1174,54 @@ mod tests {
                 "{way}: round-trip queueing delay p99 {p99:.1} ms"
             );
         }
+    }
+
+    #[test]
+    fn a_queue_that_drops_only_the_opposite_directions_data_is_left_to_it() {
+        // A download beside fyntr's keeps the downlink queue full and dropping. The upload
+        // reads the same delay, but its own link drops nothing: it must not cut itself down
+        // for the downlink's queue, nor stop pacing.
+        let mut duplex = Duplex::new(20.0, 20.0);
+        duplex.run(100);
+        duplex.ways[1].competitor = true;
+        let mut upload_contended = 0;
+        for _ in 0..600 {
+            duplex.run(1);
+            upload_contended += usize::from(duplex.ways[0].controller.mode() == Mode::Contended);
+        }
+        assert_eq!(upload_contended, 0, "ticks the upload stopped pacing");
+        let utilisation = duplex.ways[0].utilisation(300..700, 20.0);
+        assert!(utilisation >= 0.8, "upload utilisation {utilisation:.2}");
+        let share = duplex.ways[1].share_beside_competitor(300..700);
+        assert!(
+            share >= 0.3,
+            "download's share beside the other flow: {share:.2}"
+        );
+    }
+
+    #[test]
+    fn a_queue_back_at_once_after_a_pause_for_contention_is_the_same_flows() {
+        let mut run = Run::new(20.0);
+        run.run(100, 0..0);
+        run.competitor = true;
+        // Until the first pause, and through it.
+        let mut paused = false;
+        while !paused || run.controller.mode() == Mode::Contended {
+            run.run(1, 0..0);
+            paused |= run.controller.mode() == Mode::Contended;
+            assert!(run.ticks.len() < 1000, "never paused, or never resumed");
+        }
+        // Pacing resumed beside the same flow: back to the pause within two cuts.
+        let resumed = run.ticks.len();
+        while run.controller.mode() != Mode::Contended {
+            run.run(1, 0..0);
+            assert!(run.ticks.len() < resumed + 100, "no second pause");
+        }
+        let paced_for = run.ticks.len() - resumed;
+        assert!(
+            paced_for <= 10,
+            "paced for {paced_for} ticks before the second pause"
+        );
     }
 
     #[test]
