@@ -24,12 +24,16 @@
 //!   [`AutoRateConfig::floor`] for 2 s with more to send, the queue is someone else's (a
 //!   loss-based flow that fills any buffer). Backing off further would hand it the whole link,
 //!   so pacing stops for [`AutoRateConfig::contended_pause`] (TCP then takes its share), then
-//!   tries again.
+//!   tries again; a queue back at once after that goes back to the pause after two cuts.
 //! - Back to **off** after [`AutoRateConfig::off_after`] without a queue.
 //!
 //! The delay is measured from the round trips of fyntr's own sockets against their base round
 //! trip, so a queue in either direction of the path raises it: when both directions carry bulk
-//! data, both may be cut for a queue that only one of them built.
+//! data, both may be cut for a queue that only one of them built. What tells them apart: a
+//! direction that moves less than half of what the opposite one moves leaves the queue to it;
+//! a queue that drops only one direction's data (uploads' resends, downloads' out-of-order
+//! arrivals) is that direction's; and a queue does not count as someone else's while the
+//! opposite direction may still drain it with cuts of its own.
 
 use std::time::{Duration, Instant};
 
