@@ -304,7 +304,8 @@ async fn pump_chunks<B: Backend>(
     };
     // An upload that `auto` watches over a real path is bounded from its first byte, paced or
     // not yet: what the sockets take while `auto` is still off would leave at the speed of the
-    // first link after the first cut (see send_queue::AUTO_UNSENT).
+    // first link after the first cut (see send_queue::AUTO_UNSENT). The bound then follows
+    // the rate (see the loop).
     let watched_upload = to == Side::Upstream && sampler.is_some();
     let mut send_queue = if watched_upload {
         let unsent =
