@@ -335,6 +335,11 @@ async fn pump_chunks<B: Backend>(
         let splice_chunk = live_rate.map_or(ctx.config.splice_chunk, |rate| {
             Pacing::chunk_for(rate, buffer_size)
         });
+        let splice_chunk = if watched_upload && live_rate.is_none() {
+            splice_chunk.min(send_queue::AUTO_UNSENT / 2)
+        } else {
+            splice_chunk
+        };
         let interactive_read = INTERACTIVE_READ.min(buffer_size).min(splice_chunk);
         if watched_upload {
             send_queue.follow_unsent(
