@@ -335,9 +335,10 @@ async fn pump_chunks<B: Backend>(
         let splice_chunk = live_rate.map_or(ctx.config.splice_chunk, |rate| {
             Pacing::chunk_for(rate, buffer_size)
         });
-        // An upload `auto` watches but does not pace writes half its unsent bound at a time:
-        // the kernel takes a write by whole socket buffers while the unsent bytes are under
-        // the bound, so a larger chunk passed it by up to a buffer. With 256 KiB chunks the 32
+        // An upload `auto` watches but does not pace splices half its unsent bound at a time
+        // (a copied read, when the worker has no pipe left, still fills a relay buffer): the
+        // kernel takes a write by whole socket buffers while the unsent bytes are under the
+        // bound, so a larger chunk passed it by up to a buffer. With 256 KiB chunks the 32
         // upstream sockets of a burst held 854 KB unsent half a second in, 27 KB each
         // (`ss -tin`), the uplink's first half second before any rate was known.
         let splice_chunk = if watched_upload && live_rate.is_none() {
