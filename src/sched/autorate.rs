@@ -79,11 +79,11 @@ pub struct Sample {
 /// The controller's constants.
 #[derive(Clone, Copy, Debug)]
 pub struct AutoRateConfig {
-    /// Queueing delay (over the jitter floor, which takes up the few milliseconds a busy
-    /// path's smoothed round trip wobbles by) that counts as a queue of fyntr's making:
-    /// CoDel's target (RFC 8289). A 32 KiB router buffer at 20 Mbit/s holds 13 ms, and at
-    /// 7 ms the rate's probing filled it for a few hundred milliseconds every few seconds
-    /// (testbed burst: p99 14.2-15.1 ms in 5 runs, 13.2-15.1 in 3 at 5 ms).
+    /// Queueing delay (over the jitter floor) that counts as a queue of fyntr's making: a
+    /// little over CoDel's 5 ms target (RFC 8289), since the smoothed round trip of a busy
+    /// path wobbles by a few milliseconds; a 32 KiB router buffer at 20 Mbit/s holds 13 ms.
+    /// At 5 ms the burst's probe p99 came to 12.9 and 13.2 ms beside direct's 25, but the
+    /// burst took 1.44x and 1.46x as long as direct (7 ms: 15.4 ms, 1.07x; testbed).
     pub bloat: Duration,
     /// Queueing delay under which the path counts as clear, so that the rate may grow.
     pub clear: Duration,
@@ -118,7 +118,7 @@ pub struct AutoRateConfig {
 impl Default for AutoRateConfig {
     fn default() -> Self {
         Self {
-            bloat: Duration::from_millis(5),
+            bloat: Duration::from_millis(7),
             clear: Duration::from_millis(3),
             min_load: 125_000.0,
             floor: 125_000.0,
