@@ -218,6 +218,14 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_upload_keeps_16_kib_unsent_until_paced_then_the_paced_bound() {
+        assert_eq!(auto_unsent_bound(None), AUTO_UNSENT);
+        assert_eq!(auto_unsent_bound(Some(19e6 / 8.0)), 4750);
+        assert_eq!(auto_unsent_bound(Some(1e3)), 4 * 1024);
+        assert_eq!(auto_unsent_bound(Some(1e12)), AUTO_UNSENT);
+    }
+
+    #[test]
     fn paced_directions_keep_a_few_milliseconds_unsent() {
         assert_eq!(unsent_bound(None), UNSENT);
         // 19 Mbit/s: 2 ms is 4.75 KB.
