@@ -472,6 +472,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
             if observed.base.is_some() {
                 base[way as usize] = observed.base;
             }
+            let opposite = &controllers[1 - way as usize];
             let sample = Sample {
                 now,
                 interval,
@@ -480,12 +481,12 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 queue_delay: path_delay,
                 loss: (observed.sent > 0).then(|| observed.resent as f64 / observed.sent as f64),
                 dropped: dropped(way, &observed),
-                opposite_dropped: controllers[1 - way as usize].dropped_lately(),
+                opposite_dropped: opposite.dropped_lately(),
                 backlogged,
-                opposite_load: controllers[1 - way as usize].delivery(),
-                opposite_cut: controllers[1 - way as usize].last_cut(),
-                opposite_cuts_in_a_row: controllers[1 - way as usize].cuts_in_a_row(),
-                opposite_contended: controllers[1 - way as usize].mode() == Mode::Contended,
+                opposite_load: opposite.delivery(),
+                opposite_cut: opposite.last_cut(),
+                opposite_cuts_in_a_row: opposite.cuts_in_a_row(),
+                opposite_contended: opposite.mode() == Mode::Contended,
             };
             let controller = &mut controllers[way as usize];
             let before = controller.rate();

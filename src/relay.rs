@@ -332,19 +332,16 @@ async fn pump_chunks<B: Backend>(
         // The rate in force now: fixed, or what `auto` set (it may come and go). A paced
         // chunk is a fraction of a millisecond of it (see Pacing::CHUNK_TIME).
         let live_rate = ctx.live_rate(to);
-        let splice_chunk = live_rate.map_or(ctx.config.splice_chunk, |rate| {
-            Pacing::chunk_for(rate, buffer_size)
-        });
-        // An upload `auto` watches but does not pace splices half its unsent bound at a time
-        // (a copied read, when the worker has no pipe left, still fills a relay buffer): the
-        // kernel takes a write by whole socket buffers while the unsent bytes are under the
-        // bound, so a larger chunk passed it by up to a buffer. With 256 KiB chunks the 32
-        // upstream sockets of a burst held 854 KB unsent half a second in, 27 KB each
-        // (`ss -tin`), the uplink's first half second before any rate was known.
-        let splice_chunk = if watched_upload && live_rate.is_none() {
-            splice_chunk.min(send_queue::AUTO_UNSENT / 2)
-        } else {
-            splice_chunk
+        let splice_chunk = match live_rate {
+            Some(rate) => Pacing::chunk_for(rate, buffer_size),
+            // An upload `auto` watches but does not pace splices half its unsent bound at a
+            // time (a copied read, when the worker has no pipe left, still fills a relay
+            // buffer): the kernel takes a write by whole socket buffers while the unsent bytes
+            // are under the bound, so a larger chunk passed it by up to a buffer. With 256 KiB
+            // chunks the 32 upstream sockets of a burst held 854 KB unsent half a second in,
+            // 27 KB each (`ss -tin`), the uplink's first half second before any rate was known.
+            None if watched_upload => ctx.config.splice_chunk.min(send_queue::AUTO_UNSENT / 2),
+            None => ctx.config.splice_chunk,
         };
         let interactive_read = INTERACTIVE_READ.min(buffer_size).min(splice_chunk);
         if watched_upload {

@@ -1071,9 +1071,30 @@ mod tests {
         );
     }
 
-    /// Cuts a controller makes under a queue that never drains, with fyntr delivering what it
-    /// paces (10 Mbit/s unpaced) and an opposite direction that moves `opposite_load` and never cuts,
-    /// before it counts the queue as someone else's.
+    /// A tick in which fyntr, with more to send, delivers what it paces at (`rate`, bytes per
+    /// second; 10 Mbit/s at most and when unpaced) through a queue of `delay_ms`, beside an
+    /// opposite direction that moves `opposite_load` and never cuts.
+    fn steady_tick(now: Instant, rate: Option<f64>, delay_ms: u64, opposite_load: f64) -> Sample {
+        Sample {
+            now,
+            interval: TICK,
+            delivered: (rate.unwrap_or(f64::MAX).min(10.0 * MBIT) * TICK.as_secs_f64()
+                / WIRE_PER_PAYLOAD) as u64,
+            acks: 0,
+            queue_delay: Some(Duration::from_millis(delay_ms)),
+            loss: Some(0.0),
+            backlogged: true,
+            opposite_load,
+            opposite_cut: None,
+            opposite_cuts_in_a_row: 0,
+            opposite_contended: false,
+            dropped: None,
+            opposite_dropped: false,
+        }
+    }
+
+    /// Cuts a controller makes under a queue that never drains ([`steady_tick`]s) before it
+    /// counts the queue as someone else's.
     fn cuts_under_a_queue_that_stays(opposite_load: f64) -> Option<usize> {
         let start = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), start);
@@ -1084,22 +1105,7 @@ mod tests {
         for tick in 1..=400u32 {
             let before = controller.rate().map(Rate::bytes_per_second);
             let delay = if clear.contains(&tick) { 0 } else { 20 };
-            let sample = Sample {
-                now: start + TICK * tick,
-                interval: TICK,
-                delivered: (before.unwrap_or(f64::MAX).min(10.0 * MBIT) * TICK.as_secs_f64()
-                    / WIRE_PER_PAYLOAD) as u64,
-                acks: 0,
-                queue_delay: Some(Duration::from_millis(delay)),
-                loss: Some(0.0),
-                backlogged: true,
-                opposite_load,
-                opposite_cut: None,
-                opposite_cuts_in_a_row: 0,
-                opposite_contended: false,
-                dropped: None,
-                opposite_dropped: false,
-            };
+            let sample = steady_tick(start + TICK * tick, before, delay, opposite_load);
             let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
             if controller.mode() == Mode::Contended {
                 return Some(cuts);
@@ -1123,24 +1129,8 @@ mod tests {
         let mut paced_at = None;
         for tick in 1..=100u32 {
             let now = start + TICK * tick;
-            let before = controller
-                .rate()
-                .map_or(10.0 * MBIT, Rate::bytes_per_second);
-            controller.on_tick(&Sample {
-                now,
-                interval: TICK,
-                delivered: (before.min(10.0 * MBIT) * TICK.as_secs_f64() / WIRE_PER_PAYLOAD) as u64,
-                acks: 0,
-                queue_delay: Some(Duration::from_millis(20)),
-                loss: Some(0.0),
-                backlogged: true,
-                opposite_load: 0.0,
-                opposite_cut: None,
-                opposite_cuts_in_a_row: 0,
-                opposite_contended: false,
-                dropped: None,
-                opposite_dropped: false,
-            });
+            let before = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&steady_tick(now, before, 20, 0.0));
             if controller.mode() == Mode::Paced {
                 paced_at.get_or_insert(now);
             }
