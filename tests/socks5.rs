@@ -114,9 +114,7 @@ on_each_backend! {
             eprintln!("skipped: no IPv6 loopback here");
             return;
         };
-        let upstream = listener.local_addr().unwrap();
-        drop(listener);
-        let upstream = targets::serve_on(&upstream.to_string(), |mut stream| {
+        let upstream = targets::serve_on(listener, |mut stream| {
             let _ = stream.write_all(b"six");
         });
         // The default deny list holds ::1/128: refused until it is allowed.

@@ -94,7 +94,7 @@ impl Drop for TlsServer {
 /// does a verified TLS handshake and checks the sha256 of the echoed payload.
 const PYTHON_TLS_ECHO: &str = r#"
 import hashlib, os, socket, ssl, sys, threading
-proxy_port, cert, key, size = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+cert, key, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 server_ctx.load_cert_chain(cert, key)
 listener = socket.create_server(("127.0.0.1", 0))
@@ -109,7 +109,7 @@ def serve():
                 break
             tls.sendall(data)
 threading.Thread(target=serve, daemon=True).start()
-sys.stdin.readline()  # wait until the proxy allows this port
+proxy_port = int(sys.stdin.readline())  # the proxy, once it allows this port
 raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
 raw.sendall(b"CONNECT localhost:%d HTTP/1.1\r\nHost: localhost:%d\r\n\r\n" % (port, port))
 head = b""
@@ -182,15 +182,11 @@ on_each_backend! {
 }
 
 fn run_python_echo(backend: Backend, dir: &Path, size: usize) {
-    // Python learns the proxy port up front and reports its server port; the proxy then starts
-    // on that port allowing it, and Python is told to go.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy_port = listener.local_addr().unwrap().port();
-    drop(listener);
+    // Python reports its server port; the proxy then starts allowing it, and Python is told
+    // the proxy's port.
     let mut python = Command::new("python3")
         .arg("-c")
         .arg(PYTHON_TLS_ECHO)
-        .arg(proxy_port.to_string())
         .arg(dir.join("cert.pem"))
         .arg(dir.join("key.pem"))
         .arg(size.to_string())
@@ -202,19 +198,15 @@ fn run_python_echo(backend: Backend, dir: &Path, size: usize) {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let target_port: u16 = line.trim().parse().expect("python reports its port");
-    let proxy = Proxy::start_raw(&[
-        "--port",
-        &proxy_port.to_string(),
-        "--backend",
-        backend.flag(),
-        "--allow-cidr",
-        "127.0.0.0/8",
-        "--allow-port",
-        &target_port.to_string(),
-    ])
-    .expect("proxy starts");
+    let proxy = Proxy::start(backend, &["--allow-port", &target_port.to_string()]);
     use std::io::Write;
-    python.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let proxy_port = format!("{}\n", proxy.addr.port());
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(proxy_port.as_bytes())
+        .unwrap();
     let mut result = String::new();
     stdout.read_line(&mut result).unwrap();
     let status = python.wait().unwrap();

@@ -156,8 +156,7 @@ on_each_backend! {
             eprintln!("skipped: this machine has no IPv6 loopback");
             return;
         };
-        drop(listener);
-        let echo = targets::serve_on("[::1]:0", |mut stream| {
+        let echo = targets::serve_on(listener, |mut stream| {
             let mut buffer = [0u8; 5];
             stream.read_exact(&mut buffer).unwrap();
             stream.write_all(&buffer).unwrap();

@@ -13,14 +13,18 @@ use super::{hex, sha256, WAIT};
 
 /// A server on a free port; `handle` runs on a new thread for each connection.
 pub fn serve(handle: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
-    serve_on("127.0.0.1:0", handle)
+    serve_on(
+        TcpListener::bind("127.0.0.1:0").expect("bind target"),
+        handle,
+    )
 }
 
+/// A server on a listener the caller bound (an IPv6 one, say), so that no other test can take
+/// its port between a probe and the bind.
 pub fn serve_on(
-    addr: &str,
+    listener: TcpListener,
     handle: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
 ) -> SocketAddr {
-    let listener = TcpListener::bind(addr).expect("bind target");
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
