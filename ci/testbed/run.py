@@ -338,7 +338,7 @@ def summarize(result):
 
 def phase_metrics(result, idle_p99):
     """Per phase of a rate schedule: probe p99 inflation and loss, utilisation of each direction,
-    the time to drain the queues after a step down (under 5 ms each way), and the time to carry
+    the time to drain the queues after a step down (under 5 ms each way, once they filled), and the time to carry
     90 % of the new rate each way after a step up (over one second)."""
     phases = result["phases"]
     if len(phases) < 2:
@@ -364,9 +364,17 @@ def phase_metrics(result, idle_p99):
             continue
         before = phases[i - 1]
         if phase["up"] < before["up"] or phase["down"] < before["down"]:
-            drained = next((row[0] - start for row in inside
-                            if row[3] * 8 / phase["up"] <= 0.005 and row[4] * 8 / phase["down"] <= 0.005),
-                           float("nan"))
+            # From the first sample after the step where a queue holds over 10 ms of the new
+            # rate (before that the queues may not have filled yet): the first where both hold
+            # under 5 ms. No queue over 10 ms at all is a drain time of 0.
+            def seconds_queued(row):
+                return max(row[3] * 8 / phase["up"], row[4] * 8 / phase["down"])
+            filled = next((j for j, row in enumerate(inside) if seconds_queued(row) > 0.010), None)
+            if filled is None:
+                drained = 0.0
+            else:
+                drained = next((row[0] - start for row in inside[filled:]
+                                if seconds_queued(row) <= 0.005), float("nan"))
             metrics[f"{name}_drain_s"] = drained
         if phase["up"] > before["up"] or phase["down"] > before["down"]:
             ramped = float("nan")
