@@ -368,7 +368,7 @@ impl AutoRate {
         // moves.
         let only_opposite_drops =
             sample.opposite_dropped && self.drops_known && self.drop_bits == 0;
-        let only_mine_drops = self.drop_bits != 0 && !sample.opposite_dropped;
+        let only_mine_drops = self.only_mine_drops(sample);
         let lighter =
             (sample.opposite_load > 2.0 * load && !only_mine_drops) || only_opposite_drops;
         // A tick with no report of the delay says nothing either way. The lighter direction
@@ -455,9 +455,12 @@ impl AutoRate {
         // Both directions read one delay. When the opposite direction cut for this queue since
         // this one last did, its cut may be what drains it: wait for that, for `hold` at most,
         // before cutting too. Not for a deep queue: a line that got slower needs both cut at
-        // once.
+        // once. Nor for a queue that drops only this direction's data: it is this one's, and
+        // the opposite direction's cut was for nothing (testbed burst: an uplink queue stood at
+        // 11-12 ms for a second, dropping uploads, while the uploads waited on a download cut).
         let opposite_turn = queue
             && delay <= 2 * self.config.bloat
+            && !self.only_mine_drops(sample)
             && sample.opposite_cut.is_some_and(|cut| {
                 now.saturating_duration_since(cut) < self.config.hold
                     && self.last_cut.is_none_or(|mine| mine < cut)
@@ -652,6 +655,12 @@ impl AutoRate {
     /// Whether this direction's link dropped some of its data in the last [`DROP_TICKS`].
     pub fn dropped_lately(&self) -> bool {
         self.drop_bits != 0
+    }
+
+    /// Whether this direction's link dropped some of its data lately and the opposite one's
+    /// did not: the queue is this direction's.
+    fn only_mine_drops(&self, sample: &Sample) -> bool {
+        self.drop_bits != 0 && !sample.opposite_dropped
     }
 
     /// Cuts in a row that left the queue as it was.
@@ -1119,6 +1128,47 @@ mod tests {
             }
         }
         None
+    }
+
+    /// Ticks before a paced controller cuts for a 10 ms queue that the opposite direction cut
+    /// for just before, with this direction's link dropping its data or not.
+    fn ticks_to_cut_after_the_opposite_cut(dropping: bool) -> Option<u32> {
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        for tick in 1..=60u32 {
+            let before = controller.rate().map(Rate::bytes_per_second);
+            let delay = if tick <= 3 { 20 } else { 0 };
+            controller.on_tick(&steady_tick(start + TICK * tick, before, delay, 0.0));
+        }
+        let queue_at = start + TICK * 60;
+        for tick in 1..=20u32 {
+            let now = queue_at + TICK * tick;
+            let before = controller.rate().map(Rate::bytes_per_second);
+            let sample = Sample {
+                opposite_cut: Some(queue_at),
+                dropped: Some(dropping),
+                ..steady_tick(now, before, 10, 0.0)
+            };
+            let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
+            if before
+                .zip(after)
+                .is_some_and(|(before, after)| after < before)
+            {
+                return Some(tick);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_queue_that_drops_only_this_directions_data_is_cut_without_waiting_for_the_opposite() {
+        // Not dropping: the opposite direction's cut may drain the queue; wait for it.
+        let waited = ticks_to_cut_after_the_opposite_cut(false).expect("cut at last");
+        assert!(waited >= 10, "cut after {waited} ticks");
+        // Dropping its own data: the queue is this direction's. (The first tick reads the
+        // queue as draining: it is shorter than at the cut that started pacing.)
+        let at_once = ticks_to_cut_after_the_opposite_cut(true).expect("cut");
+        assert!(at_once <= 2, "cut after {at_once} ticks");
     }
 
     #[test]
