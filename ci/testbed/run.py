@@ -338,8 +338,8 @@ def summarize(result):
 
 def phase_metrics(result, idle_p99):
     """Per phase of a rate schedule: probe p99 inflation and loss, utilisation of each direction,
-    the time to drain the queues after a step down (under 5 ms each way, once they filled), and the time to carry
-    90 % of the new rate each way after a step up (over one second)."""
+    the time to drain the queues after a step down (under 5 ms each way, once they filled), and
+    the time to carry 90 % of the new rate each way after a step up (over one second)."""
     phases = result["phases"]
     if len(phases) < 2:
         return {}
