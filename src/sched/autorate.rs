@@ -493,7 +493,17 @@ impl AutoRate {
             let before = self.rate;
             if !self.cut(now, basis, delay, lossy) {
                 // The rate is already below what the path delivers: the queue is bytes the
-                // sockets took before, and it drains by itself.
+                // sockets took before, and it drains by itself. In the first seconds of pacing
+                // that rate was read from the few ticks before the queue showed, while a queue
+                // that stands means the path carries what it delivers now: that is the path's
+                // rate, which the rate grows back to once the queue has gone. (Testbed burst:
+                // the uploads' first rate, from their first 100 ms, was 1.1 Mbit/s of a
+                // 20 Mbit/s uplink, and it took 3 s to grow past 1.5. Raising the rate while
+                // the queue still stood kept it standing: probes over 15 ms in the burst's
+                // first 2 s went from 1-13 to 32-76.)
+                if now.duration_since(self.paced_since) < STARTUP {
+                    self.ceiling = self.ceiling.max(basis);
+                }
                 return;
             }
             if self.cuts_in_a_row > 0 {
@@ -582,11 +592,6 @@ impl AutoRate {
             self.step_since = now;
             return;
         }
-        if grey {
-            // The smallest step, and the step's doubling goes on where it was.
-            self.rate *= 1.0 + self.config.first_step;
-            return;
-        }
         // Below the best the path delivered lately, and no higher than where it last queued
         // (delivery read over a second runs a little over the link's rate, and growing back
         // to it quickly filled the queue again after every cut): a quarter of the way back per
@@ -597,6 +602,12 @@ impl AutoRate {
             } else {
                 self.best.0
             };
+        // Under half of that, a delay between clear and a queue is not this rate's doing.
+        if grey && self.rate >= 0.5 * best {
+            // The smallest step, and the step's doubling goes on where it was.
+            self.rate *= 1.0 + self.config.first_step;
+            return;
+        }
         if self.rate < best {
             self.rate = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
             return;
@@ -625,14 +636,7 @@ impl AutoRate {
     /// the queue; returns whether that lowered the rate (a rate already below it is left
     /// alone).
     fn cut(&mut self, now: Instant, basis: f64, delay: Duration, lossy: bool) -> bool {
-        let bloat = self.config.bloat.as_secs_f64();
-        let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
-        let factor = if lossy && delay <= self.config.bloat {
-            0.85
-        } else {
-            0.95 - 0.1 * over
-        };
-        let target = factor * basis;
+        let target = self.cut_target(basis, delay, lossy);
         if target >= self.rate {
             return false;
         }
@@ -645,6 +649,19 @@ impl AutoRate {
         self.step = self.config.first_step;
         self.step_since = now;
         true
+    }
+
+    /// The rate a cut from `basis` aims at: just below it, the further below the larger the
+    /// queue.
+    fn cut_target(&self, basis: f64, delay: Duration, lossy: bool) -> f64 {
+        let bloat = self.config.bloat.as_secs_f64();
+        let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
+        let factor = if lossy && delay <= self.config.bloat {
+            0.85
+        } else {
+            0.95 - 0.1 * over
+        };
+        factor * basis
     }
 
     /// When the rate was last cut.
@@ -1169,6 +1186,34 @@ mod tests {
         // queue as draining: it is shorter than at the cut that started pacing.)
         let at_once = ticks_to_cut_after_the_opposite_cut(true).expect("cut");
         assert!(at_once <= 2, "cut after {at_once} ticks");
+    }
+
+    #[test]
+    fn a_first_rate_read_before_the_link_filled_grows_back_to_what_a_standing_queue_delivered() {
+        // A burst's first tick delivers a little, and shows a queue: pacing starts far below
+        // the link. The sockets' own bytes then keep the queue standing for a second while the
+        // link delivers its full rate, the path's rate; then the delay falls to between clear
+        // and a queue while those bytes go.
+        let link = 10.0 * MBIT;
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        for tick in 1..=25u32 {
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            let (delivered, delay) = match tick {
+                1 => (Some(0.15 * link), 20),
+                2..=10 => (Some(link), 20),
+                _ => (rate, 5),
+            };
+            controller.on_tick(&steady_tick(start + TICK * tick, delivered, delay, 0.0));
+        }
+        // Half of it at once (then by the smallest step while the delay is between clear and
+        // a queue): at the smallest step from the first rate, 0.15 of the link.
+        let rate = controller.rate().expect("paced").bytes_per_second();
+        assert!(
+            rate >= 0.45 * link,
+            "{:.1} Mbit/s 1.5 s after the queue went",
+            rate / MBIT
+        );
     }
 
     #[test]
