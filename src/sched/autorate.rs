@@ -636,7 +636,14 @@ impl AutoRate {
     /// the queue; returns whether that lowered the rate (a rate already below it is left
     /// alone).
     fn cut(&mut self, now: Instant, basis: f64, delay: Duration, lossy: bool) -> bool {
-        let target = self.cut_target(basis, delay, lossy);
+        let bloat = self.config.bloat.as_secs_f64();
+        let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
+        let factor = if lossy && delay <= self.config.bloat {
+            0.85
+        } else {
+            0.95 - 0.1 * over
+        };
+        let target = factor * basis;
         if target >= self.rate {
             return false;
         }
@@ -649,19 +656,6 @@ impl AutoRate {
         self.step = self.config.first_step;
         self.step_since = now;
         true
-    }
-
-    /// The rate a cut from `basis` aims at: just below it, the further below the larger the
-    /// queue.
-    fn cut_target(&self, basis: f64, delay: Duration, lossy: bool) -> f64 {
-        let bloat = self.config.bloat.as_secs_f64();
-        let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
-        let factor = if lossy && delay <= self.config.bloat {
-            0.85
-        } else {
-            0.95 - 0.1 * over
-        };
-        factor * basis
     }
 
     /// When the rate was last cut.
