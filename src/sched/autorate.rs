@@ -490,6 +490,9 @@ impl AutoRate {
             } else {
                 load.min(self.rate)
             };
+            // The first seconds of pacing: the queue may be what the sockets took while `auto`
+            // was off, and the rate was read before the link filled (both used below).
+            let starting = now.duration_since(self.paced_since) < STARTUP;
             let before = self.rate;
             if !self.cut(now, basis, delay, lossy) {
                 // The rate is already below what the path delivers: the queue is bytes the
@@ -501,7 +504,7 @@ impl AutoRate {
                 // 20 Mbit/s uplink, and it took 3 s to grow past 1.5. Raising the rate while
                 // the queue still stood kept it standing: probes over 15 ms in the burst's
                 // first 2 s went from 1-13 to 32-76.)
-                if now.duration_since(self.paced_since) < STARTUP {
+                if starting {
                     self.ceiling = self.ceiling.max(basis);
                 }
                 return;
@@ -551,7 +554,6 @@ impl AutoRate {
             // while `auto` was off (whole initial windows of a burst's new connections, and
             // their unsent bytes), which no cut reaches (testbed asymmetric: a 5 Mbit/s uplink
             // full for the burst's first 8 s, the upload unpaced for 10 s from its second).
-            let starting = now.duration_since(self.paced_since) < STARTUP;
             if someone_elses && !opposite_may_drain && !starting {
                 self.pause_for_contention(now);
             }
@@ -1113,6 +1115,13 @@ mod tests {
         }
     }
 
+    /// Whether a tick cut the rate: paced before and after it, and lower after.
+    fn lowered(before: Option<f64>, after: Option<f64>) -> bool {
+        before
+            .zip(after)
+            .is_some_and(|(before, after)| after < before)
+    }
+
     /// Cuts a controller makes under a queue that never drains ([`steady_tick`]s) before it
     /// counts the queue as someone else's.
     fn cuts_under_a_queue_that_stays(opposite_load: f64) -> Option<usize> {
@@ -1130,11 +1139,7 @@ mod tests {
             if controller.mode() == Mode::Contended {
                 return Some(cuts);
             }
-            if tick > *clear.end()
-                && before
-                    .zip(after)
-                    .is_some_and(|(before, after)| after < before)
-            {
+            if tick > *clear.end() && lowered(before, after) {
                 cuts += 1;
             }
         }
@@ -1161,10 +1166,7 @@ mod tests {
                 ..steady_tick(now, before, 10, 0.0)
             };
             let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
-            if before
-                .zip(after)
-                .is_some_and(|(before, after)| after < before)
-            {
+            if lowered(before, after) {
                 return Some(tick);
             }
         }
