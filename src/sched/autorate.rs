@@ -24,7 +24,8 @@
 //!   [`AutoRateConfig::floor`] for 2 s with more to send, the queue is someone else's (a
 //!   loss-based flow that fills any buffer). Backing off further would hand it the whole link,
 //!   so pacing stops for [`AutoRateConfig::contended_pause`] (TCP then takes its share), then
-//!   tries again; a queue back at once after that goes back to the pause after two cuts.
+//!   tries again from what moves then (or goes off if almost nothing does); a queue back at
+//!   once after that goes back to the pause after two cuts.
 //! - Back to **off** after [`AutoRateConfig::off_after`] without a queue.
 //!
 //! The delay is measured from the round trips of fyntr's own sockets against their base round
@@ -183,6 +184,12 @@ const STARTUP: Duration = Duration::from_secs(5);
 /// How long after pacing resumes from a pause for contention a queue that stays is taken for
 /// the same flow's.
 const PROBATION: Duration = Duration::from_secs(3);
+/// How long a paced direction goes without a report of the delay before pacing stops. With
+/// no signal a rate can neither grow nor be cut, and one set for a queue that has gone holds
+/// the direction there: on the testbed's asymmetric line, downloads cut for the uplink's queue
+/// stayed at 1.2 Mbit/s of a 40 Mbit/s downlink for 30 s once only downloads moved (a
+/// receiver's round trip is not read, see `auto_pacing`), and the burst took 72 s against 35.
+const SILENCE: Duration = Duration::from_secs(3);
 /// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
 const DROP_TICKS: u32 = 5;
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
@@ -228,6 +235,8 @@ pub struct AutoRate {
     stalled_until: Option<Instant>,
     contended_until: Option<Instant>,
     last_delay: Option<Duration>,
+    /// When a tick last reported the delay (or pacing started or resumed).
+    delay_seen: Instant,
     /// One bit per recent tick, newest lowest: whether this direction's link dropped its data.
     drop_bits: u32,
     /// Whether the sockets ever said whether the link dropped data.
@@ -264,6 +273,7 @@ impl AutoRate {
             stalled_until: None,
             contended_until: None,
             last_delay: None,
+            delay_seen: now,
             drop_bits: 0,
             drops_known: false,
             resumed_at: None,
@@ -327,6 +337,7 @@ impl AutoRate {
         self.recent_rates[LOAD_TICKS - 1] = self.rate;
         if sample.queue_delay.is_some() {
             self.last_delay = sample.queue_delay;
+            self.delay_seen = now;
         }
         let load = self.delivery();
         let second = self.second_delivery();
@@ -391,6 +402,7 @@ impl AutoRate {
                 {
                     self.mode = Mode::Paced;
                     self.paced_since = now;
+                    self.delay_seen = now;
                     // The last second may hold the idle time before the burst.
                     self.rate = self.second_delivery().max(load);
                     self.cut(now, self.rate, delay, lossy);
@@ -399,20 +411,15 @@ impl AutoRate {
             Mode::Paced => self.paced_tick(sample, now, load, delay, queue, clear, lossy),
             Mode::Contended => {
                 if self.contended_until.is_some_and(|until| now >= until) {
-                    // Try again: pace just below what moves now.
-                    self.mode = Mode::Paced;
-                    self.rate = (0.95 * self.second_delivery()).max(self.config.floor);
-                    self.last_cut = Some(now);
-                    self.delay_at_cut = delay;
-                    self.cuts_in_a_row = 0;
-                    self.ticks_at_floor = 0;
-                    self.step = self.config.first_step;
-                    self.step_since = now;
-                    self.resumed_at = Some(now);
+                    self.end_pause(now, second, delay);
                 }
             }
         }
-        if self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after {
+        let silent = self.mode == Mode::Paced && now.duration_since(self.delay_seen) >= SILENCE;
+        if silent
+            || self.mode != Mode::Off
+                && now.duration_since(self.last_queue) >= self.config.off_after
+        {
             self.mode = Mode::Off;
             self.bloat_bits = 0;
         }
@@ -634,6 +641,29 @@ impl AutoRate {
         self.contended_until = Some(now + self.config.contended_pause);
     }
 
+    /// Ends a pause for contention. Pacing tries again just below what moves now (`second`,
+    /// the last second's delivery), unless almost nothing moved: then there is no rate to read,
+    /// and pacing at the floor would hold back whatever comes next for many seconds (testbed
+    /// asymmetric: a burst that resumed at the floor with its tunnels between requests took
+    /// 65 s, against 39 s). Off instead: the next queue starts pacing from what moves then.
+    fn end_pause(&mut self, now: Instant, second: f64, delay: Duration) {
+        if second < self.config.min_load {
+            self.mode = Mode::Off;
+            self.bloat_bits = 0;
+            return;
+        }
+        self.mode = Mode::Paced;
+        self.rate = (0.95 * second).max(self.config.floor);
+        self.last_cut = Some(now);
+        self.delay_at_cut = delay;
+        self.cuts_in_a_row = 0;
+        self.ticks_at_floor = 0;
+        self.step = self.config.first_step;
+        self.step_since = now;
+        self.resumed_at = Some(now);
+        self.delay_seen = now;
+    }
+
     /// Sets the rate just below `basis` (what the path delivers), the further below the larger
     /// the queue; returns whether that lowered the rate (a rate already below it is left
     /// alone).
@@ -820,6 +850,8 @@ mod tests {
         competitor: bool,
         /// The opposite direction cuts its rate every tick (it reads the same queue).
         opposite_cutting: bool,
+        /// No socket reports the delay (downloads running alone).
+        silent: bool,
         ticks: Vec<Tick>,
     }
 
@@ -836,6 +868,7 @@ mod tests {
                 demand: None,
                 competitor: false,
                 opposite_cutting: false,
+                silent: false,
                 ticks: Vec::new(),
             }
         }
@@ -850,8 +883,8 @@ mod tests {
             for _ in 0..ticks {
                 let stalled = stall_ticks.contains(&self.ticks.len());
                 let moved = self.move_tick(stalled);
-                let queue_delay =
-                    (moved.delivered > 0.0).then(|| Duration::from_secs_f64(self.link.observed));
+                let queue_delay = (moved.delivered > 0.0 && !self.silent)
+                    .then(|| Duration::from_secs_f64(self.link.observed));
                 let opposite_cut = self.opposite_cutting.then_some(self.now);
                 let opposite = OppositeView {
                     cut: opposite_cut,
@@ -1362,6 +1395,50 @@ mod tests {
         assert!(
             paced_for <= 10,
             "paced for {paced_for} ticks before the second pause"
+        );
+    }
+
+    #[test]
+    fn a_pause_for_contention_that_ends_with_nothing_moving_does_not_resume_at_the_floor() {
+        let mut run = Run::new(20.0);
+        run.run(100, 0..0);
+        run.competitor = true;
+        while run.controller.mode() != Mode::Contended {
+            run.run(1, 0..0);
+            assert!(run.ticks.len() < 1000, "never paused");
+        }
+        // The competing flow leaves and fyntr's tunnels fall silent for the rest of the pause.
+        run.competitor = false;
+        run.demand = Some(0.0);
+        while run.controller.mode() == Mode::Contended {
+            run.run(1, 0..0);
+            assert!(run.ticks.len() < 1000, "never resumed");
+        }
+        // Then a new burst: the whole link is fyntr's again within seconds.
+        run.demand = None;
+        let burst = run.ticks.len();
+        run.run(60, 0..0);
+        let utilisation = run.utilisation(burst + 30..burst + 60, 20.0);
+        assert!(
+            utilisation >= 0.8,
+            "utilisation {utilisation:.2} from the burst's third second"
+        );
+    }
+
+    #[test]
+    fn a_rate_with_no_delay_reported_stops_holding_the_direction_back() {
+        let mut run = Run::new(20.0);
+        run.run(100, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        // The queue goes (the line is four times as fast) and no socket reports the delay
+        // any more.
+        run.link.capacity *= 4.0;
+        run.silent = true;
+        run.run(60, 0..0);
+        let utilisation = run.utilisation(140..160, 80.0);
+        assert!(
+            utilisation >= 0.8,
+            "utilisation {utilisation:.2} of the faster line, 4 s on"
         );
     }
 
