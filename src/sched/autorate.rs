@@ -444,12 +444,16 @@ impl AutoRate {
         // a step down the pacer holds nothing back (the sockets' windows are the limit), and
         // what moves is a fraction of the rate.
         let pushing = sample.backlogged || load >= self.config.min_load;
+        // The first seconds of pacing: the queue may be what the sockets took while `auto` was
+        // off, and the rate was read before the link filled (both used below).
+        let starting = now.duration_since(self.paced_since) < STARTUP;
         // Held at the floor with more to send: whatever queue brought the rate there is not
         // fyntr's, however its delay wobbles (a drop-tail queue that another flow keeps full
         // saws up and down, and reads as draining after every cut, so the cuts in a row below
         // never add up). Pacing there only hands that flow the link while the tunnels time
-        // out; on a path that is clear the rate grows off the floor within a tick or two.
-        if self.rate <= 1.05 * self.config.floor && pushing {
+        // out; on a path that is clear the rate grows off the floor within a tick or two. Not
+        // in the first seconds of pacing, for the reason the cuts in a row below wait too.
+        if self.rate <= 1.05 * self.config.floor && pushing && !starting {
             self.ticks_at_floor += 1;
             if self.ticks_at_floor >= FLOOR_TICKS {
                 self.ticks_at_floor = 0;
@@ -492,14 +496,19 @@ impl AutoRate {
             // queue that outlasts it, from what moves now (the link got slower), and from no
             // more than the rate: delivery read over a few ticks can run over the link's
             // rate (reports land a tick late), and a cut from it would leave the queue be.
+            // In the first seconds of pacing, from what moves now even above the rate: the
+            // path then carries the bytes the sockets took before on top of the rate, and
+            // cutting the rate for them takes it to the floor within seconds while the queue
+            // stands all the same (testbed asymmetric: uploads at 1.4 Mbit/s on a 5 Mbit/s
+            // uplink cut to 1.0 in 3 s, then unpaced for 10 s, and the uplink's queue that
+            // followed had the downloads cut to 2 Mbit/s of a 40 Mbit/s downlink).
             let basis = if self.cuts_in_a_row == 0 {
                 self.second_delivery().max(load)
+            } else if starting {
+                load
             } else {
                 load.min(self.rate)
             };
-            // The first seconds of pacing: the queue may be what the sockets took while `auto`
-            // was off, and the rate was read before the link filled (both used below).
-            let starting = now.duration_since(self.paced_since) < STARTUP;
             let before = self.rate;
             if !self.cut(now, basis, delay, lossy) {
                 // The rate is already below what the path delivers: the queue is bytes the
@@ -1247,27 +1256,64 @@ mod tests {
 
     #[test]
     fn a_queue_in_the_first_seconds_of_pacing_is_not_someone_elses() {
-        // The bytes the sockets took while `auto` was off make a queue that no cut reaches.
+        // The bytes the sockets took while `auto` was off make a queue that no cut reaches,
+        // whether pacing starts from a busy link or at the floor.
+        for first_delivery in [None, Some(1.1 * MBIT)] {
+            let start = Instant::now();
+            let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+            let mut paced_at = None;
+            let contended_at = (1..=100u32).find_map(|tick| {
+                let now = start + TICK * tick;
+                let before = controller.rate().map(Rate::bytes_per_second);
+                let delivery = if tick == 1 { first_delivery } else { before };
+                controller.on_tick(&steady_tick(now, delivery, 20, 0.0));
+                if controller.mode() == Mode::Paced {
+                    paced_at.get_or_insert(now);
+                }
+                (controller.mode() == Mode::Contended).then_some(now)
+            });
+            let contended_at =
+                contended_at.expect("a queue that stays is someone else's after the first seconds");
+            let paced_for = contended_at.duration_since(paced_at.expect("paced first"));
+            assert!(
+                paced_for >= Duration::from_secs(5),
+                "someone else's after {paced_for:?} of pacing, starting at {first_delivery:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_queue_that_stands_in_the_first_seconds_while_the_path_carries_more_than_the_rate_is_not_cut_to_the_floor(
+    ) {
+        // Pacing starts from a burst's first 100 ms, and a dip in delivery below the rate
+        // brings a second cut; then the queue of the bytes the sockets took before stands
+        // for 4 s while the link carries 10 Mbit/s.
+        let link = 10.0 * MBIT;
         let start = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), start);
-        let mut paced_at = None;
-        for tick in 1..=100u32 {
-            let now = start + TICK * tick;
-            let before = controller.rate().map(Rate::bytes_per_second);
-            controller.on_tick(&steady_tick(now, before, 20, 0.0));
-            if controller.mode() == Mode::Paced {
-                paced_at.get_or_insert(now);
-            }
-            if controller.mode() == Mode::Contended {
-                let paced_for = now.duration_since(paced_at.expect("paced first"));
-                assert!(
-                    paced_for >= Duration::from_secs(5),
-                    "someone else's after {paced_for:?} of pacing"
-                );
-                return;
-            }
+        controller.on_tick(&steady_tick(start + TICK, Some(0.3 * link), 40, 0.0));
+        let first = controller.rate().expect("paced").bytes_per_second();
+        let mut tick = 1;
+        while controller.cuts_in_a_row() == 0 {
+            tick += 1;
+            assert!(tick < 20, "no second cut");
+            let dip = Some(0.5 * controller.rate().expect("paced").bytes_per_second());
+            controller.on_tick(&steady_tick(start + TICK * tick, dip, 40, 0.0));
         }
-        panic!("a queue that stays is someone else's after the first seconds");
+        let cut = controller.rate().expect("paced").bytes_per_second();
+        for _ in 0..40 {
+            tick += 1;
+            controller.on_tick(&steady_tick(start + TICK * tick, Some(link), 40, 0.0));
+            assert_eq!(controller.mode(), Mode::Paced, "{tick} ticks in");
+        }
+        let rate = controller.rate().expect("paced").bytes_per_second();
+        assert!(
+            rate >= cut,
+            "{:.2} Mbit/s first, {:.2} after the second cut, {:.2} 4 s later",
+            first / MBIT,
+            cut / MBIT,
+            rate / MBIT
+        );
     }
 
     #[test]
