@@ -416,12 +416,10 @@ impl AutoRate {
             }
         }
         let silent = self.mode == Mode::Paced && now.duration_since(self.delay_seen) >= SILENCE;
-        if silent
-            || self.mode != Mode::Off
-                && now.duration_since(self.last_queue) >= self.config.off_after
-        {
-            self.mode = Mode::Off;
-            self.bloat_bits = 0;
+        let no_queue_for_long =
+            self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after;
+        if silent || no_queue_for_long {
+            self.turn_off();
         }
         self.rate()
     }
@@ -650,6 +648,12 @@ impl AutoRate {
         self.contended_until = Some(now + self.config.contended_pause);
     }
 
+    /// Stops pacing until a queue shows again, counted afresh.
+    fn turn_off(&mut self) {
+        self.mode = Mode::Off;
+        self.bloat_bits = 0;
+    }
+
     /// Ends a pause for contention. Pacing tries again just below what moves now (`second`,
     /// the last second's delivery), unless almost nothing moved: then there is no rate to read,
     /// and pacing at the floor would hold back whatever comes next for many seconds (testbed
@@ -657,8 +661,7 @@ impl AutoRate {
     /// 65 s, against 39 s). Off instead: the next queue starts pacing from what moves then.
     fn end_pause(&mut self, now: Instant, second: f64, delay: Duration) {
         if second < self.config.min_load {
-            self.mode = Mode::Off;
-            self.bloat_bits = 0;
+            self.turn_off();
             return;
         }
         self.mode = Mode::Paced;
