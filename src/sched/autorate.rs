@@ -906,6 +906,15 @@ mod tests {
             }
         }
 
+        /// Runs tick by tick until `done` holds of the controller; `what` has not happened if
+        /// `limit` ticks have run in all first.
+        fn run_until(&mut self, done: impl Fn(&AutoRate) -> bool, limit: usize, what: &str) {
+            while !done(&self.controller) {
+                self.run(1, 0..0);
+                assert!(self.ticks.len() < limit, "{what}");
+            }
+        }
+
         /// One tick of traffic through the link at the rate in force; the clock moves on.
         fn move_tick(&mut self, stalled: bool) -> Moved {
             let rate = self.controller.rate().map(Rate::bytes_per_second);
@@ -1428,18 +1437,15 @@ mod tests {
         run.run(100, 0..0);
         run.competitor = true;
         // Until the first pause, and through it.
-        let mut paused = false;
-        while !paused || run.controller.mode() == Mode::Contended {
-            run.run(1, 0..0);
-            paused |= run.controller.mode() == Mode::Contended;
-            assert!(run.ticks.len() < 1000, "never paused, or never resumed");
-        }
+        run.run_until(|c| c.mode() == Mode::Contended, 1000, "never paused");
+        run.run_until(|c| c.mode() != Mode::Contended, 1000, "never resumed");
         // Pacing resumed beside the same flow: back to the pause within two cuts.
         let resumed = run.ticks.len();
-        while run.controller.mode() != Mode::Contended {
-            run.run(1, 0..0);
-            assert!(run.ticks.len() < resumed + 100, "no second pause");
-        }
+        run.run_until(
+            |c| c.mode() == Mode::Contended,
+            resumed + 100,
+            "no second pause",
+        );
         let paced_for = run.ticks.len() - resumed;
         assert!(
             paced_for <= 10,
@@ -1452,17 +1458,11 @@ mod tests {
         let mut run = Run::new(20.0);
         run.run(100, 0..0);
         run.competitor = true;
-        while run.controller.mode() != Mode::Contended {
-            run.run(1, 0..0);
-            assert!(run.ticks.len() < 1000, "never paused");
-        }
+        run.run_until(|c| c.mode() == Mode::Contended, 1000, "never paused");
         // The competing flow leaves and fyntr's tunnels fall silent for the rest of the pause.
         run.competitor = false;
         run.demand = Some(0.0);
-        while run.controller.mode() == Mode::Contended {
-            run.run(1, 0..0);
-            assert!(run.ticks.len() < 1000, "never resumed");
-        }
+        run.run_until(|c| c.mode() != Mode::Contended, 1000, "never resumed");
         // Then a new burst: the whole link is fyntr's again within seconds.
         run.demand = None;
         let burst = run.ticks.len();
