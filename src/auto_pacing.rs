@@ -1,6 +1,7 @@
-//! `--upload-rate auto` / `--download-rate auto` at run time: relays report what their upstream
-//! sockets' kernels know (through [`PathSampler`]) into [`AutoPacing`], and one thread ticks
-//! each direction's [`AutoRate`] controller every [`TICK`] and sets the shared pacer's rate.
+//! `--upload-rate auto` / `--download-rate auto` at run time: relays register their upstream
+//! sockets with [`AutoPacing`] (through [`PathSampler`]), and one thread reads what the busy
+//! ones' kernels know, ticks each direction's [`AutoRate`] controller every [`TICK`] and sets
+//! the shared pacer's rate.
 //!
 //! A socket's own least round trip includes the queue that was there when it opened, and a
 //! burst's tunnels open while the burst builds one: so the base round trip of each upstream
@@ -15,13 +16,13 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, Weak,
     },
     time::{Duration, Instant},
 };
 
-use fyntr_platform::{Stream, TcpStats};
+use fyntr_platform::{tcp_info::WatchedSocket, Stream, TcpStats};
 use tracing::{debug, info, trace};
 
 use crate::{
@@ -34,7 +35,7 @@ use crate::{
     },
 };
 
-/// How often the controllers run, and the least time between two reports of one socket.
+/// How often the sockets are read and the controllers run.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// How often the info line is written while traffic flows.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -143,6 +144,7 @@ pub(crate) struct AutoPacing {
     bases: Mutex<BaseMemory>,
     /// The queueing delays reported since the last tick, one per report, of either direction.
     path_delays: Mutex<Vec<Duration>>,
+    watched: Mutex<Watched>,
 }
 
 /// A word for logs.
@@ -181,6 +183,7 @@ impl AutoPacing {
             buffer_size,
             bases: Mutex::new(BaseMemory::default()),
             path_delays: Mutex::new(Vec::new()),
+            watched: Mutex::new(Watched::default()),
         }))
     }
 
@@ -248,6 +251,26 @@ impl AutoPacing {
         }
     }
 
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads every busy watched socket (see [`Watched`]) and adds what changed to the
+    /// observations of its direction.
+    fn read_watched(&self) {
+        let mut watched = self.watched();
+        for path in watched.paths.values_mut() {
+            if !path.busy() {
+                continue;
+            }
+            if let Some(report) = path.read(self) {
+                self.report(path.way, report);
+            }
+        }
+    }
+
     /// The base round trip to `peer`, given a socket's own least round trip.
     fn base_to(&self, peer: IpAddr, least: Duration) -> Duration {
         self.bases
@@ -275,17 +298,106 @@ struct PathReport {
     base: Option<Duration>,
 }
 
-/// Reads one upstream socket's kernel figures at most once per [`TICK`] while its direction
-/// moves data, and reports what changed; a last time when the direction ends (it drops).
-pub(crate) struct PathSampler<'a, S: Stream> {
-    auto: &'a AutoPacing,
-    upstream: &'a S,
+/// The upstream sockets `auto` reads once a tick, each registered by the [`PathSampler`] of
+/// one relay direction. The controllers' thread reads them itself, on the tick, rather than
+/// each relay reporting when it moves data: a relay waiting for room in its socket, or for its
+/// client, reports nothing while its bytes are being delivered, and the tick after carries them
+/// all. Reports that came in lumps read a 20 Mbit/s uplink as delivering nothing for ticks in
+/// a row and then 35 Mbit/s (testbed burst), and ticks of nothing read as a stall, during
+/// which the delay is ignored: the uplink's queue stood full for a second.
+#[derive(Default)]
+struct Watched {
+    next_id: u64,
+    paths: HashMap<u64, WatchedPath>,
+}
+
+/// One relay direction's upstream socket.
+struct WatchedPath {
+    socket: WatchedSocket,
     peer: IpAddr,
     way: Direction,
+    /// The figures at the last reading.
     last: TcpStats,
-    at: Option<Instant>,
-    /// The path's base round trip at the last report.
-    base: Option<Duration>,
+    /// Whether the relay moved data since the last reading.
+    moved: Arc<AtomicBool>,
+    /// The path's base round trip at the last reading, in microseconds (0 before the first),
+    /// for the relay's receive window.
+    base: Arc<AtomicU64>,
+}
+
+impl WatchedPath {
+    /// Whether the socket is worth reading this tick: its relay moved data, or bytes it sent
+    /// were still on their way at the last reading (their delivery is yet to be counted).
+    fn busy(&self) -> bool {
+        self.moved.swap(false, Ordering::Relaxed) || self.last.bytes_sent > self.last.bytes_acked
+    }
+
+    /// Reads the socket and returns what changed since the last reading.
+    fn read(&mut self, auto: &AutoPacing) -> Option<PathReport> {
+        let stats = self.socket.read().ok()?;
+        let base = (!stats.min_round_trip.is_zero())
+            .then(|| auto.base_to(self.peer, stats.min_round_trip));
+        if let Some(base) = base {
+            self.base
+                .store(base.as_micros().max(1) as u64, Ordering::Relaxed);
+        }
+        let report = report(self.way, &stats, &self.last, base);
+        self.last = stats;
+        Some(report)
+    }
+}
+
+/// What changed on one socket between two readings.
+fn report(way: Direction, stats: &TcpStats, last: &TcpStats, base: Option<Duration>) -> PathReport {
+    // The delay of the path, from either direction's sockets: a round trip crosses the queues
+    // of both. Only a smoothed round trip that data sent lately keeps fresh counts; the
+    // receiver's estimate (tcpi_rcv_rtt) stays where it was for seconds while data streams
+    // in, so it is not used.
+    let queue_delay = base
+        .filter(|_| stats.since_data_sent < FRESH_ROUND_TRIP)
+        .map(|base| stats.round_trip.saturating_sub(base));
+    match way {
+        Direction::Upload => PathReport {
+            delivered: delivered_bytes(stats, last),
+            sent: stats.bytes_sent.saturating_sub(last.bytes_sent),
+            resent: stats
+                .bytes_retransmitted
+                .saturating_sub(last.bytes_retransmitted),
+            segments_in: 0,
+            out_of_order: 0,
+            queue_delay,
+            base,
+        },
+        Direction::Download => PathReport {
+            delivered: stats.bytes_received.saturating_sub(last.bytes_received),
+            sent: 0,
+            resent: 0,
+            segments_in: u64::from(
+                stats
+                    .data_segments_received
+                    .saturating_sub(last.data_segments_received),
+            ),
+            out_of_order: u64::from(
+                stats
+                    .out_of_order_received
+                    .saturating_sub(last.out_of_order_received),
+            ),
+            queue_delay,
+            base,
+        },
+    }
+}
+
+/// Registers one relay direction's upstream socket with `auto` for as long as the relay
+/// lives, and says when the relay moves data. The controllers' thread reads the socket once a
+/// tick while it is busy (see [`Watched`]), and a last time when the sampler drops.
+pub(crate) struct PathSampler<'a, S: Stream> {
+    auto: &'a AutoPacing,
+    /// Borrowed for the sampler's life: the socket must outlive its registration.
+    _upstream: &'a S,
+    id: u64,
+    moved: Arc<AtomicBool>,
+    base: Arc<AtomicU64>,
 }
 
 impl<'a, S: Stream> PathSampler<'a, S> {
@@ -298,88 +410,55 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         way: Direction,
     ) -> Option<Self> {
         let auto = auto.filter(|auto| auto.covers(way))?;
+        let peer = peer?;
+        let moved = Arc::new(AtomicBool::new(false));
+        let base = Arc::new(AtomicU64::new(0));
+        // Safety: the registration ends in `drop`, and `upstream`, borrowed for as long as the
+        // sampler lives, is open until then.
+        let socket = unsafe { WatchedSocket::new(upstream.descriptor()) };
+        let mut watched = auto.watched();
+        let id = watched.next_id;
+        watched.next_id += 1;
+        watched.paths.insert(
+            id,
+            WatchedPath {
+                socket,
+                peer,
+                way,
+                last: TcpStats::default(),
+                moved: Arc::clone(&moved),
+                base: Arc::clone(&base),
+            },
+        );
+        drop(watched);
         Some(Self {
             auto,
-            upstream,
-            peer: peer?,
-            way,
-            last: TcpStats::default(),
-            at: None,
-            base: None,
+            _upstream: upstream,
+            id,
+            moved,
+            base,
         })
+    }
+
+    /// Says that the relay moved data: the socket is read at the next tick.
+    pub(crate) fn moved(&self) {
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     /// The round trip a paced download's window should cover: the path's base round trip
     /// plus room for a queue (as long again, at least 20 ms), never less than
-    /// [`Pacing::BUFFER_TIME`]. `None` before the first report. A busy opposite direction's
+    /// [`Pacing::BUFFER_TIME`]. `None` before the first reading. A busy opposite direction's
     /// queue delays this one's ACKs, and `auto` raises a rate only while delivery keeps up with
     /// it: a window that covers less than the round trip of the moment holds the download
     /// below its rate, and so the rate where it is (testbed steps, 5 Mbit/s: uploads held the
     /// uplink's queue at 10-17 ms, and the downloads stayed at 2 Mbit/s for 20 s with a window
     /// of 30 ms).
     pub(crate) fn window_round_trip(&self) -> Option<Duration> {
-        self.base
-            .map(|base| (base + base.max(Duration::from_millis(20))).max(Pacing::BUFFER_TIME))
-    }
-
-    /// Reports the socket's figures if a tick has passed since the last report.
-    pub(crate) fn sample(&mut self) {
-        let now = Instant::now();
-        if self.at.is_some_and(|at| now.duration_since(at) < TICK) {
-            return;
-        }
-        self.at = Some(now);
-        self.report();
-    }
-
-    fn report(&mut self) {
-        let Ok(stats) = self.upstream.tcp_stats() else {
-            return;
+        let base = match self.base.load(Ordering::Relaxed) {
+            0 => return None,
+            micros => Duration::from_micros(micros),
         };
-        let base = (!stats.min_round_trip.is_zero())
-            .then(|| self.auto.base_to(self.peer, stats.min_round_trip));
-        self.base = base.or(self.base);
-        // The delay of the path, from either direction's sockets: a round trip crosses the
-        // queues of both. Only a smoothed round trip that data sent lately keeps fresh counts;
-        // the receiver's estimate (tcpi_rcv_rtt) stays where it was for seconds while data
-        // streams in, so it is not used.
-        let queue_delay = base
-            .filter(|_| stats.since_data_sent < FRESH_ROUND_TRIP)
-            .map(|base| stats.round_trip.saturating_sub(base));
-        let report = match self.way {
-            Direction::Upload => PathReport {
-                delivered: delivered_bytes(&stats, &self.last),
-                sent: stats.bytes_sent.saturating_sub(self.last.bytes_sent),
-                resent: stats
-                    .bytes_retransmitted
-                    .saturating_sub(self.last.bytes_retransmitted),
-                segments_in: 0,
-                out_of_order: 0,
-                queue_delay,
-                base,
-            },
-            Direction::Download => PathReport {
-                delivered: stats
-                    .bytes_received
-                    .saturating_sub(self.last.bytes_received),
-                sent: 0,
-                resent: 0,
-                segments_in: u64::from(
-                    stats
-                        .data_segments_received
-                        .saturating_sub(self.last.data_segments_received),
-                ),
-                out_of_order: u64::from(
-                    stats
-                        .out_of_order_received
-                        .saturating_sub(self.last.out_of_order_received),
-                ),
-                queue_delay,
-                base,
-            },
-        };
-        self.last = stats;
-        self.auto.report(self.way, report);
+        Some((base + base.max(Duration::from_millis(20))).max(Pacing::BUFFER_TIME))
     }
 }
 
@@ -405,8 +484,12 @@ fn delivered_bytes(now: &TcpStats, before: &TcpStats) -> u64 {
 
 impl<S: Stream> Drop for PathSampler<'_, S> {
     fn drop(&mut self) {
-        if self.at.is_some() {
-            self.report();
+        let mut watched = self.auto.watched();
+        if let Some(mut path) = watched.paths.remove(&self.id) {
+            let way = path.way;
+            if let Some(report) = path.read(self.auto) {
+                self.auto.report(way, report);
+            }
         }
     }
 }
@@ -429,6 +512,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
         let now = Instant::now();
         let interval = now.duration_since(last_tick);
         last_tick = now;
+        auto.read_watched();
         let mut observed = auto.directions.each_ref().map(|direction| {
             direction
                 .as_ref()
@@ -504,6 +588,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 opposite_dropped = sample.opposite_dropped,
                 mode = controller.mode().name(),
                 rate = %describe(rate),
+                decision = controller.decision(),
                 "auto tick"
             );
             *direction

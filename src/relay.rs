@@ -279,9 +279,9 @@ async fn pump_chunks<B: Backend>(
     // tunnels come and go and as the rate moves: a window fixed when the tunnel opens (a
     // thirtieth of the rate in a burst) would hold a flow left alone far below the rate.
     let mut window = WindowShare::default();
-    // With `auto`, the upstream socket reports its path once a tick while this direction
-    // moves data (never for loopback destinations: see auto_pacing).
-    let mut sampler = PathSampler::new(
+    // With `auto`, the upstream socket is read once a tick while this direction moves data
+    // (never for loopback destinations: see auto_pacing).
+    let sampler = PathSampler::new(
         ctx.auto_pacing,
         observed_peer,
         tunnel.stream(Side::Upstream),
@@ -412,8 +412,8 @@ async fn pump_chunks<B: Backend>(
                 }
                 written += n as u64;
                 ctx.count(to, n);
-                if let Some(sampler) = &mut sampler {
-                    sampler.sample();
+                if let Some(sampler) = &sampler {
+                    sampler.moved();
                 }
                 // A worker busy with small messages would otherwise hold its core until a
                 // scheduler tick while the threads it relays for wait (see cpu_share).

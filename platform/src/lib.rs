@@ -107,6 +107,9 @@ pub trait Stream: Sized + 'static {
     fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
     /// What the kernel knows of this connection's path (Linux; `Unsupported` elsewhere).
     fn tcp_stats(&self) -> io::Result<TcpStats>;
+    /// The socket's descriptor: for reading its [`TcpStats`] from another thread while the
+    /// stream lives (see [`tcp_info::WatchedSocket`]).
+    fn descriptor(&self) -> std::os::fd::BorrowedFd<'_>;
     /// The local address of this socket (`getsockname`).
     fn local_addr(&self) -> io::Result<SocketAddr>;
     /// Bounds the receive window this socket offers (see [`socket::set_window_clamp`]).

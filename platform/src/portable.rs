@@ -272,6 +272,11 @@ impl crate::Stream for PortableStream {
         crate::tcp_info::read(&self.inner)
     }
 
+    fn descriptor(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.inner.as_fd()
+    }
+
     fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
         crate::socket::fix_receive_buffer(&self.inner, bytes)
     }

@@ -175,6 +175,33 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
     })
 }
 
+/// A socket whose [`TcpStats`] another thread reads once in a while (`auto` pacing's thread
+/// reads every busy upstream socket once a tick): its descriptor, kept by number, since the
+/// stream itself belongs to its worker.
+#[derive(Debug)]
+pub struct WatchedSocket(std::os::fd::RawFd);
+
+impl WatchedSocket {
+    /// Keeps `socket`'s descriptor for [`WatchedSocket::read`].
+    ///
+    /// # Safety
+    ///
+    /// The descriptor must stay open for as long as this value may be read: drop it (or stop
+    /// reading it) before the socket closes, or a read would reach whatever file took the
+    /// descriptor's number next.
+    pub unsafe fn new(socket: std::os::fd::BorrowedFd<'_>) -> Self {
+        use std::os::fd::AsRawFd;
+        Self(socket.as_raw_fd())
+    }
+
+    /// Reads the socket's [`TcpStats`].
+    pub fn read(&self) -> io::Result<TcpStats> {
+        // Safety: `new`'s caller keeps the descriptor open while this value is read.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        read(&socket)
+    }
+}
+
 /// Off Linux nothing is read.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub fn read<S: std::os::fd::AsFd>(_socket: &S) -> io::Result<TcpStats> {

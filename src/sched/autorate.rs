@@ -247,6 +247,8 @@ pub struct AutoRate {
     paced_since: Instant,
     /// Since when a queue has been left to the opposite direction's cut.
     deferred_since: Option<Instant>,
+    /// What the last tick decided, in a word (for the per-tick trace).
+    decision: &'static str,
 }
 
 impl AutoRate {
@@ -279,7 +281,13 @@ impl AutoRate {
             resumed_at: None,
             paced_since: now,
             deferred_since: None,
+            decision: "off",
         }
+    }
+
+    /// What the last tick decided, in a word: what the per-tick trace shows beside the rate.
+    pub fn decision(&self) -> &'static str {
+        self.decision
     }
 
     /// What the controller is doing.
@@ -391,6 +399,12 @@ impl AutoRate {
         if queue {
             self.last_queue = now;
         }
+        self.decision = match (queue, clear, lighter) {
+            (true, _, _) => "queue",
+            (_, true, true) => "lighter",
+            (_, true, false) => "clear",
+            _ => "grey",
+        };
         match self.mode {
             Mode::Off => {
                 let queue_ticks = self.bloat_bits.count_ones();
@@ -406,6 +420,7 @@ impl AutoRate {
                     // The last second may hold the idle time before the burst.
                     self.rate = self.second_delivery().max(load);
                     self.cut(now, self.rate, delay, lossy);
+                    self.decision = "start";
                 }
             }
             Mode::Paced => self.paced_tick(sample, now, load, delay, queue, clear, lossy),
@@ -420,6 +435,7 @@ impl AutoRate {
             self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after;
         if silent || no_queue_for_long {
             self.turn_off();
+            self.decision = if silent { "silent" } else { "no queue for long" };
         }
         self.rate()
     }
@@ -456,6 +472,7 @@ impl AutoRate {
             if self.ticks_at_floor >= FLOOR_TICKS {
                 self.ticks_at_floor = 0;
                 self.pause_for_contention(now);
+                self.decision = "pause at floor";
                 return;
             }
         } else {
@@ -480,6 +497,8 @@ impl AutoRate {
         };
         if my_turn {
             self.deferred_since = None;
+        } else {
+            self.decision = "opposite's turn";
         }
         if queue && pushing && since_cut >= self.config.refractory && my_turn {
             let draining = delay < self.delay_at_cut.mul_f64(0.8);
@@ -487,6 +506,7 @@ impl AutoRate {
                 // The last cut works; the signal lags behind it.
                 self.delay_at_cut = delay;
                 self.cuts_in_a_row = 0;
+                self.decision = "draining";
                 return;
             }
             // The first cut is taken from the better of the last second's delivery and the
@@ -521,6 +541,7 @@ impl AutoRate {
                 if starting {
                     self.ceiling = self.ceiling.max(basis);
                 }
+                self.decision = "below delivery";
                 return;
             }
             if self.cuts_in_a_row > 0 {
@@ -568,8 +589,10 @@ impl AutoRate {
             // while `auto` was off (whole initial windows of a burst's new connections, and
             // their unsent bytes), which no cut reaches (testbed asymmetric: a 5 Mbit/s uplink
             // full for the burst's first 8 s, the upload unpaced for 10 s from its second).
+            self.decision = "cut";
             if someone_elses && !opposite_may_drain && !starting {
                 self.pause_for_contention(now);
+                self.decision = "pause";
             }
             return;
         }
@@ -587,9 +610,11 @@ impl AutoRate {
             self.cuts_in_a_row = 0;
         }
         if since_cut < self.config.hold {
+            self.decision = "hold";
             return;
         }
         if !sample.backlogged {
+            self.decision = "not held back";
             // Nothing to learn about a rate that fyntr does not use up.
             self.step = self.config.first_step;
             self.step_since = now;
@@ -604,6 +629,7 @@ impl AutoRate {
         if load < 0.75 * self.rate_during_load() {
             // Far more is admitted than delivered: the path does not keep up with the rate
             // (the limit is elsewhere), so raising it teaches nothing.
+            self.decision = "not keeping up";
             self.step = self.config.first_step;
             self.step_since = now;
             return;
@@ -622,10 +648,12 @@ impl AutoRate {
         if grey && self.rate >= 0.5 * best {
             // The smallest step, and the step's doubling goes on where it was.
             self.rate *= 1.0 + self.config.first_step;
+            self.decision = "grow by the least";
             return;
         }
         if self.rate < best {
             self.rate = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
+            self.decision = "grow to best";
             return;
         }
         // Near the rate at which the path last queued, grow by the smallest step (the queue
@@ -640,6 +668,7 @@ impl AutoRate {
             self.step_since = now;
         }
         self.rate *= 1.0 + self.step;
+        self.decision = if near_ceiling { "grow near ceiling" } else { "grow" };
     }
 
     /// Stops pacing for [`AutoRateConfig::contended_pause`]: the queue is someone else's.
@@ -662,8 +691,10 @@ impl AutoRate {
     fn end_pause(&mut self, now: Instant, second: f64, delay: Duration) {
         if second < self.config.min_load {
             self.turn_off();
+            self.decision = "pause ends off";
             return;
         }
+        self.decision = "resume";
         self.mode = Mode::Paced;
         self.rate = (0.95 * second).max(self.config.floor);
         self.last_cut = Some(now);

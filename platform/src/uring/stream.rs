@@ -513,6 +513,10 @@ impl crate::Stream for UringStream {
         crate::tcp_info::read(&self.socket.as_fd())
     }
 
+    fn descriptor(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
     fn fix_receive_buffer(&self, bytes: usize) -> io::Result<()> {
         crate::socket::fix_receive_buffer(&self.socket, bytes)
     }
