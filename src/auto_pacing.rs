@@ -533,7 +533,9 @@ fn run_controllers(weak: Weak<AutoPacing>) {
         ));
         // The direction cut last decides first (see `first_to_decide`): its opposite reads
         // that cut in the same tick.
-        let ways = match first_to_decide([&controllers[0], &controllers[1]]) {
+        let dropping = [Direction::Upload, Direction::Download]
+            .map(|way| dropped(way, &observed[way as usize]) == Some(true));
+        let ways = match first_to_decide([&controllers[0], &controllers[1]], dropping) {
             0 => [Direction::Upload, Direction::Download],
             _ => [Direction::Download, Direction::Upload],
         };
@@ -728,6 +730,74 @@ mod tests {
             delivered_bytes(&counted_by_acks(7_000), &counted_by_acks(2_000)),
             5_000
         );
+    }
+
+    /// Registers `socket` for uploads the way a relay's [`PathSampler`] does; returns its id
+    /// and the flag its relay sets when it moves data.
+    fn watch(auto: &AutoPacing, socket: &std::net::TcpStream) -> (u64, Arc<AtomicBool>) {
+        use std::os::fd::AsFd;
+        let moved = Arc::new(AtomicBool::new(false));
+        let mut watched = auto.watched();
+        let id = watched.next_id;
+        watched.next_id += 1;
+        watched.paths.insert(
+            id,
+            WatchedPath {
+                // Safety: the test keeps `socket` open until the end.
+                socket: unsafe { WatchedSocket::new(socket.as_fd()) },
+                peer: "192.0.2.1".parse().unwrap(),
+                way: Direction::Upload,
+                last: TcpStats::default(),
+                moved: Arc::clone(&moved),
+                base: Arc::new(AtomicU64::new(0)),
+            },
+        );
+        (id, moved)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_watched_socket_is_read_on_the_tick_once_its_relay_moved_data_and_each_byte_counts_once() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut far_end, _) = listener.accept().unwrap();
+        let pacer = Arc::new(Pacer::new(Rate(1e9), 1 << 20, Instant::now()));
+        let auto = AutoPacing::new(Some(pacer), None, [true, false], 65536).unwrap();
+        let (_, moved) = watch(&auto, &upstream);
+        let delivered = || {
+            std::mem::take(
+                &mut *auto.directions[0]
+                    .as_ref()
+                    .unwrap()
+                    .observed
+                    .lock()
+                    .unwrap(),
+            )
+            .delivered
+        };
+        let send = |upstream: &mut std::net::TcpStream, far_end: &mut std::net::TcpStream| {
+            upstream.write_all(&[7; 100_000]).unwrap();
+            let mut got = vec![0; 100_000];
+            far_end.read_exact(&mut got).unwrap();
+            // Loopback acknowledges at once; give the ACK a moment to be processed.
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        send(&mut upstream, &mut far_end);
+        // The relay has not said it moved anything, and nothing was in flight at the last
+        // reading (there was none): not read.
+        auto.read_watched();
+        assert_eq!(delivered(), 0);
+        moved.store(true, Ordering::Relaxed);
+        auto.read_watched();
+        assert_eq!(delivered(), 100_000);
+        // Idle: not read again, and nothing counted twice.
+        auto.read_watched();
+        assert_eq!(delivered(), 0);
+        send(&mut upstream, &mut far_end);
+        moved.store(true, Ordering::Relaxed);
+        auto.read_watched();
+        assert_eq!(delivered(), 100_000);
     }
 
     #[test]
