@@ -326,10 +326,13 @@ struct WatchedPath {
 }
 
 impl WatchedPath {
-    /// Whether the socket is worth reading this tick: its relay moved data, or bytes it sent
-    /// were still on their way at the last reading (their delivery is yet to be counted).
+    /// Whether the socket is worth reading this tick: its relay moved data, or (uploads) bytes
+    /// it sent were still on their way at the last reading (their delivery is yet to be
+    /// counted). A download counts its bytes as they arrive, so it has nothing on its way.
     fn busy(&self) -> bool {
-        self.moved.swap(false, Ordering::Relaxed) || self.last.bytes_sent > self.last.bytes_acked
+        let in_flight =
+            self.way == Direction::Upload && self.last.bytes_sent > self.last.bytes_acked;
+        self.moved.swap(false, Ordering::Relaxed) || in_flight
     }
 
     /// Reads the socket and returns what changed since the last reading.
