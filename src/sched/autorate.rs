@@ -12,7 +12,8 @@
 //!   threshold), while at least [`AutoRateConfig::min_load`] moves.
 //! - **Paced**: a cut sets the rate just below what was delivered (`0.95` of it at the bloat
 //!   threshold, down to `0.85` at three times the threshold), at most once per
-//!   [`AutoRateConfig::refractory`] and only while the queue is not already draining. After a
+//!   [`AutoRateConfig::refractory`] and only while the queue is not already draining (nor in
+//!   the first tick of a queue after a clear one, unless it is deep or drops data). After a
 //!   cut the rate holds for [`AutoRateConfig::hold`]; then, while the pacer is the limit (it
 //!   holds bytes back) and the path keeps up, the rate grows by a step that doubles every
 //!   [`AutoRateConfig::step_every`] of growth without a queue, so a link that got faster is
@@ -31,10 +32,12 @@
 //! The delay is measured from the round trips of fyntr's own sockets against their base round
 //! trip, so a queue in either direction of the path raises it: when both directions carry bulk
 //! data, both may be cut for a queue that only one of them built. What tells them apart: a
-//! direction that moves less than half of what the opposite one moves leaves the queue to it;
-//! a queue that drops only one direction's data (uploads' resends, downloads' out-of-order
-//! arrivals) is that direction's; and a queue does not count as someone else's while the
-//! opposite direction may still drain it with cuts of its own.
+//! direction that moves less than half of what the opposite one moves leaves the queue to it
+//! (and grows by the least step meanwhile, blind to a queue of its own); a queue that drops
+//! only one direction's data (uploads' resends, downloads' out-of-order arrivals) is that
+//! direction's, which decides first in the tick and does not wait for the other's cut; and a
+//! queue does not count as someone else's while the opposite direction may still drain it with
+//! cuts of its own.
 
 use std::time::{Duration, Instant};
 
