@@ -311,6 +311,34 @@ struct Watched {
     paths: HashMap<u64, WatchedPath>,
 }
 
+impl Watched {
+    /// Registers one relay direction's upstream `socket`, connected to `peer`; returns its id,
+    /// the flag its relay raises when it moves data, and where its base round trip is kept.
+    fn register(
+        &mut self,
+        socket: WatchedSocket,
+        peer: IpAddr,
+        way: Direction,
+    ) -> (u64, Arc<AtomicBool>, Arc<AtomicU64>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let moved = Arc::new(AtomicBool::new(false));
+        let base = Arc::new(AtomicU64::new(0));
+        self.paths.insert(
+            id,
+            WatchedPath {
+                socket,
+                peer,
+                way,
+                last: TcpStats::default(),
+                moved: Arc::clone(&moved),
+                base: Arc::clone(&base),
+            },
+        );
+        (id, moved, base)
+    }
+}
+
 /// One relay direction's upstream socket.
 struct WatchedPath {
     socket: WatchedSocket,
@@ -414,26 +442,10 @@ impl<'a, S: Stream> PathSampler<'a, S> {
     ) -> Option<Self> {
         let auto = auto.filter(|auto| auto.covers(way))?;
         let peer = peer?;
-        let moved = Arc::new(AtomicBool::new(false));
-        let base = Arc::new(AtomicU64::new(0));
         // Safety: the registration ends in `drop`, and `upstream`, borrowed for as long as the
         // sampler lives, is open until then.
         let socket = unsafe { WatchedSocket::new(upstream.descriptor()) };
-        let mut watched = auto.watched();
-        let id = watched.next_id;
-        watched.next_id += 1;
-        watched.paths.insert(
-            id,
-            WatchedPath {
-                socket,
-                peer,
-                way,
-                last: TcpStats::default(),
-                moved: Arc::clone(&moved),
-                base: Arc::clone(&base),
-            },
-        );
-        drop(watched);
+        let (id, moved, base) = auto.watched().register(socket, peer, way);
         Some(Self {
             auto,
             _upstream: upstream,
@@ -534,11 +546,14 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         ));
-        // The direction cut last decides first (see `first_to_decide`): its opposite reads
-        // that cut in the same tick.
-        let dropping = [Direction::Upload, Direction::Download]
-            .map(|way| dropped(way, &observed[way as usize]) == Some(true));
-        let ways = match first_to_decide([&controllers[0], &controllers[1]], dropping) {
+        // The direction whose data the tick dropped, else the one cut last, decides first (see
+        // `first_to_decide`): its opposite reads that cut in the same tick.
+        let drops = [Direction::Upload, Direction::Download]
+            .map(|way| dropped(way, &observed[way as usize]));
+        let ways = match first_to_decide(
+            [&controllers[0], &controllers[1]],
+            drops.map(|dropped| dropped == Some(true)),
+        ) {
             0 => [Direction::Upload, Direction::Download],
             _ => [Direction::Download, Direction::Upload],
         };
@@ -569,7 +584,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 acks,
                 queue_delay: path_delay,
                 loss: (observed.sent > 0).then(|| observed.resent as f64 / observed.sent as f64),
-                dropped: dropped(way, &observed),
+                dropped: drops[way as usize],
                 opposite_dropped: opposite.dropped_lately(),
                 backlogged,
                 opposite_load: opposite.delivery(),
@@ -735,27 +750,15 @@ mod tests {
         );
     }
 
-    /// Registers `socket` for uploads the way a relay's [`PathSampler`] does; returns its id
-    /// and the flag its relay sets when it moves data.
-    fn watch(auto: &AutoPacing, socket: &std::net::TcpStream) -> (u64, Arc<AtomicBool>) {
+    /// Registers `socket` for uploads the way a relay's [`PathSampler`] does; returns the flag
+    /// its relay sets when it moves data.
+    fn watch(auto: &AutoPacing, socket: &std::net::TcpStream) -> Arc<AtomicBool> {
         use std::os::fd::AsFd;
-        let moved = Arc::new(AtomicBool::new(false));
-        let mut watched = auto.watched();
-        let id = watched.next_id;
-        watched.next_id += 1;
-        watched.paths.insert(
-            id,
-            WatchedPath {
-                // Safety: the test keeps `socket` open until the end.
-                socket: unsafe { WatchedSocket::new(socket.as_fd()) },
-                peer: "192.0.2.1".parse().unwrap(),
-                way: Direction::Upload,
-                last: TcpStats::default(),
-                moved: Arc::clone(&moved),
-                base: Arc::new(AtomicU64::new(0)),
-            },
-        );
-        (id, moved)
+        // Safety: the test keeps `socket` open until the end.
+        let socket = unsafe { WatchedSocket::new(socket.as_fd()) };
+        let peer = "192.0.2.1".parse().unwrap();
+        let (_, moved, _) = auto.watched().register(socket, peer, Direction::Upload);
+        moved
     }
 
     #[cfg(target_os = "linux")]
@@ -767,7 +770,7 @@ mod tests {
         let (mut far_end, _) = listener.accept().unwrap();
         let pacer = Arc::new(Pacer::new(Rate(1e9), 1 << 20, Instant::now()));
         let auto = AutoPacing::new(Some(pacer), None, [true, false], 65536).unwrap();
-        let (_, moved) = watch(&auto, &upstream);
+        let moved = watch(&auto, &upstream);
         let delivered = || {
             std::mem::take(
                 &mut *auto.directions[0]
