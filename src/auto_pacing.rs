@@ -569,6 +569,20 @@ fn run_controllers(weak: Weak<AutoPacing>) {
             // The pacer also counts the ACKs this direction carries for the opposite one.
             let acks = acks_on_the_wire(observed[1 - way as usize].delivered);
             let observed = std::mem::take(&mut observed[way as usize]);
+            // What the kernel sent again took the link as new bytes do, but no admission asked
+            // for it: the pacer counts it now, so that new bytes and resends together keep to
+            // the rate. Left out, the resends of a burst's first losses came on top of the
+            // rate and kept the 5 Mbit/s uplink of the asymmetric testbed full for 8 s, at
+            // 40-110 KB a tick, while the rate was 3.9 Mbit/s. At most a tick of the rate is
+            // counted: resends beyond it went out while the rate was below what the link
+            // carried, and a debt of them held all new bytes back for seconds after the
+            // resends had ended, with the link idle.
+            if let Some(rate) = direction.pacer.rate() {
+                let tick_of_rate = (rate.bytes_per_second() * interval.as_secs_f64()) as u64;
+                direction
+                    .pacer
+                    .charge(on_the_wire(observed.resent).min(tick_of_rate), now);
+            }
             let refused = direction.pacer.refusals();
             let backlogged = refused != refusals[way as usize];
             refusals[way as usize] = refused;
