@@ -49,6 +49,8 @@ pub struct TcpStats {
     pub congestion_window: u32,
     /// The sender's maximum segment size.
     pub send_mss: u32,
+    /// Segments this side received, bare ACKs included.
+    pub segments_received: u32,
     /// Segments with data this side received.
     pub data_segments_received: u32,
     /// Of those, segments that arrived out of order: after a hole, every segment until the
@@ -170,6 +172,7 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
         unsent: raw.notsent_bytes,
         congestion_window: raw.snd_cwnd,
         send_mss: raw.snd_mss,
+        segments_received: raw.segs_in,
         data_segments_received: raw.data_segs_in,
         out_of_order_received: raw.rcv_ooopack,
     })
