@@ -386,7 +386,7 @@ fn report(way: Direction, stats: &TcpStats, last: &TcpStats, base: Option<Durati
     // in, so it is not used.
     let queue_delay = base
         .filter(|_| stats.since_data_sent < FRESH_ROUND_TRIP)
-        .map(|base| recent_round_trip(stats, last).saturating_sub(base));
+        .and_then(|base| Some(recent_round_trip(stats, last)?.saturating_sub(base)));
     match way {
         Direction::Upload => PathReport {
             delivered: delivered_bytes(stats, last),
@@ -419,17 +419,33 @@ fn report(way: Direction, stats: &TcpStats, last: &TcpStats, base: Option<Durati
     }
 }
 
-/// The mean round trip of the samples the kernel took between two readings of a socket.
+/// The mean round trip of the samples the kernel took between two readings of a socket, if it
+/// took any.
 ///
 /// The smoothed round trip moves by an eighth of each sample (RFC 6298), so it trails a
 /// queue by about eight samples: a tick or less for a busy socket, but seconds for one of 30
 /// sockets sharing a slow uplink, which gets a few ACKs a tick (testbed asymmetric: the
 /// median read 12-22 ms for 4 s after the queue had gone, and the uploads were cut to the
-/// floor). Each bare ACK received since the last reading counts as one sample: after `k`
-/// samples of mean `m`, the smoothed figure is `7/8^k * before + (1 - 7/8^k) * m`, solved for
-/// `m`. No ACK, or no reading before: the smoothed figure as it is. Never under the least
-/// round trip the kernel saw, which a noisy figure would otherwise cross.
-fn recent_round_trip(stats: &TcpStats, last: &TcpStats) -> Duration {
+/// floor). Each bare ACK received since the last reading counts as one sample (at least one,
+/// and no more than the segments newly acknowledged): after `k` samples of mean `m`, the
+/// smoothed figure is `7/8^k * before + (1 - 7/8^k) * m`, solved for `m`, and never under the
+/// least round trip the kernel saw, which a noisy figure would otherwise cross.
+///
+/// Nothing of this side's acknowledged since the last reading means no sample: the figure is
+/// as old as it was then, and a burst's tunnels that had moved on from their upload to their
+/// download kept reporting the round trip of the uplink's queue they had left (testbed burst:
+/// 10 ms read for 2 s with both directions paced under their links). The first reading gives
+/// the smoothed figure as it is.
+fn recent_round_trip(stats: &TcpStats, last: &TcpStats) -> Option<Duration> {
+    if last.round_trip.is_zero() {
+        return Some(stats.round_trip);
+    }
+    let newly_delivered = stats
+        .delivered_segments
+        .saturating_sub(last.delivered_segments);
+    if newly_delivered == 0 && stats.bytes_acked <= last.bytes_acked {
+        return None;
+    }
     let acks = stats
         .segments_received
         .saturating_sub(last.segments_received)
@@ -438,14 +454,19 @@ fn recent_round_trip(stats: &TcpStats, last: &TcpStats) -> Duration {
                 .data_segments_received
                 .saturating_sub(last.data_segments_received),
         );
-    if acks == 0 || last.round_trip.is_zero() {
-        return stats.round_trip;
-    }
+    // A kernel that does not count delivered segments reports zero: then the ACKs alone.
+    let samples = if newly_delivered == 0 {
+        acks.max(1)
+    } else {
+        acks.clamp(1, newly_delivered)
+    };
     // Past 32 samples the figure before weighs under 1.4 %.
-    let kept = (7.0f64 / 8.0).powi(acks.min(32) as i32);
-    let mean =
-        (stats.round_trip.as_secs_f64() - kept * last.round_trip.as_secs_f64()) / (1.0 - kept);
-    Duration::from_secs_f64(mean.max(stats.min_round_trip.as_secs_f64()).max(0.0))
+    let kept = (7.0f64 / 8.0).powi(samples.min(32) as i32);
+    let mean = (stats.round_trip.as_secs_f64() - kept * last.round_trip.as_secs_f64())
+        / (1.0 - kept);
+    Some(Duration::from_secs_f64(
+        mean.max(stats.min_round_trip.as_secs_f64()).max(0.0),
+    ))
 }
 
 /// Registers one relay direction's upstream socket with `auto` for as long as the relay
@@ -769,18 +790,21 @@ mod tests {
         let before = TcpStats {
             round_trip: Duration::from_millis(20),
             min_round_trip: Duration::from_millis(20),
+            delivered_segments: 50,
             segments_received: 100,
             data_segments_received: 10,
             ..TcpStats::default()
         };
-        // Three ACKs of a 32 ms round trip (and two segments of data, which carry no sample).
+        // Three ACKs of a 32 ms round trip for six segments (and two segments of data, which
+        // carry no sample).
         let queued = TcpStats {
             round_trip: smoothed(before.round_trip, Duration::from_millis(32), 3),
+            delivered_segments: 56,
             segments_received: 105,
             data_segments_received: 12,
             ..before
         };
-        let recent = recent_round_trip(&queued, &before);
+        let recent = recent_round_trip(&queued, &before).expect("a sample");
         assert!(
             recent.abs_diff(Duration::from_millis(32)) < Duration::from_micros(50),
             "{recent:?}"
@@ -788,17 +812,36 @@ mod tests {
         // Gone again: two ACKs at the base bring the figure back to it, not to the smoothed one.
         let drained = TcpStats {
             round_trip: smoothed(queued.round_trip, Duration::from_millis(20), 2),
+            delivered_segments: 60,
             segments_received: 107,
             ..queued
         };
         assert!(drained.round_trip > Duration::from_millis(22));
-        let recent = recent_round_trip(&drained, &queued);
+        let recent = recent_round_trip(&drained, &queued).expect("a sample");
         assert!(
             recent.abs_diff(Duration::from_millis(20)) < Duration::from_micros(50),
             "{recent:?}"
         );
-        // No ACK since: the figure as the kernel has it.
-        assert_eq!(recent_round_trip(&drained, &drained), drained.round_trip);
+        // Nothing acknowledged since (data received only): no sample, whatever the figure.
+        let receiving = TcpStats {
+            segments_received: 140,
+            data_segments_received: 45,
+            ..drained
+        };
+        assert_eq!(recent_round_trip(&receiving, &drained), None);
+        // One sample acknowledged by data, with no bare ACK, still counts as one.
+        let piggybacked = TcpStats {
+            round_trip: smoothed(drained.round_trip, Duration::from_millis(28), 1),
+            delivered_segments: 61,
+            segments_received: 141,
+            data_segments_received: 46,
+            ..receiving
+        };
+        let recent = recent_round_trip(&piggybacked, &receiving).expect("a sample");
+        assert!(
+            recent.abs_diff(Duration::from_millis(28)) < Duration::from_micros(50),
+            "{recent:?}"
+        );
     }
 
     #[test]
