@@ -462,8 +462,8 @@ fn recent_round_trip(stats: &TcpStats, last: &TcpStats) -> Option<Duration> {
     };
     // Past 32 samples the figure before weighs under 1.4 %.
     let kept = (7.0f64 / 8.0).powi(samples.min(32) as i32);
-    let mean = (stats.round_trip.as_secs_f64() - kept * last.round_trip.as_secs_f64())
-        / (1.0 - kept);
+    let mean =
+        (stats.round_trip.as_secs_f64() - kept * last.round_trip.as_secs_f64()) / (1.0 - kept);
     Some(Duration::from_secs_f64(
         mean.max(stats.min_round_trip.as_secs_f64()).max(0.0),
     ))
