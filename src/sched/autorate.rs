@@ -55,8 +55,8 @@ pub struct Sample {
     /// Bytes on the wire of the ACKs this direction carried for the opposite one's delivery:
     /// the pacer counts them against this direction's rate.
     pub acks: u64,
-    /// The path's queueing delay (a low rank of the busy sockets' round trip over their base
-    /// round trip), if any socket had a fresh figure.
+    /// The path's queueing delay (the median over the busy sockets of their round trip since
+    /// the last reading over their base round trip), if any socket took a sample.
     pub queue_delay: Option<Duration>,
     /// The share of bytes sent that were sent again, if known.
     pub loss: Option<f64>,
