@@ -261,13 +261,8 @@ impl AutoPacing {
     /// observations of its direction.
     fn read_watched(&self) {
         let mut watched = self.watched();
-        for path in watched.paths.values_mut() {
-            if !path.busy() {
-                continue;
-            }
-            if let Some(report) = path.read(self) {
-                self.report(path.way, report);
-            }
+        for path in watched.paths.values_mut().filter(|path| path.busy()) {
+            path.read(self);
         }
     }
 
@@ -363,18 +358,19 @@ impl WatchedPath {
         self.moved.swap(false, Ordering::Relaxed) || in_flight
     }
 
-    /// Reads the socket and returns what changed since the last reading.
-    fn read(&mut self, auto: &AutoPacing) -> Option<PathReport> {
-        let stats = self.socket.read().ok()?;
+    /// Reads the socket and adds what changed since the last reading to `auto`'s observations.
+    fn read(&mut self, auto: &AutoPacing) {
+        let Ok(stats) = self.socket.read() else {
+            return;
+        };
         let base = (!stats.min_round_trip.is_zero())
             .then(|| auto.base_to(self.peer, stats.min_round_trip));
         if let Some(base) = base {
             self.base
                 .store(base.as_micros().max(1) as u64, Ordering::Relaxed);
         }
-        let report = report(self.way, &stats, &self.last, base);
+        auto.report(self.way, report(self.way, &stats, &self.last, base));
         self.last = stats;
-        Some(report)
     }
 }
 
@@ -549,12 +545,10 @@ fn delivered_bytes(now: &TcpStats, before: &TcpStats) -> u64 {
 
 impl<S: Stream> Drop for PathSampler<'_, S> {
     fn drop(&mut self) {
-        let mut watched = self.auto.watched();
-        if let Some(mut path) = watched.paths.remove(&self.id) {
-            let way = path.way;
-            if let Some(report) = path.read(self.auto) {
-                self.auto.report(way, report);
-            }
+        // Read outside the registry's lock: other tunnels register and end meanwhile.
+        let path = self.auto.watched().paths.remove(&self.id);
+        if let Some(mut path) = path {
+            path.read(self.auto);
         }
     }
 }
@@ -785,6 +779,15 @@ mod tests {
         (0..samples).fold(before, |srtt, _| (srtt * 7 + sample) / 8)
     }
 
+    /// Asserts that the reading `now`, after `before`, gives a round trip of `millis`.
+    fn assert_recent(now: &TcpStats, before: &TcpStats, millis: u64) {
+        let recent = recent_round_trip(now, before).expect("a sample");
+        assert!(
+            recent.abs_diff(Duration::from_millis(millis)) < Duration::from_micros(50),
+            "{recent:?}"
+        );
+    }
+
     #[test]
     fn the_round_trip_read_is_the_mean_of_the_samples_since_the_last_reading() {
         let before = TcpStats {
@@ -804,11 +807,7 @@ mod tests {
             data_segments_received: 12,
             ..before
         };
-        let recent = recent_round_trip(&queued, &before).expect("a sample");
-        assert!(
-            recent.abs_diff(Duration::from_millis(32)) < Duration::from_micros(50),
-            "{recent:?}"
-        );
+        assert_recent(&queued, &before, 32);
         // Gone again: two ACKs at the base bring the figure back to it, not to the smoothed one.
         let drained = TcpStats {
             round_trip: smoothed(queued.round_trip, Duration::from_millis(20), 2),
@@ -817,11 +816,7 @@ mod tests {
             ..queued
         };
         assert!(drained.round_trip > Duration::from_millis(22));
-        let recent = recent_round_trip(&drained, &queued).expect("a sample");
-        assert!(
-            recent.abs_diff(Duration::from_millis(20)) < Duration::from_micros(50),
-            "{recent:?}"
-        );
+        assert_recent(&drained, &queued, 20);
         // Nothing acknowledged since (data received only): no sample, whatever the figure.
         let receiving = TcpStats {
             segments_received: 140,
@@ -837,11 +832,7 @@ mod tests {
             data_segments_received: 46,
             ..receiving
         };
-        let recent = recent_round_trip(&piggybacked, &receiving).expect("a sample");
-        assert!(
-            recent.abs_diff(Duration::from_millis(28)) < Duration::from_micros(50),
-            "{recent:?}"
-        );
+        assert_recent(&piggybacked, &receiving, 28);
     }
 
     #[test]

@@ -106,9 +106,11 @@ pub trait Stream: Sized + 'static {
     /// `write_all` this future may be dropped at any time; bytes not yet moved stay in the pipe.
     fn splice_out(&self, pipe: &mut Pipe) -> impl Future<Output = io::Result<()>>;
     /// What the kernel knows of this connection's path (Linux; `Unsupported` elsewhere).
-    fn tcp_stats(&self) -> io::Result<TcpStats>;
-    /// The socket's descriptor: for reading its [`TcpStats`] from another thread while the
-    /// stream lives (see [`tcp_info::WatchedSocket`]).
+    fn tcp_stats(&self) -> io::Result<TcpStats> {
+        tcp_info::read(&self.descriptor())
+    }
+    /// The socket's descriptor: for reading its [`TcpStats`], here or from another thread
+    /// while the stream lives (see [`tcp_info::WatchedSocket`]).
     fn descriptor(&self) -> std::os::fd::BorrowedFd<'_>;
     /// The local address of this socket (`getsockname`).
     fn local_addr(&self) -> io::Result<SocketAddr>;

@@ -268,10 +268,6 @@ impl crate::Stream for PortableStream {
         crate::socket::local_addr(&self.inner)
     }
 
-    fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
-        crate::tcp_info::read(&self.inner)
-    }
-
     fn descriptor(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.inner.as_fd()

@@ -509,10 +509,6 @@ impl crate::Stream for UringStream {
         crate::socket::local_addr(&self.socket.as_fd())
     }
 
-    fn tcp_stats(&self) -> io::Result<crate::TcpStats> {
-        crate::tcp_info::read(&self.socket.as_fd())
-    }
-
     fn descriptor(&self) -> std::os::fd::BorrowedFd<'_> {
         self.socket.as_fd()
     }
