@@ -296,6 +296,12 @@ def summarize(result):
     durations = [t["end"] - t["start"] for t in ok]
     rates = [t["bytes"] / (t["end"] - t["start"]) for t in ok if t["end"] > t["start"]]
     jain = sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates)) if rates else 0.0
+    # The p99 target read the other way: the share of the burst's probes more than 12 ms over
+    # the idle p99 (or lost), which must stay at 1 % or under, and of it the part in the burst's
+    # first 4 s, before `auto` has found both directions' rates (see docs/testbed.md).
+    idle_p99 = percentile(idle, 0.99)
+    over = [s for s in burst if s["rtt_ms"] is None or s["rtt_ms"] - idle_p99 > 12]
+    first = [s for s in over if s["t"] - result["burst_began"] < 4]
     summary = {
         "probe_idle_p50_ms": percentile(idle, 0.5),
         "probe_idle_p99_ms": percentile(idle, 0.99),
@@ -303,6 +309,8 @@ def summarize(result):
         "probe_burst_p99_ms": percentile(burst_rtts, 0.99),
         "probe_p99_inflation_ms": percentile(burst_rtts, 0.99) - percentile(idle, 0.99),
         "probe_loss_pct": 100.0 * (len(burst) - len(burst_rtts)) / max(1, len(burst)),
+        "probes_over_12ms_pct": 100.0 * len(over) / max(1, len(burst)),
+        "probes_over_12ms_first_4s_pct": 100.0 * len(first) / max(1, len(burst)),
         "router_drops": result["drops"],
         "uplink_mbit_per_s": result["uplink_mbit"],
         "downlink_mbit_per_s": result["downlink_mbit"],
