@@ -287,6 +287,12 @@ def percentile(values, fraction):
     return values[min(len(values) - 1, int(len(values) * fraction))]
 
 
+def median_of(values):
+    """The median of the figures that are numbers (a run may have none: NaN)."""
+    numbers = [value for value in values if value == value]
+    return statistics.median(numbers) if numbers else float("nan")
+
+
 def summarize(result):
     idle = [s["rtt_ms"] for s in result["idle_samples"] if s["rtt_ms"] is not None]
     burst = [s for s in result["burst_samples"] if s["t"] <= result["burst_ended"]]
@@ -480,6 +486,10 @@ def main():
                              "60 s while the line steps 20 -> 5 -> 20 Mbit/s each way; competing: the "
                              "burst beside a download that does not go through the proxy; unshaped: "
                              "the burst over a veth pair with no router")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run the modes N times in turn (direct, fyntr, ..., direct, fyntr, ...) "
+                             "and report each metric's median and range: the probe figures of one "
+                             "run of the same build vary by a few points")
     parser.add_argument("--modes", default="", help="comma-separated subset of: direct, fyntr, fyntr-unpaced, fyntr-tokio, fyntr-paced-95, fyntr-paced-85, fyntr-paced-95-connect-10")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -513,19 +523,28 @@ def main():
     }
     wanted = [m for m in args.modes.split(",") if m] or ["direct", "fyntr", "fyntr-paced-95"]
     modes = {name: modes[name] for name in wanted}
-    results = {}
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    runs = []
     os.makedirs(args.out, exist_ok=True)
     # A SIGTERM (say, from `timeout`) unwinds like Ctrl-C, so the namespaces and processes below
     # are removed instead of left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Testbed(args.out, args.realtime, args.fyntr, rate_spec) as bed:
-        for name, fyntr_args in modes.items():
-            print(f"testbed: running {name}", file=sys.stderr)
-            results[name] = bed.run_mode(name, fyntr_args, config)
-    summary = {name: summarize(result) for name, result in results.items()}
+        for run in range(args.runs):
+            results = {}
+            for name, fyntr_args in modes.items():
+                which = f" (run {run + 1} of {args.runs})" if args.runs > 1 else ""
+                print(f"testbed: running {name}{which}", file=sys.stderr)
+                results[name] = bed.run_mode(name, fyntr_args, config)
+            runs.append({name: summarize(result) for name, result in results.items()})
+    # Medians over the runs (one run's own figures when there is one); the samples and the chart
+    # are the last run's.
+    summary = {name: {key: median_of([run[name][key] for run in runs]) for key in runs[0][name]}
+               for name in runs[0]}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "testbed.json"), "w") as out:
-        json.dump({"summary": summary, "config": config}, out, indent=2)
+        json.dump({"summary": summary, "runs": runs, "config": config}, out, indent=2)
     with open(os.path.join(args.out, "testbed-samples.json"), "w") as out:
         json.dump({name: {"burst_began": r["burst_began"], "burst_ended": r["burst_ended"],
                           "probe": r["idle_samples"] + r["burst_samples"]}
@@ -533,10 +552,18 @@ def main():
     svg_chart(results, os.path.join(args.out, "testbed.svg"),
               f"{args.scenario}, {rate_spec} bit/s, 32 KiB drop-tail queue")
     keys = list(next(iter(summary.values())).keys())
-    print("| metric | " + " | ".join(summary) + " |")
+    heads = [f"{mode} (median, range of {len(runs)} runs)" if len(runs) > 1 else mode for mode in summary]
+    print("| metric | " + " | ".join(heads) + " |")
     print("|---" * (len(summary) + 1) + "|")
     for key in keys:
-        print(f"| {key} | " + " | ".join(f"{summary[m][key]:.2f}" for m in summary) + " |")
+        cells = []
+        for mode in summary:
+            cell = f"{summary[mode][key]:.2f}"
+            if len(runs) > 1:
+                values = [run[mode][key] for run in runs]
+                cell += f" ({min(values):.2f}-{max(values):.2f})"
+            cells.append(cell)
+        print(f"| {key} | " + " | ".join(cells) + " |")
     print(f"wrote {args.out}/testbed.json, testbed-samples.json and testbed.svg")
     return 0
 
