@@ -310,10 +310,10 @@ def summarize(result):
     first = [s for s in over if s["t"] - result["burst_began"] < 4]
     summary = {
         "probe_idle_p50_ms": percentile(idle, 0.5),
-        "probe_idle_p99_ms": percentile(idle, 0.99),
+        "probe_idle_p99_ms": idle_p99,
         "probe_burst_p50_ms": percentile(burst_rtts, 0.5),
         "probe_burst_p99_ms": percentile(burst_rtts, 0.99),
-        "probe_p99_inflation_ms": percentile(burst_rtts, 0.99) - percentile(idle, 0.99),
+        "probe_p99_inflation_ms": percentile(burst_rtts, 0.99) - idle_p99,
         "probe_loss_pct": 100.0 * (len(burst) - len(burst_rtts)) / max(1, len(burst)),
         "probes_over_12ms_pct": 100.0 * len(over) / max(1, len(burst)),
         "probes_over_12ms_first_4s_pct": 100.0 * len(first) / max(1, len(burst)),
