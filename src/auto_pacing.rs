@@ -461,7 +461,7 @@ fn recent_round_trip(stats: &TcpStats, last: &TcpStats) -> Option<Duration> {
     let mean =
         (stats.round_trip.as_secs_f64() - kept * last.round_trip.as_secs_f64()) / (1.0 - kept);
     Some(Duration::from_secs_f64(
-        mean.max(stats.min_round_trip.as_secs_f64()).max(0.0),
+        mean.max(stats.min_round_trip.as_secs_f64()),
     ))
 }
 
@@ -621,7 +621,9 @@ fn run_controllers(weak: Weak<AutoPacing>) {
             // counted: resends beyond it went out while the rate was below what the link
             // carried, and a debt of them held all new bytes back for seconds after the
             // resends had ended, with the link idle.
-            if let Some(rate) = direction.pacer.rate() {
+            // (Downloads' resends are the remote sender's, which fyntr's sockets do not see:
+            // theirs is always zero.)
+            if let Some(rate) = direction.pacer.rate().filter(|_| observed.resent > 0) {
                 let tick_of_rate = (rate.bytes_per_second() * interval.as_secs_f64()) as u64;
                 direction
                     .pacer
