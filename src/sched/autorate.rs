@@ -31,13 +31,15 @@
 //!
 //! The delay is measured from the round trips of fyntr's own sockets against their base round
 //! trip, so a queue in either direction of the path raises it: when both directions carry bulk
-//! data, both may be cut for a queue that only one of them built. What tells them apart: a
-//! direction that moves less than half of what the opposite one moves leaves the queue to it
-//! (and grows by the least step meanwhile, blind to a queue of its own); a queue that drops
-//! only one direction's data (uploads' resends, downloads' out-of-order arrivals) is that
-//! direction's, which decides first in the tick and does not wait for the other's cut; and a
-//! queue does not count as someone else's while the opposite direction may still drain it with
-//! cuts of its own.
+//! data, both may be cut for a queue that only one of them built. What tells them apart, first:
+//! the directions take turns to probe past the rate at which their path last queued
+//! ([`AutoRate::probing`]), so a queue that shows while only one of them probes is that one's.
+//! Then: a direction that moves less than half of what the opposite one moves leaves the queue
+//! to it (and grows by the least step meanwhile, blind to a queue of its own); a queue that
+//! drops only one direction's data (uploads' resends, downloads' out-of-order arrivals) is
+//! that direction's, which decides first in the tick and does not wait for the other's cut;
+//! and a queue does not count as someone else's while the opposite direction may still drain
+//! it with cuts of its own.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,9 @@ pub struct Sample {
     pub opposite_cuts_in_a_row: u32,
     /// Whether the opposite direction stopped pacing for a queue that is not fyntr's.
     pub opposite_contended: bool,
+    /// Whether the opposite direction's rate is past the one at which its path last queued
+    /// ([`AutoRate::probing`]).
+    pub opposite_probing: bool,
     /// Whether this direction's own link dropped some of its data during the tick, if known.
     pub dropped: Option<bool>,
     /// Whether the opposite direction's link dropped some of its data lately
@@ -195,6 +200,9 @@ const PROBATION: Duration = Duration::from_secs(3);
 const SILENCE: Duration = Duration::from_secs(3);
 /// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
 const DROP_TICKS: u32 = 5;
+/// How long a rate may stay past the ceiling with no queue before the ceiling follows it: the
+/// path carried that rate, and the opposite direction may take its turn to probe.
+const PROBE_TURN: Duration = Duration::from_secs(3);
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -254,6 +262,14 @@ pub struct AutoRate {
     decision: &'static str,
     /// Whether the tick before this one read the path as clear.
     clear_before: bool,
+    /// The queueing delay (over the jitter floor) the last tick that reported one read.
+    delay_before: Duration,
+    /// Since when the rate has been past the ceiling without a queue (see [`PROBE_TURN`]).
+    probing_since: Option<Instant>,
+    /// When a turn to probe last ended with no queue.
+    turn_ended: Option<Instant>,
+    /// Whether the pacer held bytes back during the last tick.
+    held_back: bool,
 }
 
 impl AutoRate {
@@ -288,6 +304,10 @@ impl AutoRate {
             deferred_since: None,
             decision: "off",
             clear_before: false,
+            delay_before: Duration::ZERO,
+            probing_since: None,
+            turn_ended: None,
+            held_back: false,
         }
     }
 
@@ -331,6 +351,34 @@ impl AutoRate {
         self.recent_rates.iter().sum::<f64>() / LOAD_TICKS as f64
     }
 
+    /// Whether the rate is past the one at which the path last queued and the pacer holds
+    /// bytes back at it: probing for more. (A rate that holds nothing back probes nothing:
+    /// the sockets' windows are the limit. Taken for a probe, a download direction paced at
+    /// 25 Mbit/s over a 20 Mbit/s downlink, window-limited, kept the uploads from their turn,
+    /// and the queue its windows built was left to them.)
+    pub fn probing(&self) -> bool {
+        self.mode == Mode::Paced && self.ceiling > 0.0 && self.rate > self.ceiling && self.held_back
+    }
+
+    /// The rate grown to `grown`, but not past the ceiling while the opposite direction
+    /// probes past its own: the directions take turns, so that the queue a probe builds is
+    /// known to be the prober's (both read one delay). Returns whether it waited its turn.
+    fn grow(&mut self, grown: f64, sample: &Sample, now: Instant) -> bool {
+        // A turn that ended with no queue leaves the opposite direction a `hold` to take its
+        // own before this one probes again.
+        let turn_just_ended = self
+            .turn_ended
+            .is_some_and(|ended| now.duration_since(ended) < self.config.hold);
+        let waits =
+            (sample.opposite_probing || turn_just_ended) && !self.probing() && grown > self.ceiling;
+        self.rate = if waits {
+            self.rate.max(self.ceiling)
+        } else {
+            grown
+        };
+        waits
+    }
+
     /// Delivery over the last [`SECOND_TICKS`] ticks, in bytes on the wire per second.
     fn second_delivery(&self) -> f64 {
         average(&self.recent)
@@ -354,6 +402,7 @@ impl AutoRate {
     /// Takes one tick's sample; returns the rate to pace at, `None` for none.
     pub fn on_tick(&mut self, sample: &Sample) -> Option<Rate> {
         let now = sample.now;
+        self.held_back = sample.backlogged;
         let wire = sample.delivered as f64 * WIRE_PER_PAYLOAD + sample.acks as f64;
         self.recent.rotate_left(1);
         self.recent[SECOND_TICKS - 1] = (wire, sample.interval.as_secs_f64());
@@ -404,8 +453,17 @@ impl AutoRate {
         let only_opposite_drops =
             sample.opposite_dropped && self.drops_known && self.drop_bits == 0;
         let only_mine_drops = self.only_mine_drops(sample);
-        let lighter =
-            (sample.opposite_load > 2.0 * load && !only_mine_drops) || only_opposite_drops;
+        // The directions take turns to probe past the rates at which their paths last queued
+        // (see `grow`): a queue that shows while only one of them probes is that one's, however
+        // much each moves (simulated 5/40 line: the uploads, lighter, grew 10 % past the uplink
+        // and filled its buffer while the downloads were cut three times for it).
+        let probing = self.probing();
+        let mine_by_turn = probing && !sample.opposite_probing;
+        let theirs_by_turn = sample.opposite_probing && !probing;
+        let lighter = ((sample.opposite_load > 2.0 * load && !only_mine_drops)
+            || only_opposite_drops
+            || theirs_by_turn)
+            && !mine_by_turn;
         // A tick with no report of the delay says nothing either way. The lighter direction
         // may grow while the busier one keeps a queue.
         let known = sample.queue_delay.is_some();
@@ -424,10 +482,14 @@ impl AutoRate {
         match self.mode {
             Mode::Off => {
                 let queue_ticks = self.bloat_bits.count_ones();
-                // A delay of twice the threshold is no wobble: act at once.
+                // A delay of twice the threshold is no wobble: act at once. Nor is a queue that
+                // drops this direction's data: it overflows now (testbed burst: the downloads'
+                // first queue dropped data from its first tick over the threshold, and waiting
+                // for 3 such ticks held the 20 Mbit/s downlink full for 0.3 s).
                 let deep = delay > 2 * self.config.bloat;
+                let overflowing = sample.dropped == Some(true);
                 if load >= self.config.min_load
-                    && (queue_ticks >= BLOAT_TICKS || lossy || deep)
+                    && (queue_ticks >= BLOAT_TICKS || lossy || deep || overflowing)
                     && queue
                 {
                     self.mode = Mode::Paced;
@@ -459,7 +521,21 @@ impl AutoRate {
                 "no queue for long"
             };
         }
+        if self.probing() {
+            let since = *self.probing_since.get_or_insert(now);
+            if now.duration_since(since) >= PROBE_TURN {
+                // The path carried this rate with no queue: it is the new ceiling.
+                self.ceiling = self.rate;
+                self.probing_since = None;
+                self.turn_ended = Some(now);
+            }
+        } else {
+            self.probing_since = None;
+        }
         self.clear_before = clear;
+        if known {
+            self.delay_before = delay;
+        }
         self.rate()
     }
 
@@ -508,9 +584,17 @@ impl AutoRate {
         // opposite's may overflow too), and waiting lets it overflow on (testbed burst: an
         // uplink queue stood at 11-12 ms for a second, dropping uploads, while the uploads
         // waited on a download cut; and uploads paced 15 % over a 20 Mbit/s uplink waited
-        // 0.7 s while both links dropped data).
+        // 0.7 s while both links dropped data). Nor while this rate is past the one at which
+        // the path last queued: the queue is likely its own, and when both directions probe
+        // at once, the one that waits fills its buffer (simulated 20/20 line: the waiting
+        // direction's link dropped data after nearly every probe). Nor once two cuts of the
+        // opposite direction in a row left the queue standing: it is not the opposite's
+        // (testbed burst: the uploads were cut four times in a second for the downlink's
+        // queue, full at 13 ms, while the downloads waited on their cuts).
         let opposite_turn = queue
             && delay <= 2 * self.config.bloat
+            && !self.probing()
+            && sample.opposite_cuts_in_a_row < 2
             && self.drop_bits == 0
             && sample.opposite_cut.is_some_and(|cut| {
                 now.saturating_duration_since(cut) < self.config.hold
@@ -643,6 +727,10 @@ impl AutoRate {
         }
         if clear {
             self.cuts_in_a_row = 0;
+            // The queue the last cut was for has gone: a queue from now on is a new one, not
+            // that one draining (a delay under the last cut's read as draining seconds later,
+            // and the cut waited a tick while the new queue filled the buffer).
+            self.delay_at_cut = Duration::ZERO;
         }
         if since_cut < self.config.hold {
             self.decision = "hold";
@@ -684,16 +772,31 @@ impl AutoRate {
         // double (testbed burst: uploads grew from 18 to 23 Mbit/s on a 20 Mbit/s uplink in
         // 0.6 s while the downlink's queue was read as the downloads').
         let masked = clear && delay >= self.config.clear;
+        // Past the rate at which the path last queued, a delay that rises in the grey band is
+        // the queue this rate builds: growing on into it fills the buffer before the cut (at
+        // the least step, a 20 Mbit/s link's queue rose 4 ms a tick, and the cut came at 13).
+        if grey && self.probing() && delay > self.delay_before {
+            self.decision = "hold: queue rising";
+            return;
+        }
         // Under half of that, a delay between clear and a queue is not this rate's doing.
         if (grey || masked) && self.rate >= 0.5 * best {
             // The smallest step, and the step's doubling goes on where it was.
-            self.rate *= 1.0 + self.config.first_step;
-            self.decision = "grow by the least";
+            let grown = self.rate * (1.0 + self.config.first_step);
+            self.decision = if self.grow(grown, sample, now) {
+                "waits its turn to probe"
+            } else {
+                "grow by the least"
+            };
             return;
         }
         if self.rate < best {
-            self.rate = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
-            self.decision = "grow to best";
+            let grown = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
+            self.decision = if self.grow(grown, sample, now) {
+                "waits its turn to probe"
+            } else {
+                "grow to best"
+            };
             return;
         }
         // Near the rate at which the path last queued, grow by the smallest step (the queue
@@ -707,8 +810,9 @@ impl AutoRate {
             self.step = (self.step * 2.0).min(self.config.max_step);
             self.step_since = now;
         }
-        self.rate *= 1.0 + self.step;
-        self.decision = if near_ceiling {
+        self.decision = if self.grow(self.rate * (1.0 + self.step), sample, now) {
+            "waits its turn to probe"
+        } else if near_ceiling {
             "grow near ceiling"
         } else {
             "grow"
@@ -930,6 +1034,7 @@ mod tests {
         cuts_in_a_row: u32,
         contended: bool,
         dropped: bool,
+        probing: bool,
     }
 
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
@@ -1053,6 +1158,7 @@ mod tests {
                 opposite_cut: opposite.cut,
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row,
                 opposite_contended: opposite.contended,
+                opposite_probing: opposite.probing,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
             };
@@ -1138,6 +1244,7 @@ mod tests {
                         cuts_in_a_row: opposite.cuts_in_a_row(),
                         contended: opposite.mode() == Mode::Contended,
                         dropped: opposite.dropped_lately(),
+                        probing: opposite.probing(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
                     self.ways[way].decide(&moved[way], delay, &opposite);
@@ -1249,6 +1356,7 @@ mod tests {
             opposite_cut: None,
             opposite_cuts_in_a_row: 0,
             opposite_contended: false,
+            opposite_probing: false,
             dropped: None,
             opposite_dropped: false,
         }
@@ -1287,13 +1395,23 @@ mod tests {
 
     /// Ticks before a paced controller cuts for a 10 ms queue that the opposite direction cut
     /// for just before, with each direction's link dropping its data or not.
-    fn ticks_to_cut_after_the_opposite_cut(dropping: bool, opposite_dropping: bool) -> Option<u32> {
+    fn ticks_to_cut_after_the_opposite_cut(
+        dropping: bool,
+        opposite_dropping: bool,
+        opposite_cuts_in_a_row: u32,
+    ) -> Option<u32> {
         let start = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), start);
         for tick in 1..=60u32 {
             let before = controller.rate().map(Rate::bytes_per_second);
             let delay = if tick <= 3 { 20 } else { 0 };
-            controller.on_tick(&steady_tick(start + TICK * tick, before, delay, 0.0));
+            // Nothing held back once paced: the rate stays under the one at which the path
+            // queued (a rate probing past it does not wait for the opposite direction).
+            let sample = Sample {
+                backlogged: tick <= 3,
+                ..steady_tick(start + TICK * tick, before, delay, 0.0)
+            };
+            controller.on_tick(&sample);
         }
         let queue_at = start + TICK * 60;
         for tick in 1..=20u32 {
@@ -1301,6 +1419,7 @@ mod tests {
             let before = controller.rate().map(Rate::bytes_per_second);
             let sample = Sample {
                 opposite_cut: Some(queue_at),
+                opposite_cuts_in_a_row,
                 dropped: Some(dropping),
                 opposite_dropped: opposite_dropping,
                 ..steady_tick(now, before, 10, 0.0)
@@ -1316,16 +1435,22 @@ mod tests {
     #[test]
     fn a_queue_that_drops_only_this_directions_data_is_cut_without_waiting_for_the_opposite() {
         // Not dropping: the opposite direction's cut may drain the queue; wait for it.
-        let waited = ticks_to_cut_after_the_opposite_cut(false, false).expect("cut at last");
+        let waited = ticks_to_cut_after_the_opposite_cut(false, false, 1).expect("cut at last");
         assert!(waited >= 10, "cut after {waited} ticks");
         // Dropping its own data: the queue is this direction's. (The first tick reads the
         // queue as draining: it is shorter than at the cut that started pacing.)
-        let at_once = ticks_to_cut_after_the_opposite_cut(true, false).expect("cut");
+        let at_once = ticks_to_cut_after_the_opposite_cut(true, false, 1).expect("cut");
         assert!(at_once <= 2, "cut after {at_once} ticks");
         // However much the opposite direction's link drops too: its queue may overflow beside
         // this one's.
-        let both = ticks_to_cut_after_the_opposite_cut(true, true).expect("cut");
+        let both = ticks_to_cut_after_the_opposite_cut(true, true, 1).expect("cut");
         assert!(both <= 2, "cut after {both} ticks");
+    }
+
+    #[test]
+    fn a_queue_that_two_cuts_of_the_opposite_direction_left_standing_is_not_left_to_it() {
+        let waited = ticks_to_cut_after_the_opposite_cut(false, false, 2).expect("cut");
+        assert!(waited <= 2, "cut after {waited} ticks");
     }
 
     /// A controller paced at `rate` (bytes per second) on a clear path, past its hold and its
@@ -1560,6 +1685,22 @@ mod tests {
     }
 
     #[test]
+    fn a_first_queue_that_drops_data_starts_pacing_at_once() {
+        for dropped in [false, true] {
+            let start = Instant::now();
+            let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+            let sample = Sample {
+                dropped: Some(dropped),
+                ..steady_tick(start + TICK, None, 10, 0.0)
+            };
+            controller.on_tick(&sample);
+            // A queue over the threshold for one tick is a wobble, unless the link drops data.
+            let paced = controller.mode() == Mode::Paced;
+            assert_eq!(paced, dropped, "dropping: {dropped}");
+        }
+    }
+
+    #[test]
     fn a_fast_link_that_never_queues_stays_unpaced() {
         let mut run = Run::new(1000.0);
         run.demand = Some(50e6);
@@ -1599,6 +1740,59 @@ mod tests {
             assert!(
                 p99 <= 15.0,
                 "{way}: round-trip queueing delay p99 {p99:.1} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn the_direction_that_grew_into_a_queue_is_the_one_cut() {
+        // Bulk both ways over a 20/20 line. Each probe of a rate past its link builds a queue
+        // on that link alone, which both directions read: the other direction, holding its
+        // rate, must not be the one cut for it.
+        let mut duplex = Duplex::new(20.0, 20.0);
+        duplex.run(100);
+        let mut cuts = [0, 0];
+        let mut wrong = [0, 0];
+        for _ in 0..600 {
+            let before = duplex.ways.each_ref().map(|run| run.controller.last_cut());
+            let queued = duplex.ways.each_ref().map(|run| run.link.queued());
+            duplex.run(1);
+            for way in 0..2 {
+                if duplex.ways[way].controller.last_cut() != before[way] {
+                    cuts[way] += 1;
+                    wrong[way] += usize::from(queued[way] < queued[1 - way]);
+                }
+            }
+        }
+        for (way, name) in ["upload", "download"].iter().enumerate() {
+            assert!(
+                wrong[way] * 10 <= cuts[way],
+                "{name}: {} of {} cuts while the other link held the longer queue",
+                wrong[way],
+                cuts[way]
+            );
+            let p99 = duplex.ways[way].delay_p99_ms(100..700);
+            assert!(
+                p99 <= 12.0,
+                "{name}: round-trip queueing delay p99 {p99:.1} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn a_light_direction_that_probes_past_its_link_is_cut_for_its_own_queue() {
+        // A 5 Mbit/s uplink beside a 40 Mbit/s downlink, bulk both ways: the uploads move an
+        // eighth of what the downloads move, yet a queue their probe builds is theirs to cut.
+        let mut duplex = Duplex::new(5.0, 40.0);
+        duplex.run(400);
+        let p99 = duplex.ways[0].delay_p99_ms(100..400);
+        assert!(p99 <= 15.0, "round-trip queueing delay p99 {p99:.1} ms");
+        for (way, megabits) in [(0, 5.0), (1, 40.0)] {
+            let utilisation = duplex.ways[way].utilisation(100..400, megabits);
+            assert!(
+                utilisation >= 0.8,
+                "{}: utilisation {utilisation:.2}",
+                ["upload", "download"][way]
             );
         }
     }
