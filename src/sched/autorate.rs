@@ -75,9 +75,9 @@ pub struct Sample {
     pub opposite_cuts_in_a_row: u32,
     /// Whether the opposite direction stopped pacing for a queue that is not fyntr's.
     pub opposite_contended: bool,
-    /// Whether the opposite direction's rate is past the one at which its path last queued
-    /// ([`AutoRate::probing`]).
-    pub opposite_probing: bool,
+    /// Since when the opposite direction's rate has been past the one at which its path last
+    /// queued, if it is ([`AutoRate::probing_since`]).
+    pub opposite_probing_since: Option<Instant>,
     /// Whether this direction's own link dropped some of its data during the tick, if known.
     pub dropped: Option<bool>,
     /// Whether the opposite direction's link dropped some of its data lately
@@ -200,9 +200,16 @@ const PROBATION: Duration = Duration::from_secs(3);
 const SILENCE: Duration = Duration::from_secs(3);
 /// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
 const DROP_TICKS: u32 = 5;
-/// How long a rate may stay past the ceiling with no queue before the ceiling follows it: the
-/// path carried that rate, and the opposite direction may take its turn to probe.
-const PROBE_TURN: Duration = Duration::from_secs(3);
+/// How long a direction waits on the opposite direction's cut to drain a queue both read
+/// before it cuts too: a cut that drains it shows within a round trip and a tick or two.
+/// (Testbed burst: with a second's wait, the downloads waited on an upload cut a second while
+/// their own queue stood at 12-13 ms and the uploads, done, cut no more.)
+const OPPOSITE_WAIT: Duration = Duration::from_millis(500);
+/// How long a probe past the ceiling keeps the opposite direction from probing past its own:
+/// near the ceiling a probe finds the queue within a second or two; a rate climbing from far
+/// below its link (a first rate read from the first tick of a burst) goes on climbing past it,
+/// and the opposite one may then probe too rather than wait at its own ceiling.
+const PROBE_TURN: Duration = Duration::from_secs(2);
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -264,10 +271,8 @@ pub struct AutoRate {
     clear_before: bool,
     /// The queueing delay (over the jitter floor) the last tick that reported one read.
     delay_before: Duration,
-    /// Since when the rate has been past the ceiling without a queue (see [`PROBE_TURN`]).
+    /// Since when the rate has been past the ceiling, as of the end of the last tick.
     probing_since: Option<Instant>,
-    /// When a turn to probe last ended with no queue.
-    turn_ended: Option<Instant>,
     /// Whether the pacer held bytes back during the last tick.
     held_back: bool,
 }
@@ -306,7 +311,6 @@ impl AutoRate {
             clear_before: false,
             delay_before: Duration::ZERO,
             probing_since: None,
-            turn_ended: None,
             held_back: false,
         }
     }
@@ -360,23 +364,36 @@ impl AutoRate {
         self.mode == Mode::Paced && self.ceiling > 0.0 && self.rate > self.ceiling && self.held_back
     }
 
-    /// The rate grown to `grown`, but not past the ceiling while the opposite direction
-    /// probes past its own: the directions take turns, so that the queue a probe builds is
-    /// known to be the prober's (both read one delay). Returns whether it waited its turn.
+    /// Since when the rate has been past the ceiling, as of the end of the last tick
+    /// ([`AutoRate::probing`]).
+    pub fn probing_since(&self) -> Option<Instant> {
+        self.probing_since
+    }
+
+    /// The rate grown to `grown`, but not past the ceiling during the first [`PROBE_TURN`] of
+    /// the opposite direction's probe past its own: the directions take turns, so that the
+    /// queue a probe builds is known to be the prober's (both read one delay). Returns whether
+    /// it waited its turn.
     fn grow(&mut self, grown: f64, sample: &Sample, now: Instant) -> bool {
-        // A turn that ended with no queue leaves the opposite direction a `hold` to take its
-        // own before this one probes again.
-        let turn_just_ended = self
-            .turn_ended
-            .is_some_and(|ended| now.duration_since(ended) < self.config.hold);
-        let waits =
-            (sample.opposite_probing || turn_just_ended) && !self.probing() && grown > self.ceiling;
+        let opposite_turn = sample
+            .opposite_probing_since
+            .is_some_and(|since| now.saturating_duration_since(since) < PROBE_TURN);
+        let waits = opposite_turn && !self.probing() && grown > self.ceiling;
         self.rate = if waits {
             self.rate.max(self.ceiling)
         } else {
             grown
         };
         waits
+    }
+
+    /// Delivery over those of the last [`LOAD_TICKS`] ticks that delivered anything.
+    fn delivery_while_moving(&self) -> f64 {
+        average(
+            self.recent[SECOND_TICKS - LOAD_TICKS..]
+                .iter()
+                .filter(|(bytes, _)| *bytes > 0.0),
+        )
     }
 
     /// Delivery over the last [`SECOND_TICKS`] ticks, in bytes on the wire per second.
@@ -458,8 +475,9 @@ impl AutoRate {
         // much each moves (simulated 5/40 line: the uploads, lighter, grew 10 % past the uplink
         // and filled its buffer while the downloads were cut three times for it).
         let probing = self.probing();
-        let mine_by_turn = probing && !sample.opposite_probing;
-        let theirs_by_turn = sample.opposite_probing && !probing;
+        let opposite_probing = sample.opposite_probing_since.is_some();
+        let mine_by_turn = probing && !opposite_probing;
+        let theirs_by_turn = opposite_probing && !probing;
         let lighter = ((sample.opposite_load > 2.0 * load && !only_mine_drops)
             || only_opposite_drops
             || theirs_by_turn)
@@ -495,8 +513,13 @@ impl AutoRate {
                     self.mode = Mode::Paced;
                     self.paced_since = now;
                     self.delay_seen = now;
-                    // The last second may hold the idle time before the burst.
-                    self.rate = self.second_delivery().max(load);
+                    // The last second, and the last ticks too, may hold the idle time before
+                    // the burst (a first download rate of 4 Mbit/s, read from one tick of 12
+                    // and two idle ones, took 5 s to grow to 11 on a 20 Mbit/s downlink).
+                    self.rate = self
+                        .second_delivery()
+                        .max(load)
+                        .max(self.delivery_while_moving());
                     self.cut(now, self.rate, delay, lossy);
                     self.decision = "start";
                 }
@@ -522,13 +545,7 @@ impl AutoRate {
             };
         }
         if self.probing() {
-            let since = *self.probing_since.get_or_insert(now);
-            if now.duration_since(since) >= PROBE_TURN {
-                // The path carried this rate with no queue: it is the new ceiling.
-                self.ceiling = self.rate;
-                self.probing_since = None;
-                self.turn_ended = Some(now);
-            }
+            self.probing_since.get_or_insert(now);
         } else {
             self.probing_since = None;
         }
@@ -578,9 +595,9 @@ impl AutoRate {
             self.ticks_at_floor = 0;
         }
         // Both directions read one delay. When the opposite direction cut for this queue since
-        // this one last did, its cut may be what drains it: wait for that, for `hold` at most,
-        // before cutting too. Not for a deep queue: a line that got slower needs both cut at
-        // once. Nor for a queue that drops this direction's data: it is this one's (the
+        // this one last did, its cut may be what drains it: wait for that, for
+        // [`OPPOSITE_WAIT`] at most, before cutting too. Not for a deep queue: a line that got
+        // slower needs both cut at once. Nor for a queue that drops this direction's data: it is this one's (the
         // opposite's may overflow too), and waiting lets it overflow on (testbed burst: an
         // uplink queue stood at 11-12 ms for a second, dropping uploads, while the uploads
         // waited on a download cut; and uploads paced 15 % over a 20 Mbit/s uplink waited
@@ -597,12 +614,12 @@ impl AutoRate {
             && sample.opposite_cuts_in_a_row < 2
             && self.drop_bits == 0
             && sample.opposite_cut.is_some_and(|cut| {
-                now.saturating_duration_since(cut) < self.config.hold
+                now.saturating_duration_since(cut) < OPPOSITE_WAIT
                     && self.last_cut.is_none_or(|mine| mine < cut)
             });
         let my_turn = !opposite_turn || {
             let since = *self.deferred_since.get_or_insert(now);
-            now.duration_since(since) >= self.config.hold
+            now.duration_since(since) >= OPPOSITE_WAIT
         };
         if my_turn {
             self.deferred_since = None;
@@ -923,9 +940,9 @@ pub fn first_to_decide(controllers: [&AutoRate; 2], dropping: [bool; 2]) -> usiz
 }
 
 /// Bytes per second over (bytes, seconds) pairs.
-fn average(ticks: &[(f64, f64)]) -> f64 {
+fn average<'a>(ticks: impl IntoIterator<Item = &'a (f64, f64)>) -> f64 {
     let (bytes, seconds) = ticks
-        .iter()
+        .into_iter()
         .fold((0.0, 0.0), |(b, s), (bytes, secs)| (b + bytes, s + secs));
     if seconds > 0.0 {
         bytes / seconds
@@ -1034,7 +1051,7 @@ mod tests {
         cuts_in_a_row: u32,
         contended: bool,
         dropped: bool,
-        probing: bool,
+        probing_since: Option<Instant>,
     }
 
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
@@ -1158,7 +1175,7 @@ mod tests {
                 opposite_cut: opposite.cut,
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row,
                 opposite_contended: opposite.contended,
-                opposite_probing: opposite.probing,
+                opposite_probing_since: opposite.probing_since,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
             };
@@ -1244,7 +1261,7 @@ mod tests {
                         cuts_in_a_row: opposite.cuts_in_a_row(),
                         contended: opposite.mode() == Mode::Contended,
                         dropped: opposite.dropped_lately(),
-                        probing: opposite.probing(),
+                        probing_since: opposite.probing_since(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
                     self.ways[way].decide(&moved[way], delay, &opposite);
@@ -1356,7 +1373,7 @@ mod tests {
             opposite_cut: None,
             opposite_cuts_in_a_row: 0,
             opposite_contended: false,
-            opposite_probing: false,
+            opposite_probing_since: None,
             dropped: None,
             opposite_dropped: false,
         }
@@ -1434,9 +1451,10 @@ mod tests {
 
     #[test]
     fn a_queue_that_drops_only_this_directions_data_is_cut_without_waiting_for_the_opposite() {
-        // Not dropping: the opposite direction's cut may drain the queue; wait for it.
+        // Not dropping: the opposite direction's cut may drain the queue; wait for it (half a
+        // second).
         let waited = ticks_to_cut_after_the_opposite_cut(false, false, 1).expect("cut at last");
-        assert!(waited >= 10, "cut after {waited} ticks");
+        assert!(waited >= 5, "cut after {waited} ticks");
         // Dropping its own data: the queue is this direction's. (The first tick reads the
         // queue as draining: it is shorter than at the cut that started pacing.)
         let at_once = ticks_to_cut_after_the_opposite_cut(true, false, 1).expect("cut");
@@ -1698,6 +1716,36 @@ mod tests {
             let paced = controller.mode() == Mode::Paced;
             assert_eq!(paced, dropped, "dropping: {dropped}");
         }
+    }
+
+    #[test]
+    fn a_first_rate_is_not_read_over_the_idle_ticks_before_the_burst() {
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        for tick in 1..=20u32 {
+            let idle = Sample {
+                delivered: 0,
+                queue_delay: None,
+                ..steady_tick(start + TICK * tick, None, 0, 0.0)
+            };
+            controller.on_tick(&idle);
+        }
+        // The burst's first tick: 10 Mbit/s delivered, a queue that drops data.
+        let sample = Sample {
+            dropped: Some(true),
+            ..steady_tick(start + TICK * 21, None, 10, 0.0)
+        };
+        let rate = controller
+            .on_tick(&sample)
+            .expect("paced")
+            .bytes_per_second();
+        let moved = 10.0 * MBIT * WIRE_PER_PAYLOAD;
+        assert!(
+            rate >= 0.8 * moved,
+            "first rate {:.1} Mbit/s after a tick of {:.1}",
+            rate / MBIT,
+            moved / MBIT
+        );
     }
 
     #[test]
