@@ -651,7 +651,8 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 opposite_cut: opposite.last_cut(),
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row(),
                 opposite_contended: opposite.mode() == Mode::Contended,
-                opposite_probing_since: opposite.probing_since(),
+                opposite_probing: opposite.probing(),
+                opposite_holds_turn: opposite.holds_turn(),
             };
             let controller = &mut controllers[way as usize];
             let before = controller.rate();

@@ -75,9 +75,12 @@ pub struct Sample {
     pub opposite_cuts_in_a_row: u32,
     /// Whether the opposite direction stopped pacing for a queue that is not fyntr's.
     pub opposite_contended: bool,
-    /// Since when the opposite direction's rate has been past the one at which its path last
-    /// queued, if it is ([`AutoRate::probing_since`]).
-    pub opposite_probing_since: Option<Instant>,
+    /// Whether the opposite direction's rate is past the one at which its path last queued
+    /// ([`AutoRate::probing`]).
+    pub opposite_probing: bool,
+    /// Whether the opposite direction's probe keeps this one at its ceiling
+    /// ([`AutoRate::holds_turn`]).
+    pub opposite_holds_turn: bool,
     /// Whether this direction's own link dropped some of its data during the tick, if known.
     pub dropped: Option<bool>,
     /// Whether the opposite direction's link dropped some of its data lately
@@ -210,6 +213,11 @@ const OPPOSITE_WAIT: Duration = Duration::from_millis(500);
 /// below its link (a first rate read from the first tick of a burst) goes on climbing past it,
 /// and the opposite one may then probe too rather than wait at its own ceiling.
 const PROBE_TURN: Duration = Duration::from_secs(2);
+/// How far past its ceiling a probe keeps the opposite direction at its own: further, the path
+/// got faster (a line that steps up does so both ways), and both directions find it at once
+/// (testbed steps: the downloads waited 2 s at 3.8 Mbit/s on a 20 Mbit/s downlink while the
+/// uploads climbed).
+const NEAR_PROBE: f64 = 1.1;
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -273,6 +281,9 @@ pub struct AutoRate {
     delay_before: Duration,
     /// Since when the rate has been past the ceiling, as of the end of the last tick.
     probing_since: Option<Instant>,
+    /// Whether, as of the end of the last tick, this direction's probe keeps the opposite one
+    /// at its ceiling ([`AutoRate::holds_turn`]).
+    holds_turn: bool,
     /// Whether the pacer held bytes back during the last tick.
     held_back: bool,
 }
@@ -311,6 +322,7 @@ impl AutoRate {
             clear_before: false,
             delay_before: Duration::ZERO,
             probing_since: None,
+            holds_turn: false,
             held_back: false,
         }
     }
@@ -364,21 +376,18 @@ impl AutoRate {
         self.mode == Mode::Paced && self.ceiling > 0.0 && self.rate > self.ceiling && self.held_back
     }
 
-    /// Since when the rate has been past the ceiling, as of the end of the last tick
-    /// ([`AutoRate::probing`]).
-    pub fn probing_since(&self) -> Option<Instant> {
-        self.probing_since
+    /// Whether this direction's probe keeps the opposite one from probing past its own
+    /// ceiling: for the first [`PROBE_TURN`] of it, and while within [`NEAR_PROBE`] of the
+    /// ceiling. As of the end of the last tick.
+    pub fn holds_turn(&self) -> bool {
+        self.holds_turn
     }
 
-    /// The rate grown to `grown`, but not past the ceiling during the first [`PROBE_TURN`] of
-    /// the opposite direction's probe past its own: the directions take turns, so that the
-    /// queue a probe builds is known to be the prober's (both read one delay). Returns whether
-    /// it waited its turn.
-    fn grow(&mut self, grown: f64, sample: &Sample, now: Instant) -> bool {
-        let opposite_turn = sample
-            .opposite_probing_since
-            .is_some_and(|since| now.saturating_duration_since(since) < PROBE_TURN);
-        let waits = opposite_turn && !self.probing() && grown > self.ceiling;
+    /// The rate grown to `grown`, but not past the ceiling while the opposite direction holds
+    /// the turn to probe: the directions take turns, so that the queue a probe builds is known
+    /// to be the prober's (both read one delay). Returns whether it waited its turn.
+    fn grow(&mut self, grown: f64, sample: &Sample) -> bool {
+        let waits = sample.opposite_holds_turn && !self.probing() && grown > self.ceiling;
         self.rate = if waits {
             self.rate.max(self.ceiling)
         } else {
@@ -475,9 +484,8 @@ impl AutoRate {
         // much each moves (simulated 5/40 line: the uploads, lighter, grew 10 % past the uplink
         // and filled its buffer while the downloads were cut three times for it).
         let probing = self.probing();
-        let opposite_probing = sample.opposite_probing_since.is_some();
-        let mine_by_turn = probing && !opposite_probing;
-        let theirs_by_turn = opposite_probing && !probing;
+        let mine_by_turn = probing && !sample.opposite_probing;
+        let theirs_by_turn = sample.opposite_probing && !probing;
         let lighter = ((sample.opposite_load > 2.0 * load && !only_mine_drops)
             || only_opposite_drops
             || theirs_by_turn)
@@ -545,9 +553,12 @@ impl AutoRate {
             };
         }
         if self.probing() {
-            self.probing_since.get_or_insert(now);
+            let since = *self.probing_since.get_or_insert(now);
+            self.holds_turn =
+                now.duration_since(since) < PROBE_TURN && self.rate <= NEAR_PROBE * self.ceiling;
         } else {
             self.probing_since = None;
+            self.holds_turn = false;
         }
         self.clear_before = clear;
         if known {
@@ -800,7 +811,7 @@ impl AutoRate {
         if (grey || masked) && self.rate >= 0.5 * best {
             // The smallest step, and the step's doubling goes on where it was.
             let grown = self.rate * (1.0 + self.config.first_step);
-            self.decision = if self.grow(grown, sample, now) {
+            self.decision = if self.grow(grown, sample) {
                 "waits its turn to probe"
             } else {
                 "grow by the least"
@@ -809,7 +820,7 @@ impl AutoRate {
         }
         if self.rate < best {
             let grown = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
-            self.decision = if self.grow(grown, sample, now) {
+            self.decision = if self.grow(grown, sample) {
                 "waits its turn to probe"
             } else {
                 "grow to best"
@@ -827,7 +838,7 @@ impl AutoRate {
             self.step = (self.step * 2.0).min(self.config.max_step);
             self.step_since = now;
         }
-        self.decision = if self.grow(self.rate * (1.0 + self.step), sample, now) {
+        self.decision = if self.grow(self.rate * (1.0 + self.step), sample) {
             "waits its turn to probe"
         } else if near_ceiling {
             "grow near ceiling"
@@ -1051,7 +1062,8 @@ mod tests {
         cuts_in_a_row: u32,
         contended: bool,
         dropped: bool,
-        probing_since: Option<Instant>,
+        probing: bool,
+        holds_turn: bool,
     }
 
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
@@ -1175,7 +1187,8 @@ mod tests {
                 opposite_cut: opposite.cut,
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row,
                 opposite_contended: opposite.contended,
-                opposite_probing_since: opposite.probing_since,
+                opposite_probing: opposite.probing,
+                opposite_holds_turn: opposite.holds_turn,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
             };
@@ -1261,7 +1274,8 @@ mod tests {
                         cuts_in_a_row: opposite.cuts_in_a_row(),
                         contended: opposite.mode() == Mode::Contended,
                         dropped: opposite.dropped_lately(),
-                        probing_since: opposite.probing_since(),
+                        probing: opposite.probing(),
+                        holds_turn: opposite.holds_turn(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
                     self.ways[way].decide(&moved[way], delay, &opposite);
@@ -1373,7 +1387,8 @@ mod tests {
             opposite_cut: None,
             opposite_cuts_in_a_row: 0,
             opposite_contended: false,
-            opposite_probing_since: None,
+            opposite_probing: false,
+            opposite_holds_turn: false,
             dropped: None,
             opposite_dropped: false,
         }
