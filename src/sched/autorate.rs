@@ -1509,6 +1509,29 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_stops_growing_into_a_rising_delay() {
+        let (mut controller, mut now) = paced_at(8.0 * MBIT);
+        // Clear ticks with more to send: the rate grows past the one at which the path queued.
+        let mut ticks = 0;
+        while !controller.probing() {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&steady_tick(now, rate, 0, 0.0));
+            ticks += 1;
+            assert!(ticks < 100, "never grew past the ceiling");
+        }
+        // A delay that rises between clear and a queue: the probe's own queue building.
+        for delay_ms in [4, 5, 6] {
+            now += TICK;
+            let before = controller.rate().map(Rate::bytes_per_second);
+            let after = controller
+                .on_tick(&steady_tick(now, before, delay_ms, 0.0))
+                .map(Rate::bytes_per_second);
+            assert_eq!(after, before, "at {delay_ms} ms");
+        }
+    }
+
+    #[test]
     fn a_round_trip_over_the_threshold_between_two_clear_ticks_is_not_cut() {
         let rate = 10.0 * MBIT;
         let (mut controller, mut now) = paced_at(rate);
