@@ -608,11 +608,11 @@ impl AutoRate {
         // Both directions read one delay. When the opposite direction cut for this queue since
         // this one last did, its cut may be what drains it: wait for that, for
         // [`OPPOSITE_WAIT`] at most, before cutting too. Not for a deep queue: a line that got
-        // slower needs both cut at once. Nor for a queue that drops this direction's data: it is this one's (the
-        // opposite's may overflow too), and waiting lets it overflow on (testbed burst: an
-        // uplink queue stood at 11-12 ms for a second, dropping uploads, while the uploads
-        // waited on a download cut; and uploads paced 15 % over a 20 Mbit/s uplink waited
-        // 0.7 s while both links dropped data). Nor while this rate is past the one at which
+        // slower needs both cut at once. Nor for a queue that drops this direction's data: it
+        // is this one's (the opposite's may overflow too), and waiting lets it overflow on
+        // (testbed burst: an uplink queue stood at 11-12 ms for a second, dropping uploads,
+        // while the uploads waited on a download cut; and uploads paced 15 % over a 20 Mbit/s
+        // uplink waited 0.7 s while both links dropped data). Nor while this rate is past the one at which
         // the path last queued: the queue is likely its own, and when both directions probe
         // at once, the one that waits fills its buffer (simulated 20/20 line: the waiting
         // direction's link dropped data after nearly every probe). Nor once two cuts of the
