@@ -612,13 +612,13 @@ impl AutoRate {
         // is this one's (the opposite's may overflow too), and waiting lets it overflow on
         // (testbed burst: an uplink queue stood at 11-12 ms for a second, dropping uploads,
         // while the uploads waited on a download cut; and uploads paced 15 % over a 20 Mbit/s
-        // uplink waited 0.7 s while both links dropped data). Nor while this rate is past the one at which
-        // the path last queued: the queue is likely its own, and when both directions probe
-        // at once, the one that waits fills its buffer (simulated 20/20 line: the waiting
-        // direction's link dropped data after nearly every probe). Nor once two cuts of the
-        // opposite direction in a row left the queue standing: it is not the opposite's
-        // (testbed burst: the uploads were cut four times in a second for the downlink's
-        // queue, full at 13 ms, while the downloads waited on their cuts).
+        // uplink waited 0.7 s while both links dropped data). Nor while this rate is past the
+        // one at which the path last queued: the queue is likely its own, and when both
+        // directions probe at once, the one that waits fills its buffer (simulated 20/20 line:
+        // the waiting direction's link dropped data after nearly every probe). Nor once two
+        // cuts of the opposite direction in a row left the queue standing: it is not the
+        // opposite's (testbed burst: the uploads were cut four times in a second for the
+        // downlink's queue, full at 13 ms, while the downloads waited on their cuts).
         let opposite_turn = queue
             && delay <= 2 * self.config.bloat
             && !self.probing()
