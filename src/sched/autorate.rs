@@ -523,11 +523,10 @@ impl AutoRate {
                     self.delay_seen = now;
                     // The last second, and the last ticks too, may hold the idle time before
                     // the burst (a first download rate of 4 Mbit/s, read from one tick of 12
-                    // and two idle ones, took 5 s to grow to 11 on a 20 Mbit/s downlink).
-                    self.rate = self
-                        .second_delivery()
-                        .max(load)
-                        .max(self.delivery_while_moving());
+                    // and two idle ones, took 5 s to grow to 11 on a 20 Mbit/s downlink). Over
+                    // the ticks that moved data, delivery is never under `load`, which counts
+                    // the idle ones too.
+                    self.rate = self.second_delivery().max(self.delivery_while_moving());
                     self.cut(now, self.rate, delay, lossy);
                     self.decision = "start";
                 }
