@@ -10,7 +10,6 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
     process::Command,
     time::Instant,
 };
@@ -263,7 +262,7 @@ on_each_backend! {
     }
 
     fn the_config_file_sits_below_variables_and_flags(backend) {
-        let dir = TempDir::new("precedence");
+        let dir = TempDir::new("operable-precedence");
         let file = dir.write("fyntr.toml", "idle_timeout = 111\nhandshake_timeout = 7\nconnect_timeout = 2\nallow_port = [8443, 9443]\nno_default_allow_port = true\nupload_rate = \"19mbit\"\nzero_copy = false\n");
         let output = Command::new(env!("CARGO_BIN_EXE_fyntr"))
             .args(["--config", file.to_str().unwrap(), "--check-config", "--backend", backend.flag(), "--connect-timeout", "4"])
@@ -304,7 +303,7 @@ on_each_backend! {
     }
 
     fn a_wrong_config_file_stops_the_start_naming_the_file_and_key(backend) {
-        let dir = TempDir::new("wrong");
+        let dir = TempDir::new("operable-wrong");
         let cases = [
             ("unknown.toml", "max_conections = 5\n", "unknown key `max_conections`"),
             ("type.toml", "port = [1, 2]\n", "key `port`: expected a string or a number, found array"),
@@ -345,7 +344,7 @@ on_each_backend! {
 
     fn sighup_reloads_for_new_requests_and_open_tunnels_keep_running(backend) {
         let echo = targets::echo();
-        let dir = TempDir::new("reload");
+        let dir = TempDir::new("operable-reload");
         let feed = dir.write("feed.txt", "192.0.2.1\n");
         let settings = |extra: &str| {
             format!(
@@ -416,7 +415,7 @@ on_each_backend! {
 
     fn a_reload_moves_rates_between_auto_fixed_and_off(backend) {
         let echo = targets::echo();
-        let dir = TempDir::new("rates");
+        let dir = TempDir::new("operable-rates");
         let settings = |rates: &str| {
             format!("port = 0\nallow_cidr = [\"127.0.0.0/8\"]\nallow_port = [{}]\n{rates}", echo.port())
         };
@@ -496,32 +495,5 @@ sys.stdout.write(out.decode("utf-8", "replace"))
         let log = proxy.wait_for_log(" traffic ");
         assert!(log.contains("active=1") && log.contains("up_bytes=10000"), "{log}");
         assert!(!log.contains('\r'), "{log}");
-    }
-}
-
-/// A directory for one test's files, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "fyntr-operable-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -7,22 +7,18 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{targets, *};
 
-/// A self-signed certificate for `localhost` and 127.0.0.1 in a fresh directory.
-fn certificate() -> PathBuf {
+/// A self-signed certificate for `localhost` and 127.0.0.1 in a fresh directory, removed
+/// when the test ends.
+fn certificate() -> TempDir {
     require("openssl");
-    let dir = std::env::temp_dir().join(format!(
-        "fyntr-tls-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tls");
     let status = Command::new("openssl")
         .args([
             "req",
@@ -37,21 +33,14 @@ fn certificate() -> PathBuf {
         ])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
-        .arg(dir.join("key.pem"))
+        .arg(dir.path().join("key.pem"))
         .arg("-out")
-        .arg(dir.join("cert.pem"))
+        .arg(dir.path().join("cert.pem"))
         .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "openssl req failed");
     dir
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 /// `openssl s_server -www` on a free port; killed on drop.
@@ -138,12 +127,12 @@ on_each_backend! {
     fn curl_fetches_a_page_over_tls_through_the_proxy(backend) {
         require("curl");
         let dir = certificate();
-        let server = TlsServer::start(&dir);
+        let server = TlsServer::start(dir.path());
         let proxy = Proxy::start(backend, &["--allow-port", &server.port.to_string()]);
         let output = Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "30", "--proxy", &format!("http://{}", proxy.addr)])
             .arg("--cacert")
-            .arg(dir.join("cert.pem"))
+            .arg(dir.path().join("cert.pem"))
             .arg(format!("https://localhost:{}/", server.port))
             .output()
             .unwrap();
@@ -155,13 +144,13 @@ on_each_backend! {
 
     fn openssl_s_client_handshakes_through_the_proxy(backend) {
         let dir = certificate();
-        let server = TlsServer::start(&dir);
+        let server = TlsServer::start(dir.path());
         let proxy = Proxy::start(backend, &["--allow-port", &server.port.to_string()]);
         let mut client = Command::new("openssl")
             .args(["s_client", "-proxy", &proxy.addr.to_string(), "-connect", &format!("localhost:{}", server.port)])
             .args(["-servername", "localhost", "-verify_return_error", "-ign_eof"])
             .arg("-CAfile")
-            .arg(dir.join("cert.pem"))
+            .arg(dir.path().join("cert.pem"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -177,7 +166,7 @@ on_each_backend! {
     fn python_ssl_echoes_four_mebibytes_byte_exact(backend) {
         require("python3");
         let dir = certificate();
-        run_python_echo(backend, &dir, 4 << 20);
+        run_python_echo(backend, dir.path(), 4 << 20);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod targets;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -484,4 +485,37 @@ pub fn require(program: &str) {
         have(program),
         "{program} is required for this test; run ci/test.sh, which installs it"
     );
+}
+
+/// A directory for one test's files, removed when dropped (also when the test fails).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory whose name holds `name`, the process and the test's thread.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "fyntr-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `text` to the file `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
