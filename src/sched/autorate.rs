@@ -286,6 +286,9 @@ pub struct AutoRate {
     holds_turn: bool,
     /// Whether the pacer held bytes back during the last tick.
     held_back: bool,
+    /// Whether the rate grew since the last cut: a rate above the ceiling only because a cut
+    /// may at most halve it is no probe.
+    grown_since_cut: bool,
 }
 
 impl AutoRate {
@@ -324,6 +327,7 @@ impl AutoRate {
             probing_since: None,
             holds_turn: false,
             held_back: false,
+            grown_since_cut: false,
         }
     }
 
@@ -373,7 +377,11 @@ impl AutoRate {
     /// 25 Mbit/s over a 20 Mbit/s downlink, window-limited, kept the uploads from their turn,
     /// and the queue its windows built was left to them.)
     pub fn probing(&self) -> bool {
-        self.mode == Mode::Paced && self.ceiling > 0.0 && self.rate > self.ceiling && self.held_back
+        self.mode == Mode::Paced
+            && self.ceiling > 0.0
+            && self.rate > self.ceiling
+            && self.held_back
+            && self.grown_since_cut
     }
 
     /// Whether this direction's probe keeps the opposite one from probing past its own
@@ -388,11 +396,13 @@ impl AutoRate {
     /// to be the prober's (both read one delay). Returns whether it waited its turn.
     fn grow(&mut self, grown: f64, sample: &Sample) -> bool {
         let waits = sample.opposite_holds_turn && !self.probing() && grown > self.ceiling;
-        self.rate = if waits {
+        let rate = if waits {
             self.rate.max(self.ceiling)
         } else {
             grown
         };
+        self.grown_since_cut |= rate > self.rate;
+        self.rate = rate;
         waits
     }
 
@@ -872,6 +882,7 @@ impl AutoRate {
         self.decision = "resume";
         self.mode = Mode::Paced;
         self.rate = (0.95 * second).max(self.config.floor);
+        self.grown_since_cut = false;
         self.last_cut = Some(now);
         self.delay_at_cut = delay;
         self.cuts_in_a_row = 0;
@@ -901,6 +912,7 @@ impl AutoRate {
         self.ceiling = basis.min(self.rate);
         // At most halved per cut: delivery read during a loss recovery understates the path.
         self.rate = target.max(0.5 * self.rate).max(self.config.floor);
+        self.grown_since_cut = false;
         self.last_cut = Some(now);
         self.delay_at_cut = delay;
         self.step = self.config.first_step;
@@ -1528,6 +1540,25 @@ mod tests {
                 .map(Rate::bytes_per_second);
             assert_eq!(after, before, "at {delay_ms} ms");
         }
+    }
+
+    #[test]
+    fn a_rate_that_a_cut_could_only_halve_is_no_probe() {
+        let (mut controller, mut now) = paced_at(16.0 * MBIT);
+        // The path slows to 4 Mbit/s under a queue that stays: the second cut, from what
+        // moves now, may only halve the rate, which stays over the ceiling the cut set.
+        let mut over_the_ceiling = false;
+        for _ in 0..10 {
+            now += TICK;
+            controller.on_tick(&steady_tick(now, Some(4.0 * MBIT), 12, 0.0));
+            if controller.rate > controller.ceiling {
+                over_the_ceiling = true;
+                // Taken for a probe, it would keep the opposite direction from its turn
+                // and take the queue for its own.
+                assert!(!controller.probing(), "a cut rate read as a probe");
+            }
+        }
+        assert!(over_the_ceiling, "no cut was held to half the rate");
     }
 
     #[test]
