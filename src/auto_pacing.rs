@@ -653,6 +653,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 opposite_contended: opposite.mode() == Mode::Contended,
                 opposite_probing: opposite.probing(),
                 opposite_holds_turn: opposite.holds_turn(),
+                opposite_probe_at_cut: opposite.probe_at_cut(),
             };
             let controller = &mut controllers[way as usize];
             let before = controller.rate();

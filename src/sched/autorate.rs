@@ -81,6 +81,9 @@ pub struct Sample {
     /// Whether the opposite direction's probe keeps this one at its ceiling
     /// ([`AutoRate::holds_turn`]).
     pub opposite_holds_turn: bool,
+    /// How far past its ceiling the opposite direction probed when it last cut, as a ratio
+    /// of the rates ([`AutoRate::probe_at_cut`]); zero if that cut ended no probe.
+    pub opposite_probe_at_cut: f64,
     /// Whether this direction's own link dropped some of its data during the tick, if known.
     pub dropped: Option<bool>,
     /// Whether the opposite direction's link dropped some of its data lately
@@ -289,6 +292,9 @@ pub struct AutoRate {
     /// Whether the rate grew since the last cut: a rate above the ceiling only because a cut
     /// may at most halve it is no probe.
     grown_since_cut: bool,
+    /// How far past the ceiling the rate was when the last cut ended a probe, as a ratio;
+    /// zero if the last cut ended none.
+    probe_at_cut: f64,
 }
 
 impl AutoRate {
@@ -328,6 +334,7 @@ impl AutoRate {
             holds_turn: false,
             held_back: false,
             grown_since_cut: false,
+            probe_at_cut: 0.0,
         }
     }
 
@@ -382,6 +389,22 @@ impl AutoRate {
             && self.rate > self.ceiling
             && self.held_back
             && self.grown_since_cut
+    }
+
+    /// How far past its ceiling this direction probed when it last cut (the ratio of the
+    /// rates), zero if that cut ended no probe: of two directions that both probed, the one
+    /// further past its ceiling most likely built the queue.
+    pub fn probe_at_cut(&self) -> f64 {
+        self.probe_at_cut
+    }
+
+    /// How far past the ceiling the rate is while probing, as a ratio; zero when not probing.
+    fn probe(&self) -> f64 {
+        if self.probing() {
+            self.rate / self.ceiling
+        } else {
+            0.0
+        }
     }
 
     /// Whether this direction's probe keeps the opposite one from probing past its own
@@ -624,13 +647,18 @@ impl AutoRate {
         // uplink waited 0.7 s while both links dropped data). Nor while this rate is past the
         // one at which the path last queued: the queue is likely its own, and when both
         // directions probe at once, the one that waits fills its buffer (simulated 20/20 line:
-        // the waiting direction's link dropped data after nearly every probe). Nor once two
-        // cuts of the opposite direction in a row left the queue standing: it is not the
-        // opposite's (testbed burst: the uploads were cut four times in a second for the
-        // downlink's queue, full at 13 ms, while the downloads waited on their cuts).
+        // the waiting direction's link dropped data after nearly every probe). Unless the
+        // opposite direction's cut ended a probe further past its own ceiling: that one most
+        // likely built the queue (testbed steps: at the start and after a step up, downloads
+        // 1.2-2.5 times past their ceilings were cut at once beside uploads 1.7-4.7 times past
+        // theirs, and then climbed near the ceiling the cut set, 9-15 Mbit/s of a 20 Mbit/s
+        // downlink, for seconds). Nor once two cuts of the opposite direction in a row left
+        // the queue standing: it is not the opposite's (testbed burst: the uploads were cut
+        // four times in a second for the downlink's queue, full at 13 ms, while the downloads
+        // waited on their cuts).
         let opposite_turn = queue
             && delay <= 2 * self.config.bloat
-            && !self.probing()
+            && self.probe() <= sample.opposite_probe_at_cut
             && sample.opposite_cuts_in_a_row < 2
             && self.drop_bits == 0
             && sample.opposite_cut.is_some_and(|cut| {
@@ -883,6 +911,7 @@ impl AutoRate {
         self.mode = Mode::Paced;
         self.rate = (0.95 * second).max(self.config.floor);
         self.grown_since_cut = false;
+        self.probe_at_cut = 0.0;
         self.last_cut = Some(now);
         self.delay_at_cut = delay;
         self.cuts_in_a_row = 0;
@@ -908,6 +937,7 @@ impl AutoRate {
         if target >= self.rate {
             return false;
         }
+        self.probe_at_cut = self.probe();
         // What moved when the queue showed, or the rate allowed then if that was less.
         self.ceiling = basis.min(self.rate);
         // At most halved per cut: delivery read during a loss recovery understates the path.
@@ -1075,6 +1105,7 @@ mod tests {
         dropped: bool,
         probing: bool,
         holds_turn: bool,
+        probe_at_cut: f64,
     }
 
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
@@ -1200,6 +1231,7 @@ mod tests {
                 opposite_contended: opposite.contended,
                 opposite_probing: opposite.probing,
                 opposite_holds_turn: opposite.holds_turn,
+                opposite_probe_at_cut: opposite.probe_at_cut,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
             };
@@ -1287,6 +1319,7 @@ mod tests {
                         dropped: opposite.dropped_lately(),
                         probing: opposite.probing(),
                         holds_turn: opposite.holds_turn(),
+                        probe_at_cut: opposite.probe_at_cut(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
                     self.ways[way].decide(&moved[way], delay, &opposite);
@@ -1400,6 +1433,7 @@ mod tests {
             opposite_contended: false,
             opposite_probing: false,
             opposite_holds_turn: false,
+            opposite_probe_at_cut: 0.0,
             dropped: None,
             opposite_dropped: false,
         }
@@ -1559,6 +1593,44 @@ mod tests {
             }
         }
         assert!(over_the_ceiling, "no cut was held to half the rate");
+    }
+
+    /// Ticks before a direction probing just past its ceiling cuts for a 10 ms queue, when the
+    /// opposite direction cut as it showed, `opposite_probe_at_cut` past its own ceiling.
+    fn ticks_to_cut_beside_a_probe_cut(opposite_probe_at_cut: f64) -> Option<u32> {
+        let (mut controller, mut now) = paced_at(8.0 * MBIT);
+        while !controller.probing() {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&steady_tick(now, rate, 0, 0.0));
+        }
+        let opposite_cut = now + TICK / 2;
+        for tick in 1..=20u32 {
+            now += TICK;
+            let before = controller.rate().map(Rate::bytes_per_second);
+            let sample = Sample {
+                opposite_cut: Some(opposite_cut),
+                opposite_cuts_in_a_row: 1,
+                opposite_probe_at_cut,
+                ..steady_tick(now, before, 10, 0.0)
+            };
+            let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
+            if lowered(before, after) {
+                return Some(tick);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn of_two_probes_the_one_further_past_its_ceiling_is_taken_for_the_queue() {
+        // The opposite direction probed twice as far past its ceiling: its cut most likely
+        // drains the queue, and this one waits on it (half a second).
+        let waited = ticks_to_cut_beside_a_probe_cut(2.0).expect("cut at last");
+        assert!(waited >= 5, "cut after {waited} ticks");
+        // The opposite direction's cut ended no probe: the queue is this probe's own.
+        let at_once = ticks_to_cut_beside_a_probe_cut(0.0).expect("cut");
+        assert!(at_once <= 2, "cut after {at_once} ticks");
     }
 
     #[test]
