@@ -416,8 +416,9 @@ impl AutoRate {
 
     /// The rate grown to `grown`, but not past the ceiling while the opposite direction holds
     /// the turn to probe: the directions take turns, so that the queue a probe builds is known
-    /// to be the prober's (both read one delay). Returns whether it waited its turn.
-    fn grow(&mut self, grown: f64, sample: &Sample) -> bool {
+    /// to be the prober's (both read one delay). The tick's decision is `decision`, or that it
+    /// waited its turn.
+    fn grow(&mut self, grown: f64, sample: &Sample, decision: &'static str) {
         let waits = sample.opposite_holds_turn && !self.probing() && grown > self.ceiling;
         let rate = if waits {
             self.rate.max(self.ceiling)
@@ -426,7 +427,11 @@ impl AutoRate {
         };
         self.grown_since_cut |= rate > self.rate;
         self.rate = rate;
-        waits
+        self.decision = if waits {
+            "waits its turn to probe"
+        } else {
+            decision
+        };
     }
 
     /// Delivery over those of the last [`LOAD_TICKS`] ticks that delivered anything.
@@ -847,21 +852,16 @@ impl AutoRate {
         // Under half of that, a delay between clear and a queue is not this rate's doing.
         if (grey || masked) && self.rate >= 0.5 * best {
             // The smallest step, and the step's doubling goes on where it was.
-            let grown = self.rate * (1.0 + self.config.first_step);
-            self.decision = if self.grow(grown, sample) {
-                "waits its turn to probe"
-            } else {
-                "grow by the least"
-            };
+            self.grow(
+                self.rate * (1.0 + self.config.first_step),
+                sample,
+                "grow by the least",
+            );
             return;
         }
         if self.rate < best {
             let grown = (self.rate * (1.0 + self.step)).max(self.rate + 0.25 * (best - self.rate));
-            self.decision = if self.grow(grown, sample) {
-                "waits its turn to probe"
-            } else {
-                "grow to best"
-            };
+            self.grow(grown, sample, "grow to best");
             return;
         }
         // Near the rate at which the path last queued, grow by the smallest step (the queue
@@ -875,13 +875,12 @@ impl AutoRate {
             self.step = (self.step * 2.0).min(self.config.max_step);
             self.step_since = now;
         }
-        self.decision = if self.grow(self.rate * (1.0 + self.step), sample) {
-            "waits its turn to probe"
-        } else if near_ceiling {
+        let decision = if near_ceiling {
             "grow near ceiling"
         } else {
             "grow"
         };
+        self.grow(self.rate * (1.0 + self.step), sample, decision);
     }
 
     /// Stops pacing for [`AutoRateConfig::contended_pause`]: the queue is someone else's.
@@ -1491,16 +1490,29 @@ mod tests {
             controller.on_tick(&sample);
         }
         let queue_at = start + TICK * 60;
+        ticks_to_cut_beside_an_opposite_cut(&mut controller, queue_at, queue_at, |sample| Sample {
+            opposite_cuts_in_a_row,
+            dropped: Some(dropping),
+            opposite_dropped: opposite_dropping,
+            ..sample
+        })
+    }
+
+    /// Ticks, from `now` on, before `controller` cuts for a 10 ms queue that the opposite
+    /// direction cut for at `opposite_cut`, each tick's sample shaped by `shape`.
+    fn ticks_to_cut_beside_an_opposite_cut(
+        controller: &mut AutoRate,
+        mut now: Instant,
+        opposite_cut: Instant,
+        shape: impl Fn(Sample) -> Sample,
+    ) -> Option<u32> {
         for tick in 1..=20u32 {
-            let now = queue_at + TICK * tick;
+            now += TICK;
             let before = controller.rate().map(Rate::bytes_per_second);
-            let sample = Sample {
-                opposite_cut: Some(queue_at),
-                opposite_cuts_in_a_row,
-                dropped: Some(dropping),
-                opposite_dropped: opposite_dropping,
+            let sample = shape(Sample {
+                opposite_cut: Some(opposite_cut),
                 ..steady_tick(now, before, 10, 0.0)
-            };
+            });
             let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
             if lowered(before, after) {
                 return Some(tick);
@@ -1553,10 +1565,10 @@ mod tests {
         (controller, now)
     }
 
-    #[test]
-    fn a_probe_stops_growing_into_a_rising_delay() {
+    /// A controller [`paced_at`] 8 Mbit/s that clear ticks with more to send grew past the rate
+    /// at which its path queued: probing. Returns it and the time of its last tick.
+    fn probing_past_its_ceiling() -> (AutoRate, Instant) {
         let (mut controller, mut now) = paced_at(8.0 * MBIT);
-        // Clear ticks with more to send: the rate grows past the one at which the path queued.
         let mut ticks = 0;
         while !controller.probing() {
             now += TICK;
@@ -1565,6 +1577,12 @@ mod tests {
             ticks += 1;
             assert!(ticks < 100, "never grew past the ceiling");
         }
+        (controller, now)
+    }
+
+    #[test]
+    fn a_probe_stops_growing_into_a_rising_delay() {
+        let (mut controller, mut now) = probing_past_its_ceiling();
         // A delay that rises between clear and a queue: the probe's own queue building.
         for delay_ms in [4, 5, 6] {
             now += TICK;
@@ -1598,28 +1616,12 @@ mod tests {
     /// Ticks before a direction probing just past its ceiling cuts for a 10 ms queue, when the
     /// opposite direction cut as it showed, `opposite_probe_at_cut` past its own ceiling.
     fn ticks_to_cut_beside_a_probe_cut(opposite_probe_at_cut: f64) -> Option<u32> {
-        let (mut controller, mut now) = paced_at(8.0 * MBIT);
-        while !controller.probing() {
-            now += TICK;
-            let rate = controller.rate().map(Rate::bytes_per_second);
-            controller.on_tick(&steady_tick(now, rate, 0, 0.0));
-        }
-        let opposite_cut = now + TICK / 2;
-        for tick in 1..=20u32 {
-            now += TICK;
-            let before = controller.rate().map(Rate::bytes_per_second);
-            let sample = Sample {
-                opposite_cut: Some(opposite_cut),
-                opposite_cuts_in_a_row: 1,
-                opposite_probe_at_cut,
-                ..steady_tick(now, before, 10, 0.0)
-            };
-            let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
-            if lowered(before, after) {
-                return Some(tick);
-            }
-        }
-        None
+        let (mut controller, now) = probing_past_its_ceiling();
+        ticks_to_cut_beside_an_opposite_cut(&mut controller, now, now + TICK / 2, |sample| Sample {
+            opposite_cuts_in_a_row: 1,
+            opposite_probe_at_cut,
+            ..sample
+        })
     }
 
     #[test]
