@@ -8,8 +8,8 @@ namespace) joined by this process, which forwards IP packets each way through
     drop-tail queue (QUEUE_BYTES) -> serialisation at RATE_BITS -> propagation delay (DELAY)
 
 like a consumer router whose uplink and downlink are the bottleneck. Counters (packets, bytes,
-drops, peak queue, sums of the queue sampled every 10 ms) are written as JSON to STATS_FILE
-every 100 ms.
+drops, peak queue, sums of the queue sampled every 10 ms, and the wake-ups the host delayed by
+over 20 ms) are written as JSON to STATS_FILE every 100 ms.
 
 Usage: router.py TUN_CLIENT TUN_SERVER RATE_BITS QUEUE_BYTES DELAY_MS STATS_FILE
 RATE_BITS is one rate for both directions or UP/DOWN (an asymmetric line). While it runs, the
@@ -123,15 +123,24 @@ def main():
     # Queue occupancy sampled every 10 ms, kept as running sums: writing whole series out
     # would cost the router enough time to disturb what it emulates.
     occupancy = {"samples": 0, "uplink_sum": 0, "downlink_sum": 0}
+    # Wake-ups over 20 ms later than the wait asked (the last 200, as [monotonic time, ms late]):
+    # a router the host leaves descheduled holds every packet that long (probe round trips that
+    # rise by the stall and fall by 10 ms per probe), which is the host's delay, not the link's.
+    stalls = []
     while running[0]:
         now = time.monotonic()
         events = [t for t in (uplink.next_event(), downlink.next_event()) if t is not None]
-        timeout = max(0.0, min(events) - now) if events else 0.1
+        wait = min(max(0.0, min(events) - now) if events else 0.1, 0.1)
         try:
-            readable, _, _ = select.select([client_fd, server_fd], [], [], min(timeout, 0.1))
+            readable, _, _ = select.select([client_fd, server_fd], [], [], wait)
         except InterruptedError:
             continue
-        now = time.monotonic()
+        woke = time.monotonic()
+        late_ms = (woke - now - wait) * 1000.0
+        if late_ms > 20.0:
+            stalls.append([woke, late_ms])
+            del stalls[:-200]
+        now = woke
         for fd, link in ((client_fd, uplink), (server_fd, downlink)):
             if fd in readable:
                 for _ in range(64):
@@ -162,7 +171,7 @@ def main():
             downlink.stats["queued"] = downlink.queued_bytes
             with open(stats_file + ".tmp", "w") as out:
                 json.dump({"uplink": uplink.stats, "downlink": downlink.stats,
-                           "occupancy": occupancy}, out)
+                           "occupancy": occupancy, "stalls": stalls}, out)
             os.replace(stats_file + ".tmp", stats_file)
     if TRACE is not None:
         import pickle

@@ -277,6 +277,14 @@ class Testbed:
             result[f"{direction}_queue_mean"] = total / samples if samples else 0
         result["downlink_drops"] = after["downlink"]["drops"] - before["downlink"]["drops"]
         result["peak_queue"] = max(after[d]["peak_queue"] for d in ("uplink", "downlink"))
+        # Over the whole run, idle period included: a stall there distorts the baseline.
+        stalls = [ms for at, ms in after.get("stalls", []) if at >= mode_started]
+        result["router_stalls"] = len(stalls)
+        result["router_worst_stall_ms"] = max(stalls, default=0.0)
+        if stalls:
+            print(f"{name}: the router woke up over 20 ms late {len(stalls)} time(s), up to "
+                  f"{max(stalls):.0f} ms: the host, not the link, held packets then, so this "
+                  "run's delays and losses are not all the link's", file=sys.stderr)
         return result
 
 
@@ -325,6 +333,9 @@ def summarize(result):
         "uplink_drops": result["uplink_drops"],
         "downlink_drops": result["downlink_drops"],
         "router_peak_queue_bytes": result["peak_queue"],
+        # The host's scheduling of the router: a run with stalls measures the host, not the link.
+        "router_stalls": result["router_stalls"],
+        "router_worst_stall_ms": result["router_worst_stall_ms"],
         "burst_completion_s": result["burst_ended"] - result["burst_began"],
         "tunnel_completion_p99_s": percentile(durations, 0.99),
         # Tunnels still running when the burst timed out never reported: they failed too.
