@@ -285,7 +285,30 @@ class Testbed:
             print(f"{name}: the router woke up over 20 ms late {len(stalls)} time(s), up to "
                   f"{max(stalls):.0f} ms: the host, not the link, held packets then, so this "
                   "run's delays and losses are not all the link's", file=sys.stderr)
+        delayed = delayed_by_host(result)
+        result["probes_delayed_by_host"] = len(delayed)
+        if delayed:
+            print(f"{name}: {len(delayed)} probe round trip(s) longer than any queue of the "
+                  f"emulated link allows (up to {max(delayed):.0f} ms, from "
+                  f"{min(delayed):.0f} ms): a probe end or the router was descheduled, so this "
+                  "run's probe figures are not all the link's", file=sys.stderr)
         return result
+
+
+def delayed_by_host(result):
+    """The probe round trips (ms) over what the emulated link could cause: the least idle round
+    trip plus both router queues full at the slowest rates of the run, and 5 ms for the packets
+    in service. Longer ones were held by the host (a probe end or the router descheduled: the
+    round trips of the probes after it fall by their 10 ms spacing each), not by the link."""
+    samples = result["idle_samples"] + result["burst_samples"]
+    rtts = [s["rtt_ms"] for s in samples if s["rtt_ms"] is not None]
+    idle = [s["rtt_ms"] for s in result["idle_samples"] if s["rtt_ms"] is not None]
+    if not idle:
+        return []
+    rates = [(p["up"], p["down"]) for p in result["phases"]] or [(result["up_bits"], result["down_bits"])]
+    queues_ms = sum(QUEUE_BYTES * 8 / min(rate[way] for rate in rates) * 1000 for way in (0, 1))
+    bound = min(idle) + queues_ms + 5.0
+    return [rtt for rtt in rtts if rtt > bound]
 
 
 def percentile(values, fraction):
@@ -336,6 +359,7 @@ def summarize(result):
         # The host's scheduling of the router: a run with stalls measures the host, not the link.
         "router_stalls": result["router_stalls"],
         "router_worst_stall_ms": result["router_worst_stall_ms"],
+        "probes_delayed_by_host": result["probes_delayed_by_host"],
         "burst_completion_s": result["burst_ended"] - result["burst_began"],
         "tunnel_completion_p99_s": percentile(durations, 0.99),
         # Tunnels still running when the burst timed out never reported: they failed too.
