@@ -654,7 +654,6 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 opposite_probing: opposite.probing(),
                 opposite_holds_turn: opposite.holds_turn(),
                 opposite_probe_at_cut: opposite.probe_at_cut(),
-                opposite_moving: opposite.moves_at_its_rate(),
             };
             let controller = &mut controllers[way as usize];
             let before = controller.rate();

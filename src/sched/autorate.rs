@@ -84,10 +84,6 @@ pub struct Sample {
     /// How far past its ceiling the opposite direction probed when it last cut, as a ratio
     /// of the rates ([`AutoRate::probe_at_cut`]); zero if that cut ended no probe.
     pub opposite_probe_at_cut: f64,
-    /// Whether the opposite direction delivered at least half its rate over the last ticks
-    /// ([`AutoRate::moves_at_its_rate`]): a cut of a direction that has stopped moving drains
-    /// no queue.
-    pub opposite_moving: bool,
     /// Whether this direction's own link dropped some of its data during the tick, if known.
     pub dropped: Option<bool>,
     /// Whether the opposite direction's link dropped some of its data lately
@@ -402,12 +398,6 @@ impl AutoRate {
         self.probe_at_cut
     }
 
-    /// Whether this direction delivered at least half its rate over the last ticks (always,
-    /// when not paced): whether a cut of its rate can drain a queue.
-    pub fn moves_at_its_rate(&self) -> bool {
-        self.mode != Mode::Paced || self.delivery() >= 0.5 * self.rate_during_load()
-    }
-
     /// How far past the ceiling the rate is while probing, as a ratio; zero when not probing.
     fn probe(&self) -> f64 {
         if self.probing() {
@@ -670,15 +660,11 @@ impl AutoRate {
         // downlink, for seconds). Nor once two cuts of the opposite direction in a row left
         // the queue standing: it is not the opposite's (testbed burst: the uploads were cut
         // four times in a second for the downlink's queue, full at 13 ms, while the downloads
-        // waited on their cuts). Nor once the opposite direction has stopped moving: a cut of
-        // what does not move drains nothing (testbed burst: the uploads, cut for their probe,
-        // then moved nothing for two ticks, while the downloads' queue stood at 12 ms and they
-        // waited out the half second).
+        // waited on their cuts).
         let opposite_turn = queue
             && delay <= 2 * self.config.bloat
             && self.probe() <= sample.opposite_probe_at_cut
             && sample.opposite_cuts_in_a_row < 2
-            && sample.opposite_moving
             && self.drop_bits == 0
             && sample.opposite_cut.is_some_and(|cut| {
                 now.saturating_duration_since(cut) < OPPOSITE_WAIT
@@ -1119,7 +1105,6 @@ mod tests {
         probing: bool,
         holds_turn: bool,
         probe_at_cut: f64,
-        moving: bool,
     }
 
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
@@ -1169,10 +1154,8 @@ mod tests {
                 let queue_delay = (moved.delivered > 0.0 && !self.silent)
                     .then(|| Duration::from_secs_f64(self.link.observed));
                 let opposite_cut = self.opposite_cutting.then_some(self.now);
-                // Cutting every tick for the queue it reads, it moves what its rate allows.
                 let opposite = OppositeView {
                     cut: opposite_cut,
-                    moving: true,
                     ..OppositeView::default()
                 };
                 self.decide(&moved, queue_delay, &opposite);
@@ -1248,7 +1231,6 @@ mod tests {
                 opposite_probing: opposite.probing,
                 opposite_holds_turn: opposite.holds_turn,
                 opposite_probe_at_cut: opposite.probe_at_cut,
-                opposite_moving: opposite.moving,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
             };
@@ -1336,7 +1318,6 @@ mod tests {
                         dropped: opposite.dropped_lately(),
                         probing: opposite.probing(),
                         holds_turn: opposite.holds_turn(),
-                        moving: opposite.moves_at_its_rate(),
                         probe_at_cut: opposite.probe_at_cut(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
@@ -1452,7 +1433,6 @@ mod tests {
             opposite_probing: false,
             opposite_holds_turn: false,
             opposite_probe_at_cut: 0.0,
-            opposite_moving: true,
             dropped: None,
             opposite_dropped: false,
         }
@@ -1496,16 +1476,6 @@ mod tests {
         opposite_dropping: bool,
         opposite_cuts_in_a_row: u32,
     ) -> Option<u32> {
-        ticks_to_cut_after_a_cut_of(|sample| Sample {
-            opposite_cuts_in_a_row,
-            dropped: Some(dropping),
-            opposite_dropped: opposite_dropping,
-            ..sample
-        })
-    }
-
-    /// [`ticks_to_cut_after_the_opposite_cut`], each tick's sample shaped by `shape`.
-    fn ticks_to_cut_after_a_cut_of(shape: impl Fn(Sample) -> Sample) -> Option<u32> {
         let start = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), start);
         for tick in 1..=60u32 {
@@ -1520,7 +1490,12 @@ mod tests {
             controller.on_tick(&sample);
         }
         let queue_at = start + TICK * 60;
-        ticks_to_cut_beside_an_opposite_cut(&mut controller, queue_at, queue_at, shape)
+        ticks_to_cut_beside_an_opposite_cut(&mut controller, queue_at, queue_at, |sample| Sample {
+            opposite_cuts_in_a_row,
+            dropped: Some(dropping),
+            opposite_dropped: opposite_dropping,
+            ..sample
+        })
     }
 
     /// Ticks, from `now` on, before `controller` cuts for a 10 ms queue that the opposite
@@ -1560,18 +1535,6 @@ mod tests {
         // this one's.
         let both = ticks_to_cut_after_the_opposite_cut(true, true, 1).expect("cut");
         assert!(both <= 2, "cut after {both} ticks");
-    }
-
-    #[test]
-    fn a_queue_is_not_left_to_the_cut_of_a_direction_that_stopped_moving() {
-        let moving = ticks_to_cut_after_a_cut_of(|sample| sample).expect("cut at last");
-        assert!(moving >= 5, "cut after {moving} ticks");
-        let stopped = ticks_to_cut_after_a_cut_of(|sample| Sample {
-            opposite_moving: false,
-            ..sample
-        })
-        .expect("cut");
-        assert!(stopped <= 2, "cut after {stopped} ticks");
     }
 
     #[test]
