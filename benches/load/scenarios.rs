@@ -388,6 +388,21 @@ async fn open_addr(
     }
 }
 
+/// The `fraction` percentile of `sorted` durations as a lower-is-better metric in `unit`
+/// (`us` or `ms`).
+fn latency(name: &'static str, unit: &'static str, sorted: &[Duration], fraction: f64) -> Metric {
+    let per_second = match unit {
+        "us" => 1e6,
+        "ms" => 1e3,
+        _ => unreachable!("a latency is given in us or ms, not {unit}"),
+    };
+    Metric::better_lower(
+        name,
+        unit,
+        percentile(sorted, fraction).as_secs_f64() * per_second,
+    )
+}
+
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -428,16 +443,8 @@ async fn ping_pong(options: &Options, targets: &Targets, proxy: Option<&Running>
     latencies.sort();
     let mut metrics = vec![
         Metric::better_higher("round_trips_per_s", "1/s", latencies.len() as f64 / elapsed),
-        Metric::better_lower(
-            "p50_latency",
-            "us",
-            percentile(&latencies, 0.50).as_secs_f64() * 1e6,
-        ),
-        Metric::better_lower(
-            "p99_latency",
-            "us",
-            percentile(&latencies, 0.99).as_secs_f64() * 1e6,
-        ),
+        latency("p50_latency", "us", &latencies, 0.50),
+        latency("p99_latency", "us", &latencies, 0.99),
     ];
     if !latencies.is_empty() {
         metrics.push(Metric::better_lower(
@@ -513,23 +520,11 @@ async fn mice_elephants(
     opens.sort();
     let elapsed = start.elapsed().as_secs_f64();
     vec![
-        Metric::better_lower(
-            "mice_p99",
-            "ms",
-            percentile(&times, 0.99).as_secs_f64() * 1e3,
-        ),
-        Metric::better_lower(
-            "mice_p50",
-            "ms",
-            percentile(&times, 0.50).as_secs_f64() * 1e3,
-        ),
+        latency("mice_p99", "ms", &times, 0.99),
+        latency("mice_p50", "ms", &times, 0.50),
         // How long a mouse waited for its connection (through a proxy: until the CONNECT was
         // answered), which is where the wake-ups of every process on the busy cores show.
-        Metric::better_lower(
-            "mice_open_p50",
-            "ms",
-            percentile(&opens, 0.50).as_secs_f64() * 1e3,
-        ),
+        latency("mice_open_p50", "ms", &opens, 0.50),
         Metric::better_higher("elephants", "MB/s", bytes as f64 / elapsed / 1e6),
     ]
 }
