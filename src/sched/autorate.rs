@@ -815,10 +815,9 @@ impl AutoRate {
         }
         // Against the rates in force while that delivery happened: while the rate grows, the
         // delivery averaged over the last ticks trails the rate of now by the growth. A
-        // quarter under it, not less: two bulk uploads paced at 3-4 Mbit/s on an idle
-        // 20 Mbit/s uplink read 0.85 of their rate tick after tick (what the gap is made of
-        // is not found), and at 0.85 they grew in one tick of three and stayed far below
-        // the line for whole phases (testbed steps: uplink utilisation 0.12-0.29).
+        // quarter under it, not less: what ACKs report comes in lumps, as a download's queue
+        // delays the uploads' ACKs (testbed competing: uploads paced at 15 Mbit/s read
+        // 0-15 Mbit/s a tick).
         if load < 0.75 * self.rate_during_load() {
             // Far more is admitted than delivered: the path does not keep up with the rate
             // (the limit is elsewhere), so raising it teaches nothing.
