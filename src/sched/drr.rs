@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    pacer::{on_the_wire, AckCount, Pacer},
+    pacer::{acks_on_the_wire, on_the_wire, Pacer},
     quantum::{AdaptiveQuantum, QuantumBounds},
 };
 
@@ -103,8 +103,6 @@ pub struct Scheduler {
     pacer_retry: Option<Instant>,
     /// The opposite direction's pacer, if any: charged for the ACKs each grant draws over it.
     ack_pacer: Option<Arc<Pacer>>,
-    /// The ACKs the grants draw, counted across grants.
-    acks: AckCount,
 }
 
 impl Scheduler {
@@ -123,7 +121,6 @@ impl Scheduler {
             pacer: None,
             pacer_retry: None,
             ack_pacer: None,
-            acks: AckCount::default(),
         }
     }
 
@@ -256,6 +253,9 @@ impl Scheduler {
                     return None;
                 }
             }
+            if let Some(ack_pacer) = &ack_pacer {
+                ack_pacer.charge(acks_on_the_wire(u64::from(head)), now);
+            }
             flow.queue.pop_front();
             flow.deficit -= u64::from(head);
             flow.granted_bytes += u64::from(head);
@@ -269,9 +269,6 @@ impl Scheduler {
                 flow.backlogged = false;
                 flow.visiting = false;
                 self.round.pop_front();
-            }
-            if let Some(ack_pacer) = &ack_pacer {
-                ack_pacer.charge(self.acks.draw(u64::from(head)), now);
             }
             self.next_sequence += 1;
             self.in_flight += u64::from(head);

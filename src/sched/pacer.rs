@@ -93,28 +93,6 @@ pub fn acks_on_the_wire(payload: u64) -> u64 {
     payload.div_ceil(2 * SEGMENT_PAYLOAD) * SEGMENT_HEADERS
 }
 
-/// [`acks_on_the_wire`] for payload that is granted a chunk at a time: the part of two
-/// segments a chunk leaves over carries to the next one, so that grants of one segment each
-/// draw one ACK per two, as the receiver sends them. Rounded up per grant, every one-segment
-/// grant (every grant under 23 Mbit/s) drew a whole ACK: the opposite direction was charged
-/// twice its ACKs, 0.86 Mbit/s beside downloads at 19 Mbit/s, and uploads `auto` paced at
-/// 2.8 Mbit/s delivered 2.0 (testbed steps), which `auto` took for a path that does not keep
-/// up with the rate, and never raised it.
-#[derive(Debug, Default)]
-pub struct AckCount {
-    /// Payload granted whose ACK is not charged yet: less than two segments.
-    carried: u64,
-}
-
-impl AckCount {
-    /// Bytes of the ACKs that `payload`, granted now, draws over the opposite direction.
-    pub fn draw(&mut self, payload: u64) -> u64 {
-        let total = self.carried + payload;
-        self.carried = total % (2 * SEGMENT_PAYLOAD);
-        total / (2 * SEGMENT_PAYLOAD) * SEGMENT_HEADERS
-    }
-}
-
 /// A shared pacer: admits bytes at most at its rate, with a bounded burst. The rate may change
 /// at any time ([`Pacer::set_rate`], for `auto`), and may be none: an unlimited pacer admits
 /// everything at the cost of one atomic load.
@@ -278,19 +256,6 @@ mod tests {
         assert_eq!(acks_on_the_wire(1), 66);
         assert_eq!(acks_on_the_wire(2 * 1448), 66);
         assert_eq!(acks_on_the_wire(2 * 1448 + 1), 132);
-    }
-
-    #[test]
-    fn grants_of_a_segment_each_draw_one_ack_per_two() {
-        let mut acks = AckCount::default();
-        let drawn: u64 = (0..100).map(|_| acks.draw(1448)).sum();
-        assert_eq!(drawn, 50 * 66);
-        // Uneven grants draw what their total does, the last part of two segments carried.
-        let mut acks = AckCount::default();
-        let grants = [700, 1448, 3000, 10, 2896, 5000];
-        let drawn: u64 = grants.iter().map(|&grant| acks.draw(grant)).sum();
-        let total: u64 = grants.iter().sum();
-        assert_eq!(drawn, total / (2 * 1448) * 66);
     }
 
     #[test]
