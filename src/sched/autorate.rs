@@ -571,8 +571,8 @@ impl AutoRate {
                     // pacing starts as it resumes after a pause, on probation, without the
                     // first seconds' leave (beside a competing download, runs whose downloads
                     // went off for silence and started pacing afresh three to seven times
-                    // spent 400-900 ticks paced, cut for its queue, and got 0.21-0.29 of the
-                    // downlink; runs that started once, 100-180 ticks and 0.51-0.58).
+                    // spent 302-924 ticks paced, cut for its queue, and got 0.20-0.31 of the
+                    // downlink; runs that started once, 98-471 ticks and 0.29-0.60).
                     if self
                         .pause_ended
                         .is_some_and(|ended| now.duration_since(ended) < CONTENTION_MEMORY)
