@@ -2135,7 +2135,10 @@ mod tests {
             );
         }
         while controller.mode() == Mode::Contended {
-            next(&mut controller, Some(20), false);
+            assert!(
+                next(&mut controller, Some(20), false) < 2000,
+                "never resumed"
+            );
         }
         // No delay reported for long: pacing stops.
         while controller.mode() != Mode::Off {
@@ -2145,6 +2148,7 @@ mod tests {
         let mut started = 0;
         while controller.mode() == Mode::Off {
             started = next(&mut controller, Some(20), true);
+            assert!(started < 3000, "pacing never started again");
         }
         while controller.mode() != Mode::Contended {
             let at = next(&mut controller, Some(20), true);
