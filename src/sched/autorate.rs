@@ -785,8 +785,6 @@ impl AutoRate {
             let opposite_untried = 2.0 * sample.opposite_load >= load
                 && sample.opposite_cuts_in_a_row == 0
                 && !sample.opposite_contended;
-            let opposite_may_drain = (opposite_cutting || opposite_untried)
-                && self.cuts_in_a_row < 2 * self.config.contended_after;
             // Soon after a pause for contention, a queue back at once and not drained by two
             // cuts is the same flow's: back to the pause without first halving the rate (beside
             // a competing download, fyntr's downloads spent seconds at a few Mbit/s after each
@@ -794,6 +792,13 @@ impl AutoRate {
             let probation = self
                 .resumed_at
                 .is_some_and(|at| now.duration_since(at) < PROBATION);
+            // On probation the opposite direction's cuts do not hold this one back: the pause
+            // found the queue someone else's, and it was back at once (beside a competing
+            // download both directions cut for its queue, and the downloads, waiting on the
+            // uploads' cuts, spent 6-25 s paced down to 1 Mbit/s after each pause).
+            let opposite_may_drain = !probation
+                && (opposite_cutting || opposite_untried)
+                && self.cuts_in_a_row < 2 * self.config.contended_after;
             let someone_elses = if probation {
                 self.cuts_in_a_row >= 2
             } else {
@@ -803,11 +808,6 @@ impl AutoRate {
             // while `auto` was off (whole initial windows of a burst's new connections, and
             // their unsent bytes), which no cut reaches (testbed asymmetric: a 5 Mbit/s uplink
             // full for the burst's first 8 s, the upload unpaced for 10 s from its second).
-            // Soon after a pause, the opposite direction's cuts do not hold this one back: the
-            // pause found the queue someone else's, and it was back at once (beside a competing
-            // download both directions cut for its queue, and the downloads, waiting on the
-            // uploads' cuts, spent 6-25 s paced down to 1 Mbit/s after each pause).
-            let opposite_may_drain = opposite_may_drain && !probation;
             self.decision = "cut";
             if someone_elses && !opposite_may_drain && !starting {
                 self.pause_for_contention(now);
@@ -2064,6 +2064,17 @@ mod tests {
         );
     }
 
+    /// `sample` beside an opposite direction that moves `load`, as this one does, and cut for
+    /// the same queue a tick ago.
+    fn beside_an_opposite_that_cuts(sample: Sample, load: f64) -> Sample {
+        Sample {
+            opposite_load: load,
+            opposite_cut: Some(sample.now - TICK),
+            opposite_cuts_in_a_row: 1,
+            ..sample
+        }
+    }
+
     #[test]
     fn a_queue_back_at_once_after_a_pause_is_the_same_flows_though_the_opposite_direction_cuts() {
         let start = Instant::now();
@@ -2078,10 +2089,7 @@ mod tests {
             let delay = if (4..=60).contains(&tick) { 0 } else { 20 };
             let mut sample = steady_tick(now, rate, delay, 0.0);
             if resumed.is_some() {
-                // As busy as this one, and cutting for the same queue.
-                sample.opposite_load = rate.unwrap_or(load);
-                sample.opposite_cut = Some(now - TICK);
-                sample.opposite_cuts_in_a_row = 1;
+                sample = beside_an_opposite_that_cuts(sample, rate.unwrap_or(load));
             }
             controller.on_tick(&sample);
             match (controller.mode(), resumed) {
@@ -2113,10 +2121,7 @@ mod tests {
             let mut sample = steady_tick(now, rate, delay.unwrap_or(0), 0.0);
             sample.queue_delay = delay.map(Duration::from_millis);
             if opposite_cuts {
-                // As busy as this one, and cutting for the same queue.
-                sample.opposite_load = rate.unwrap_or(load);
-                sample.opposite_cut = Some(now - TICK);
-                sample.opposite_cuts_in_a_row = 1;
+                sample = beside_an_opposite_that_cuts(sample, rate.unwrap_or(load));
             }
             controller.on_tick(&sample);
             tick
