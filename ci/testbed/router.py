@@ -115,6 +115,9 @@ def main():
     downlink = Link("downlink", client_fd, down_rate, queue, delay)
     rate_file = stats_file + ".rate"
     rate_seen = None
+    # When each change of rate took effect (the last 50, as [monotonic time, up, down]): the
+    # phases of a schedule are measured from these, not from when the runner asked.
+    rate_steps = []
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
     print("ready", flush=True)
@@ -165,13 +168,15 @@ def main():
                     rate_seen = wanted
                     uplink.set_rate(float(wanted[0]))
                     downlink.set_rate(float(wanted[1]))
+                    rate_steps.append([now, float(wanted[0]), float(wanted[1])])
+                    del rate_steps[:-50]
             except (FileNotFoundError, ValueError):
                 pass
             uplink.stats["queued"] = uplink.queued_bytes
             downlink.stats["queued"] = downlink.queued_bytes
             with open(stats_file + ".tmp", "w") as out:
                 json.dump({"uplink": uplink.stats, "downlink": downlink.stats,
-                           "occupancy": occupancy, "stalls": stalls}, out)
+                           "occupancy": occupancy, "stalls": stalls, "steps": rate_steps}, out)
             os.replace(stats_file + ".tmp", stats_file)
     if TRACE is not None:
         import pickle

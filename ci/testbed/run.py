@@ -263,6 +263,11 @@ class Testbed:
             log_text = open(log_path).read()
             result["auto_paced_changes"] = log_text.count('auto rate changed direction="upload" mode="paced"') \
                 + log_text.count('auto rate changed direction="download" mode="paced"')
+        # When the router changed rate during the load: the runner asks on its own clock, which
+        # starts before the client's (its start-up), and the router acts within 0.1 s; counted
+        # from the schedule, a phase held up to 0.3 s of the next one's rate.
+        result["steps_at"] = [at - origin for at, *_ in after.get("steps", [])
+                              if result["burst_began"] < at <= result["burst_ended"]]
         result["burst_ended"] -= origin
         result["burst_began"] -= origin
         result["drops"] = sum(after[d]["drops"] - before[d]["drops"] for d in ("uplink", "downlink"))
@@ -394,10 +399,16 @@ def phase_metrics(result, idle_p99):
         return {}
     series = result["series"]
     began, ended = result["burst_began"], result["burst_ended"]
+    # Each phase from the step the router made (see run_mode), or from the schedule if the
+    # router's steps were not all seen.
+    steps = result.get("steps_at", [])
+    if len(steps) != len(phases) - 1:
+        steps = [began + phase["at"] for phase in phases[1:]]
+    starts = [began, *steps]
     metrics = {}
     for i, phase in enumerate(phases):
-        start = began + phase["at"]
-        end = began + phases[i + 1]["at"] if i + 1 < len(phases) else ended
+        start = starts[i]
+        end = starts[i + 1] if i + 1 < len(phases) else ended
         name = f"phase{i}_{phase['up'] / 1e6:g}/{phase['down'] / 1e6:g}"
         samples = [s for s in result["burst_samples"] if start <= s["t"] < end]
         rtts = [s["rtt_ms"] for s in samples if s["rtt_ms"] is not None]
