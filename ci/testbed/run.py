@@ -593,6 +593,7 @@ def main():
         json.dump({"summary": summary, "runs": runs, "config": config}, out, indent=2)
     with open(os.path.join(args.out, "testbed-samples.json"), "w") as out:
         json.dump({name: {"burst_began": r["burst_began"], "burst_ended": r["burst_ended"],
+                          "steps_at": r.get("steps_at", []),
                           "probe": r["idle_samples"] + r["burst_samples"]}
                    for name, r in results.items()}, out)
     svg_chart(results, os.path.join(args.out, "testbed.svg"),

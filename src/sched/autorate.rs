@@ -195,8 +195,9 @@ const OPPOSITE_CUT_WINDOW: Duration = Duration::from_secs(2);
 const FLOOR_TICKS: u32 = 20;
 /// A rate at most this far over the floor is held there (see `paced_tick`).
 const NEAR_FLOOR: f64 = 1.25;
-/// How long after a pause for contention ends a queue that starts pacing again is taken for
-/// the same flow's, as on resuming (see [`PROBATION`]).
+/// How long after pacing stopped with a queue standing (a pause for contention, or silence)
+/// a queue that starts pacing again is taken for the same flow's, as on resuming (see
+/// [`PROBATION`]).
 const CONTENTION_MEMORY: Duration = Duration::from_secs(30);
 /// How long after pacing starts from off a queue that stays is not taken for someone else's.
 const STARTUP: Duration = Duration::from_secs(5);
@@ -277,8 +278,9 @@ pub struct AutoRate {
     drops_known: bool,
     /// When pacing last resumed after a pause for contention.
     resumed_at: Option<Instant>,
-    /// When the last pause for contention ended.
-    pause_ended: Option<Instant>,
+    /// When pacing last stopped with a queue left standing: a pause for contention ended, or
+    /// no delay was reported for [`SILENCE`] after a reading that showed a queue.
+    left_standing: Option<Instant>,
     /// When pacing last started from off.
     paced_since: Instant,
     /// Since when a queue has been left to the opposite direction's cut.
@@ -332,7 +334,7 @@ impl AutoRate {
             drop_bits: 0,
             drops_known: false,
             resumed_at: None,
-            pause_ended: None,
+            left_standing: None,
             paced_since: now,
             deferred_since: None,
             decision: "off",
@@ -567,15 +569,16 @@ impl AutoRate {
                     self.mode = Mode::Paced;
                     self.paced_since = now;
                     self.delay_seen = now;
-                    // A queue soon after a pause for contention is most likely the same flow's:
-                    // pacing starts as it resumes after a pause, on probation, without the
-                    // first seconds' leave (beside a competing download, runs whose downloads
-                    // went off for silence and started pacing afresh three to seven times
-                    // spent 302-924 ticks paced, cut for its queue, and got 0.20-0.31 of the
-                    // downlink; runs that started once, 98-471 ticks and 0.29-0.60).
+                    // A queue soon after pacing stopped with one standing (a pause for
+                    // contention, or silence) is most likely the same flow's: pacing starts as
+                    // it resumes after a pause, on probation, without the first seconds' leave
+                    // (beside a competing download, runs whose downloads went off for silence
+                    // and started pacing afresh three to seven times spent 302-924 ticks paced,
+                    // cut for its queue, and got 0.20-0.31 of the downlink; runs that started
+                    // once, 98-471 ticks and 0.29-0.60).
                     if self
-                        .pause_ended
-                        .is_some_and(|ended| now.duration_since(ended) < CONTENTION_MEMORY)
+                        .left_standing
+                        .is_some_and(|stopped| now.duration_since(stopped) < CONTENTION_MEMORY)
                     {
                         self.paced_since = now.checked_sub(STARTUP).unwrap_or(now);
                         self.resumed_at = Some(now);
@@ -603,6 +606,12 @@ impl AutoRate {
         let no_queue_for_long =
             self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after;
         if silent || no_queue_for_long {
+            // Silent after a reading that showed a queue: beside a competing download, whose
+            // queue the downloads were cut for, the last reading before each silence showed
+            // 9-17 ms, and pacing started again within a second.
+            if silent && self.delay_before > self.config.bloat {
+                self.left_standing = Some(now);
+            }
             self.turn_off();
             self.decision = if silent {
                 "silent"
@@ -932,7 +941,7 @@ impl AutoRate {
     /// asymmetric: a burst that resumed at the floor with its tunnels between requests took
     /// 65 s, against 39 s). Off instead: the next queue starts pacing from what moves then.
     fn end_pause(&mut self, now: Instant, second: f64, delay: Duration) {
-        self.pause_ended = Some(now);
+        self.left_standing = Some(now);
         if second < self.config.min_load {
             self.turn_off();
             self.decision = "pause ends off";
@@ -2154,6 +2163,51 @@ mod tests {
         while controller.mode() == Mode::Off {
             started = next(&mut controller, Some(20), true);
             assert!(started < 3000, "pacing never started again");
+        }
+        while controller.mode() != Mode::Contended {
+            let at = next(&mut controller, Some(20), true);
+            assert!(
+                at - started <= 10,
+                "paced for {} ticks without a pause",
+                at - started
+            );
+        }
+    }
+
+    #[test]
+    fn a_queue_that_starts_pacing_soon_after_a_silence_over_a_queue_is_taken_for_the_same_flows() {
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        let mut tick = 0u32;
+        let mut next = |controller: &mut AutoRate, delay: Option<u64>, opposite_cuts: bool| {
+            tick += 1;
+            let now = start + TICK * tick;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            let mut sample = steady_tick(now, rate, delay.unwrap_or(0), 0.0);
+            sample.queue_delay = delay.map(Duration::from_millis);
+            if opposite_cuts {
+                sample = beside_an_opposite_that_cuts(sample, rate.unwrap_or(8.0 * MBIT));
+            }
+            controller.on_tick(&sample);
+            tick
+        };
+        // Paced, a clear path past the first seconds, then a queue, and no delay reported
+        // after it (downloads alone report none): pacing stops.
+        for _ in 0..3 {
+            next(&mut controller, Some(20), false);
+        }
+        for _ in 0..57 {
+            next(&mut controller, Some(0), false);
+        }
+        next(&mut controller, Some(20), false);
+        while controller.mode() != Mode::Off {
+            assert!(next(&mut controller, None, false) < 1000, "never stopped");
+        }
+        // The queue back at once, beside an opposite direction that cuts for it too.
+        let mut started = 0;
+        while controller.mode() == Mode::Off {
+            started = next(&mut controller, Some(20), true);
+            assert!(started < 2000, "pacing never started again");
         }
         while controller.mode() != Mode::Contended {
             let at = next(&mut controller, Some(20), true);
