@@ -265,7 +265,7 @@ class Testbed:
                 + log_text.count('auto rate changed direction="download" mode="paced"')
         # When the router changed rate during the load: the runner asks on its own clock, which
         # starts before the client's (its start-up), and the router acts within 0.1 s; counted
-        # from the schedule, a phase held up to 0.3 s of the next one's rate.
+        # from the schedule, a phase held up to 0.13 s of the next one's rate.
         result["steps_at"] = [at - origin for at, *_ in after.get("steps", [])
                               if result["burst_began"] < at <= result["burst_ended"]]
         result["burst_ended"] -= origin
