@@ -2117,106 +2117,96 @@ mod tests {
         panic!("no second pause (resumed at tick {resumed:?})");
     }
 
-    #[test]
-    fn a_queue_that_starts_pacing_soon_after_a_pause_is_taken_for_the_same_flows() {
-        let start = Instant::now();
-        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
-        let load = 8.0 * MBIT;
-        let mut tick = 0u32;
-        let mut next = |controller: &mut AutoRate, delay: Option<u64>, opposite_cuts: bool| {
-            tick += 1;
-            let now = start + TICK * tick;
-            let rate = controller.rate().map(Rate::bytes_per_second);
-            let mut sample = steady_tick(now, rate, delay.unwrap_or(0), 0.0);
-            sample.queue_delay = delay.map(Duration::from_millis);
-            if opposite_cuts {
-                sample = beside_an_opposite_that_cuts(sample, rate.unwrap_or(load));
-            }
-            controller.on_tick(&sample);
-            tick
-        };
-        // Paced, a clear path past the first seconds, then another flow's queue: a pause.
-        for _ in 0..3 {
-            next(&mut controller, Some(20), false);
-        }
-        for _ in 0..57 {
-            next(&mut controller, Some(0), false);
-        }
-        while controller.mode() != Mode::Contended {
-            assert!(
-                next(&mut controller, Some(20), false) < 1000,
-                "never paused"
-            );
-        }
-        while controller.mode() == Mode::Contended {
-            assert!(
-                next(&mut controller, Some(20), false) < 2000,
-                "never resumed"
-            );
-        }
-        // No delay reported for long: pacing stops.
-        while controller.mode() != Mode::Off {
-            assert!(next(&mut controller, None, false) < 2000, "never stopped");
-        }
-        // The queue back, beside an opposite direction that cuts for it too.
-        let mut started = 0;
-        while controller.mode() == Mode::Off {
-            started = next(&mut controller, Some(20), true);
-            assert!(started < 3000, "pacing never started again");
-        }
-        while controller.mode() != Mode::Contended {
-            let at = next(&mut controller, Some(20), true);
-            assert!(
-                at - started <= 10,
-                "paced for {} ticks without a pause",
-                at - started
-            );
-        }
+    /// A controller fed steady ticks one at a time (see [`steady_tick`]).
+    struct SteadyTicks {
+        controller: AutoRate,
+        start: Instant,
+        tick: u32,
     }
 
-    #[test]
-    fn a_queue_that_starts_pacing_soon_after_a_silence_over_a_queue_is_taken_for_the_same_flows() {
-        let start = Instant::now();
-        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
-        let mut tick = 0u32;
-        let mut next = |controller: &mut AutoRate, delay: Option<u64>, opposite_cuts: bool| {
-            tick += 1;
-            let now = start + TICK * tick;
-            let rate = controller.rate().map(Rate::bytes_per_second);
+    impl SteadyTicks {
+        fn new() -> Self {
+            let start = Instant::now();
+            Self {
+                controller: AutoRate::new(AutoRateConfig::default(), start),
+                start,
+                tick: 0,
+            }
+        }
+
+        /// One tick reporting a delay of `delay` ms (none if `None`), beside an opposite
+        /// direction that cuts if `opposite_cuts`; returns the tick's number.
+        fn next(&mut self, delay: Option<u64>, opposite_cuts: bool) -> u32 {
+            self.tick += 1;
+            let now = self.start + TICK * self.tick;
+            let rate = self.controller.rate().map(Rate::bytes_per_second);
             let mut sample = steady_tick(now, rate, delay.unwrap_or(0), 0.0);
             sample.queue_delay = delay.map(Duration::from_millis);
             if opposite_cuts {
                 sample = beside_an_opposite_that_cuts(sample, rate.unwrap_or(8.0 * MBIT));
             }
-            controller.on_tick(&sample);
-            tick
-        };
+            self.controller.on_tick(&sample);
+            self.tick
+        }
+
+        /// Pacing started by a queue, then a clear path past the first seconds of pacing.
+        fn paced_past_the_first_seconds(&mut self) {
+            for _ in 0..3 {
+                self.next(Some(20), false);
+            }
+            for _ in 0..57 {
+                self.next(Some(0), false);
+            }
+        }
+
+        /// The queue back, beside an opposite direction that cuts for it too: pacing starts
+        /// again (before tick `limit`) and pauses within 10 ticks of starting.
+        fn assert_a_restart_pauses_at_once(&mut self, limit: u32) {
+            let mut started = 0;
+            while self.controller.mode() == Mode::Off {
+                started = self.next(Some(20), true);
+                assert!(started < limit, "pacing never started again");
+            }
+            while self.controller.mode() != Mode::Contended {
+                let at = self.next(Some(20), true);
+                assert!(
+                    at - started <= 10,
+                    "paced for {} ticks without a pause",
+                    at - started
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_queue_that_starts_pacing_soon_after_a_pause_is_taken_for_the_same_flows() {
+        let mut ticks = SteadyTicks::new();
+        // Paced, a clear path past the first seconds, then another flow's queue: a pause.
+        ticks.paced_past_the_first_seconds();
+        while ticks.controller.mode() != Mode::Contended {
+            assert!(ticks.next(Some(20), false) < 1000, "never paused");
+        }
+        while ticks.controller.mode() == Mode::Contended {
+            assert!(ticks.next(Some(20), false) < 2000, "never resumed");
+        }
+        // No delay reported for long: pacing stops.
+        while ticks.controller.mode() != Mode::Off {
+            assert!(ticks.next(None, false) < 2000, "never stopped");
+        }
+        ticks.assert_a_restart_pauses_at_once(3000);
+    }
+
+    #[test]
+    fn a_queue_that_starts_pacing_soon_after_a_silence_over_a_queue_is_taken_for_the_same_flows() {
+        let mut ticks = SteadyTicks::new();
         // Paced, a clear path past the first seconds, then a queue, and no delay reported
         // after it (downloads alone report none): pacing stops.
-        for _ in 0..3 {
-            next(&mut controller, Some(20), false);
+        ticks.paced_past_the_first_seconds();
+        ticks.next(Some(20), false);
+        while ticks.controller.mode() != Mode::Off {
+            assert!(ticks.next(None, false) < 1000, "never stopped");
         }
-        for _ in 0..57 {
-            next(&mut controller, Some(0), false);
-        }
-        next(&mut controller, Some(20), false);
-        while controller.mode() != Mode::Off {
-            assert!(next(&mut controller, None, false) < 1000, "never stopped");
-        }
-        // The queue back at once, beside an opposite direction that cuts for it too.
-        let mut started = 0;
-        while controller.mode() == Mode::Off {
-            started = next(&mut controller, Some(20), true);
-            assert!(started < 2000, "pacing never started again");
-        }
-        while controller.mode() != Mode::Contended {
-            let at = next(&mut controller, Some(20), true);
-            assert!(
-                at - started <= 10,
-                "paced for {} ticks without a pause",
-                at - started
-            );
-        }
+        ticks.assert_a_restart_pauses_at_once(2000);
     }
 
     #[test]
