@@ -14,7 +14,9 @@ fyntr unpaced (--upload-rate/--download-rate off), and fyntr paced at 95 % of th
 loss, idle and during the burst; router drops; burst completion; per-tunnel completion p99;
 Jain's fairness of per-tunnel throughput; goodput per direction during the burst against the
 link rate; when the bulk uploads finished; how many times `auto` set a rate; and a chart of
-probe RTT over time (testbed.svg).
+probe RTT over time (testbed.svg). A load still running 3 s before its timeout leaves
+sockets-MODE-stuck.txt: `ss -tinom` of both namespaces, to tell a stall in the proxy (data
+queued at its sockets) from one in the network (a sender in retransmission backoff).
 
 Scenarios (--scenario): burst (the above, the default); asymmetric (a smaller burst on a 5 up /
 40 down line); steps (2 uploads and 2 downloads for 60 s while the line steps 20 -> 5 -> 20
@@ -164,6 +166,14 @@ class Testbed:
             time.sleep(0.2)
         print("testbed: the link never went quiet; measuring anyway", file=sys.stderr)
 
+    def record_sockets(self, path):
+        """Writes `ss -tinom` of the TCP connections in both namespaces to `path`."""
+        with open(path, "w") as out:
+            for ns in (self.client_ns, self.server_ns):
+                listing = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tinom"],
+                                         capture_output=True, text=True, timeout=10, check=False)
+                out.write(f"# {ns}\n{listing.stdout}{listing.stderr}\n")
+
     def set_rates(self, up_bits, down_bits):
         with open(self.stats_file + ".rate.tmp", "w") as out:
             out.write(f"{up_bits} {down_bits}")
@@ -217,8 +227,16 @@ class Testbed:
         load_starts = time.monotonic() + config["idle_seconds"]
         series = []
         pending = list(phases[1:])
+        # A load still running a few seconds before its timeout has tunnels that may never
+        # finish: what both ends' sockets say then (queues, windows, retransmission backoff)
+        # is what tells a stall in the proxy from one in the network.
+        stuck_at = load_starts + config["timeout_seconds"] - 3
+        stuck_recorded = False
         while client.poll() is None:
             now = time.monotonic()
+            if not stuck_recorded and now >= stuck_at:
+                self.record_sockets(os.path.join(self.out, f"sockets-{name}-stuck.txt"))
+                stuck_recorded = True
             while pending and now >= load_starts + pending[0]["at"]:
                 self.set_rates(pending[0]["up"], pending[0]["down"])
                 pending.pop(0)
