@@ -1790,7 +1790,9 @@ mod tests {
         };
         let slow = cuts(|controller| controller.segment_time().unwrap_or_default());
         assert_eq!(slow, 0, "cut {slow} times for three segments at 4.5 Mbit/s");
-        let fast = cuts(|_| Duration::from_secs_f64(1514.0 * 8.0 / 20e6));
+        let fast = cuts(|_| {
+            Duration::from_secs_f64((SEGMENT_PAYLOAD + SEGMENT_HEADERS) as f64 / (20.0 * MBIT))
+        });
         assert!(fast > 0, "a 20 Mbit/s link's 8 ms queue was not cut");
     }
 
