@@ -654,10 +654,6 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 opposite_probing: opposite.probing(),
                 opposite_holds_turn: opposite.holds_turn(),
                 opposite_probe_at_cut: opposite.probe_at_cut(),
-                segment_time: controllers[way as usize]
-                    .segment_time()
-                    .max(opposite.segment_time())
-                    .unwrap_or_default(),
             };
             let controller = &mut controllers[way as usize];
             let before = controller.rate();

@@ -10,8 +10,6 @@
 //!   congested. A queue means the queueing delay over [`AutoRateConfig::bloat`] in 3 of the last
 //!   6 ticks (the rule of cake-autorate), or more than 2 % of the bytes sent again (BBR's loss
 //!   threshold), while at least [`AutoRateConfig::min_load`] moves.
-//! - On links under about 7 Mbit/s the thresholds are counted in segments of the slower paced
-//!   link ([`BLOAT_SEGMENTS`], [`CLEAR_SEGMENTS`]): TCP keeps a few standing at a link it fills.
 //! - **Paced**: a cut sets the rate just below what was delivered (`0.95` of it at the bloat
 //!   threshold, down to `0.85` at three times the threshold), at most once per
 //!   [`AutoRateConfig::refractory`] and only while the queue is not already draining (nor in
@@ -91,9 +89,6 @@ pub struct Sample {
     /// Whether the opposite direction's link dropped some of its data lately
     /// ([`AutoRate::dropped_lately`]).
     pub opposite_dropped: bool,
-    /// How long one full segment takes on the slower of the links the two directions are
-    /// paced for ([`AutoRate::segment_time`] of both, the longer); zero when neither is paced.
-    pub segment_time: Duration,
 }
 
 /// The controller's constants.
@@ -232,28 +227,6 @@ const PROBE_TURN: Duration = Duration::from_secs(2);
 /// (testbed steps: the downloads waited 2 s at 3.8 Mbit/s on a 20 Mbit/s downlink while the
 /// uploads climbed).
 const NEAR_PROBE: f64 = 1.1;
-/// Segments' worth of delay on the slower paced link under which the path still counts as
-/// clear, and over which it counts as a queue, when that is more than
-/// [`AutoRateConfig::clear`] and [`AutoRateConfig::bloat`] (links under about 8 and 7 Mbit/s).
-/// A round trip crosses both links, and TCP keeps a few segments standing at a link it fills:
-/// at 5 Mbit/s each takes 2.4 ms, and two or three read as a queue at the fixed thresholds,
-/// where at 20 Mbit/s they are under the clear one (testbed steps: in the 5 Mbit/s phase the
-/// delay stood at 5-8 ms for 20 s, and the uploads, cut for it again and again, carried 3 of
-/// the uplink's 5 Mbit/s).
-const CLEAR_SEGMENTS: u32 = 2;
-const BLOAT_SEGMENTS: u32 = 4;
-/// The most that [`BLOAT_SEGMENTS`] may raise the queue threshold to (and half of it, the clear
-/// one): a link's rate is estimated from what fyntr delivered, and a rate cut far under its
-/// link (beside a competing download) would otherwise take the competitor's queue for a few
-/// segments of a slow link.
-const MAX_SEGMENTS_BLOAT: Duration = Duration::from_millis(10);
-/// How long the fixed thresholds hold after a delay over twice [`AutoRateConfig::bloat`],
-/// unless the path reads clear by them first: such a delay is a queue left from a faster rate
-/// (a line that stepped down), which drains to them first (testbed steps: with the thresholds
-/// in segments from the first tick after a step from 20 to 5 Mbit/s, or from the first one
-/// that read under their clear threshold, the last milliseconds of that queue stood, and both
-/// queues fell under 5 ms only 2.1-2.5 s after the step in five runs of eight).
-const DEEP_DRAIN: Duration = Duration::from_secs(2);
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -331,14 +304,6 @@ pub struct AutoRate {
     /// How far past the ceiling the rate was when the last cut ended a probe, as a ratio;
     /// zero if the last cut ended none.
     probe_at_cut: f64,
-    /// The queueing delay that counts as a queue this tick: [`AutoRateConfig::bloat`], or
-    /// [`BLOAT_SEGMENTS`] on a slow link.
-    bloat: Duration,
-    /// The queueing delay under which the path counts as clear this tick.
-    clear: Duration,
-    /// When the delay was last over twice [`AutoRateConfig::bloat`], unless the path read
-    /// clear since: the fixed thresholds hold for [`DEEP_DRAIN`] after it.
-    deep_at: Option<Instant>,
 }
 
 impl AutoRate {
@@ -346,9 +311,6 @@ impl AutoRate {
     pub fn new(config: AutoRateConfig, now: Instant) -> Self {
         Self {
             config,
-            bloat: config.bloat,
-            clear: config.clear,
-            deep_at: None,
             mode: Mode::Off,
             rate: 0.0,
             recent: [(0.0, 0.0); SECOND_TICKS],
@@ -511,14 +473,6 @@ impl AutoRate {
         self.last_delay
     }
 
-    /// How long one full segment takes at the rate of this direction's link as estimated (the
-    /// rate in force, or the ceiling if higher), while paced.
-    pub fn segment_time(&self) -> Option<Duration> {
-        let rate = self.rate.max(self.ceiling);
-        (self.mode == Mode::Paced && rate > 0.0)
-            .then(|| Duration::from_secs_f64((SEGMENT_PAYLOAD + SEGMENT_HEADERS) as f64 / rate))
-    }
-
     /// Takes one tick's sample; returns the rate to pace at, `None` for none.
     pub fn on_tick(&mut self, sample: &Sample) -> Option<Rate> {
         let now = sample.now;
@@ -549,30 +503,6 @@ impl AutoRate {
         let delay = sample
             .queue_delay
             .map_or(Duration::ZERO, |delay| self.over_floor(delay));
-        // The thresholds of the tick: counted in segments on a slow link, but fixed for a while
-        // after a deep queue (see `DEEP_DRAIN`).
-        if sample.queue_delay.is_some() {
-            if delay > 2 * self.config.bloat {
-                self.deep_at = Some(now);
-            } else if delay < self.config.clear {
-                self.deep_at = None;
-            }
-        }
-        let draining_deep = self
-            .deep_at
-            .is_some_and(|at| now.duration_since(at) < DEEP_DRAIN);
-        (self.bloat, self.clear) = if draining_deep {
-            (self.config.bloat, self.config.clear)
-        } else {
-            (
-                self.config
-                    .bloat
-                    .max((sample.segment_time * BLOAT_SEGMENTS).min(MAX_SEGMENTS_BLOAT)),
-                self.config
-                    .clear
-                    .max((sample.segment_time * CLEAR_SEGMENTS).min(MAX_SEGMENTS_BLOAT / 2)),
-            )
-        };
         // Retransmissions come a round trip or more after the overflow, and go on for a while
         // after a cut: within `hold` of a cut they are the last queue's, not a new one.
         let since_cut = self
@@ -611,8 +541,8 @@ impl AutoRate {
         // A tick with no report of the delay says nothing either way. The lighter direction
         // may grow while the busier one keeps a queue.
         let known = sample.queue_delay.is_some();
-        let queue = !in_grace && ((known && delay > self.bloat && !lighter) || lossy);
-        let clear = !in_grace && known && !lossy && (delay < self.clear || lighter);
+        let queue = !in_grace && ((known && delay > self.config.bloat && !lighter) || lossy);
+        let clear = !in_grace && known && !lossy && (delay < self.config.clear || lighter);
         self.bloat_bits = ((self.bloat_bits << 1) | u32::from(queue)) & ((1 << BLOAT_WINDOW) - 1);
         if queue {
             self.last_queue = now;
@@ -630,7 +560,7 @@ impl AutoRate {
                 // drops this direction's data: it overflows now (testbed burst: the downloads'
                 // first queue dropped data from its first tick over the threshold, and waiting
                 // for 3 such ticks held the 20 Mbit/s downlink full for 0.3 s).
-                let deep = delay > 2 * self.bloat;
+                let deep = delay > 2 * self.config.bloat;
                 let overflowing = sample.dropped == Some(true);
                 if load >= self.config.min_load
                     && (queue_ticks >= BLOAT_TICKS || lossy || deep || overflowing)
@@ -679,7 +609,7 @@ impl AutoRate {
             // Silent after a reading that showed a queue: beside a competing download, whose
             // queue the downloads were cut for, the last reading before each silence showed
             // 9-17 ms, and pacing started again within a second.
-            if silent && self.delay_before > self.bloat {
+            if silent && self.delay_before > self.config.bloat {
                 self.left_standing = Some(now);
             }
             self.turn_off();
@@ -766,7 +696,7 @@ impl AutoRate {
         // four times in a second for the downlink's queue, full at 13 ms, while the downloads
         // waited on their cuts).
         let opposite_turn = queue
-            && delay <= 2 * self.bloat
+            && delay <= 2 * self.config.bloat
             && self.probe() <= sample.opposite_probe_at_cut
             && sample.opposite_cuts_in_a_row < 2
             && self.drop_bits == 0
@@ -787,8 +717,10 @@ impl AutoRate {
         // tick: a round trip of the moment over the threshold between two clear ones is gone
         // before a cut could drain it (testbed steps: a quarter of the cuts at 20 Mbit/s, each
         // taking the rate 10-20 % under the link for the second or more it takes to grow back).
-        let standing =
-            !self.clear_before || delay > 2 * self.bloat || lossy || sample.dropped == Some(true);
+        let standing = !self.clear_before
+            || delay > 2 * self.config.bloat
+            || lossy
+            || sample.dropped == Some(true);
         if queue && standing && pushing && since_cut >= self.config.refractory && my_turn {
             let draining = delay < self.delay_at_cut.mul_f64(0.8);
             if draining {
@@ -894,8 +826,11 @@ impl AutoRate {
         }
         // Between clear and a queue (the jitter of a busy path, or a queue that comes and
         // goes), the rate still grows, by the smallest step only.
-        let grey =
-            !clear && !queue && !lossy && sample.queue_delay.is_some() && delay <= self.bloat;
+        let grey = !clear
+            && !queue
+            && !lossy
+            && sample.queue_delay.is_some()
+            && delay <= self.config.bloat;
         if !clear && !grey {
             return;
         }
@@ -946,7 +881,7 @@ impl AutoRate {
         // one builds a queue of its own: the rate grows as in the grey band, not in steps that
         // double (testbed burst: uploads grew from 18 to 23 Mbit/s on a 20 Mbit/s uplink in
         // 0.6 s while the downlink's queue was read as the downloads').
-        let masked = clear && delay >= self.clear;
+        let masked = clear && delay >= self.config.clear;
         // Past the rate at which the path last queued, a delay that rises in the grey band is
         // the queue this rate builds: growing on into it fills the buffer before the cut (at
         // the least step, a 20 Mbit/s link's queue rose 4 ms a tick, and the cut came at 13).
@@ -1031,9 +966,9 @@ impl AutoRate {
     /// the queue; returns whether that lowered the rate (a rate already below it is left
     /// alone).
     fn cut(&mut self, now: Instant, basis: f64, delay: Duration, lossy: bool) -> bool {
-        let bloat = self.bloat.as_secs_f64();
+        let bloat = self.config.bloat.as_secs_f64();
         let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
-        let factor = if lossy && delay <= self.bloat {
+        let factor = if lossy && delay <= self.config.bloat {
             0.85
         } else {
             0.95 - 0.1 * over
@@ -1211,7 +1146,6 @@ mod tests {
         probing: bool,
         holds_turn: bool,
         probe_at_cut: f64,
-        segment_time: Option<Duration>,
     }
 
     /// fyntr's demand: a backlog that always has more (`None`) or at most this many bytes per
@@ -1340,11 +1274,6 @@ mod tests {
                 opposite_probe_at_cut: opposite.probe_at_cut,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
-                segment_time: self
-                    .controller
-                    .segment_time()
-                    .max(opposite.segment_time)
-                    .unwrap_or_default(),
             };
             let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
             if std::env::var_os("AUTORATE_TRACE").is_some() {
@@ -1431,7 +1360,6 @@ mod tests {
                         probing: opposite.probing(),
                         holds_turn: opposite.holds_turn(),
                         probe_at_cut: opposite.probe_at_cut(),
-                        segment_time: opposite.segment_time(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
                     self.ways[way].decide(&moved[way], delay, &opposite);
@@ -1548,7 +1476,6 @@ mod tests {
             opposite_probe_at_cut: 0.0,
             dropped: None,
             opposite_dropped: false,
-            segment_time: Duration::ZERO,
         }
     }
 
@@ -1766,62 +1693,6 @@ mod tests {
         // A queue that stands is cut on its second tick.
         assert!(!tick(&mut controller, 12));
         assert!(tick(&mut controller, 12), "a standing queue was not cut");
-    }
-
-    #[test]
-    fn a_few_segments_standing_at_a_slow_link_are_no_queue() {
-        // 8 ms of delay: three segments at 4.5 Mbit/s, what TCP keeps standing at a link it
-        // fills; at 20 Mbit/s, thirteen, a queue.
-        let cuts = |segment_time: fn(&AutoRate) -> Duration| {
-            let rate = 4.5 * MBIT;
-            let (mut controller, mut now) = paced_at(rate);
-            let mut cuts = 0;
-            for _ in 0..30 {
-                now += TICK;
-                let before = controller.rate().map(Rate::bytes_per_second);
-                let sample = Sample {
-                    segment_time: segment_time(&controller),
-                    ..steady_tick(now, before, 8, 0.0)
-                };
-                let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
-                cuts += usize::from(lowered(before, after));
-            }
-            cuts
-        };
-        let slow = cuts(|controller| controller.segment_time().unwrap_or_default());
-        assert_eq!(slow, 0, "cut {slow} times for three segments at 4.5 Mbit/s");
-        let fast = cuts(|_| {
-            Duration::from_secs_f64((SEGMENT_PAYLOAD + SEGMENT_HEADERS) as f64 / (20.0 * MBIT))
-        });
-        assert!(fast > 0, "a 20 Mbit/s link's 8 ms queue was not cut");
-    }
-
-    #[test]
-    fn a_deep_queue_at_a_slow_link_drains_to_the_fixed_thresholds_first() {
-        // A delay of 20 ms (a line that stepped down), then 8 ms: for the first 2 s the rest of
-        // a queue left from the faster rate, cut; past them, three segments at 4.5 Mbit/s.
-        let (mut controller, mut now) = paced_at(4.5 * MBIT);
-        let mut cuts = Vec::new();
-        for tick in 0..40u32 {
-            now += TICK;
-            let before = controller.rate().map(Rate::bytes_per_second);
-            let sample = Sample {
-                segment_time: controller.segment_time().unwrap_or_default(),
-                ..steady_tick(now, before, if tick == 0 { 20 } else { 8 }, 0.0)
-            };
-            let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
-            if lowered(before, after) {
-                cuts.push(tick);
-            }
-        }
-        assert!(
-            cuts.iter().any(|&tick| tick > 0),
-            "the rest of the deep queue was not cut: {cuts:?}"
-        );
-        assert!(
-            cuts.iter().all(|&tick| tick < 20),
-            "cut for a few segments 2 s after the deep queue: {cuts:?}"
-        );
     }
 
     #[test]
