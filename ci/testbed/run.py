@@ -170,9 +170,14 @@ class Testbed:
         """Writes `ss -tinom` of the TCP connections in both namespaces to `path`."""
         with open(path, "w") as out:
             for ns in (self.client_ns, self.server_ns):
-                listing = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tinom"],
-                                         capture_output=True, text=True, timeout=10, check=False)
-                out.write(f"# {ns}\n{listing.stdout}{listing.stderr}\n")
+                try:
+                    listing = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tinom"],
+                                             capture_output=True, text=True, timeout=10,
+                                             check=False)
+                    out.write(f"# {ns}\n{listing.stdout}{listing.stderr}\n")
+                except subprocess.TimeoutExpired:
+                    # A diagnostic must not end the run it describes.
+                    out.write(f"# {ns}\nss did not answer within 10 s\n")
 
     def set_rates(self, up_bits, down_bits):
         with open(self.stats_file + ".rate.tmp", "w") as out:
