@@ -41,6 +41,7 @@ pub mod dial;
 mod establish;
 mod forward;
 mod gate;
+mod grace_over;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

@@ -8,8 +8,8 @@
 //! for the grant before the read instead, so that fyntr reads from upstream only at the rate. EOF
 //! on one side becomes `shutdown(Write)` on the other, and the tunnel ends when both directions
 //! are done, on the first error (both sockets are then shut down so the other direction ends
-//! too), or when its idle watchdog finds both directions silent, or a write stalled, for the idle
-//! timeout.
+//! too), when its idle watchdog finds both directions silent, or a write stalled, for the idle
+//! timeout, or when the shutdown grace period ends.
 
 use std::{
     cell::{Cell, RefCell},
@@ -26,6 +26,7 @@ use crate::{
     auto_pacing::{AutoPacing, PathSampler},
     config::{Config, Pacing},
     gate::{Direction, FlowHandle, Gate},
+    grace_over::GraceOver,
     sched::pacer::{Pacer, Rate},
     send_queue::{self, BulkFlows, SendQueueFit},
 };
@@ -50,6 +51,8 @@ pub(crate) struct RelayContext<'a, B: Backend> {
     pub(crate) download_pacer: Option<&'a Pacer>,
     /// Where upstream sockets report their paths with `auto`.
     pub(crate) auto_pacing: Option<&'a AutoPacing>,
+    /// The end of the shutdown grace period, at which the tunnel closes.
+    pub(crate) grace_over: &'a GraceOver,
 }
 
 impl<B: Backend> RelayContext<'_, B> {
@@ -102,6 +105,8 @@ pub enum RelayEnd {
     IdleTimeout,
     /// Reading from or writing to this side failed.
     Failed(Side, io::Error),
+    /// fyntr closed it: the shutdown grace period ended first.
+    Shutdown,
 }
 
 impl std::fmt::Display for RelayEnd {
@@ -109,6 +114,7 @@ impl std::fmt::Display for RelayEnd {
         match self {
             Self::Closed => f.write_str("closed"),
             Self::IdleTimeout => f.write_str("idle timeout"),
+            Self::Shutdown => f.write_str("closed at shutdown"),
             Self::Failed(Side::Downstream, error) => write!(f, "downstream error: {error}"),
             Self::Failed(Side::Upstream, error) => write!(f, "upstream error: {error}"),
         }
@@ -209,16 +215,21 @@ pub(crate) async fn relay<B: Backend>(
         )
     };
     tokio::pin!(pumps);
-    let ((upload, upload_wait), (download, download_wait)) = match ctx.idle_timeout {
-        None => pumps.await,
-        Some(idle) => {
-            tokio::select! {
-                biased;
-                both = &mut pumps => both,
-                // The watchdog has shut both sockets down: every operation of the pumps
-                // completes now (none is ever dropped mid-flight), and they end.
-                () = tunnel.watch_idle(idle) => pumps.await,
-            }
+    let watchdog = async {
+        match ctx.idle_timeout {
+            Some(idle) => tunnel.watch_idle(idle).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ((upload, upload_wait), (download, download_wait)) = tokio::select! {
+        biased;
+        both = &mut pumps => both,
+        // The watchdog has shut both sockets down: every operation of the pumps completes
+        // now (none is ever dropped mid-flight), and they end.
+        () = watchdog => pumps.await,
+        () = ctx.grace_over.wait() => {
+            tunnel.fail(RelayEnd::Shutdown);
+            pumps.await
         }
     };
     let end = tunnel.end.take().unwrap_or(RelayEnd::Closed);

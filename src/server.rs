@@ -28,6 +28,9 @@ const MAX_REFUSING: usize = 256;
 /// Pause after an accept error such as EMFILE, doubling up to [`MAX_ACCEPT_BACKOFF`].
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long tunnels get to close after the shutdown grace period: a relay told to close
+/// aborts its sockets, so its pending operations complete at once.
+const CLOSE_AFTER_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a worker without tunnels keeps its spare relay pipes: long enough that back-to-back
 /// short tunnels (a Terraform run) reuse them, short enough that an idle proxy holds no
@@ -162,6 +165,22 @@ async fn run_worker<B: Backend>(
             open = ctx.tunnels.get(),
             "grace period over, closing remaining tunnels"
         );
+        // Relaying tunnels close their sockets at once and log how they ended; tunnels still
+        // being established end with the worker.
+        ctx.grace_over.announce();
+        let closed = tokio::time::timeout(CLOSE_AFTER_GRACE, async {
+            while ctx.tunnels.get() > 0 {
+                ctx.all_closed.notified().await;
+            }
+        })
+        .await;
+        if closed.is_err() {
+            warn!(
+                worker = worker.index,
+                open = ctx.tunnels.get(),
+                "tunnels not yet established dropped at shutdown"
+            );
+        }
     }
 }
 

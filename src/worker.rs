@@ -19,6 +19,7 @@ use crate::{
     config::{Config, Pacing, RateSetting},
     dial::SocketTuning,
     gate::Gate,
+    grace_over::GraceOver,
     metrics::{Protocol, Stats, WorkerStats},
     relay::RelayContext,
     reload::Live,
@@ -147,6 +148,8 @@ pub(crate) struct WorkerContext<B: Backend> {
     pub(crate) refusing: Cell<usize>,
     pub(crate) stopping: Cell<bool>,
     pub(crate) all_closed: Notify,
+    /// Announced when the shutdown grace period ends with tunnels still open.
+    pub(crate) grace_over: GraceOver,
 }
 
 impl<B: Backend> WorkerContext<B> {
@@ -173,6 +176,7 @@ impl<B: Backend> WorkerContext<B> {
             refusing: Cell::new(0),
             stopping: Cell::new(false),
             all_closed: Notify::new(),
+            grace_over: GraceOver::default(),
             index,
             shared,
         }
@@ -198,6 +202,7 @@ impl<B: Backend> WorkerContext<B> {
             upload_pacer: self.shared.upload_pacer.as_deref(),
             download_pacer: self.shared.download_pacer.as_deref(),
             auto_pacing: self.shared.auto_pacing.as_deref(),
+            grace_over: &self.grace_over,
         }
     }
 

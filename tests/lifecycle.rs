@@ -138,16 +138,25 @@ on_each_backend! {
         assert!(status.success(), "{status:?}");
     }
 
-    fn sigint_exits_0_after_the_grace_period_even_with_open_tunnels(backend) {
+    fn sigint_exits_0_after_the_grace_period_and_logs_the_tunnels_it_closed(backend) {
         let echo = targets::echo();
         let mut proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string(), "--shutdown-grace", "1"]);
         let mut open = proxy.tunnel(&echo.to_string());
+        open.write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        open.read_exact(&mut echoed).unwrap();
         proxy.signal("INT");
         let status = proxy.wait_exit(WAIT).expect("exits after the grace period");
         assert!(status.success(), "{status:?}");
         let mut rest = Vec::new();
         let _ = open.read_to_end(&mut rest);
         assert!(rest.is_empty());
+        // The tunnel still open when the grace period ended is closed by fyntr, and its line
+        // says so, with its bytes.
+        let log = proxy.wait_for_log("outcome=closed at shutdown");
+        let line = log.lines().find(|line| line.contains("tunnel closed")).unwrap_or_default();
+        assert!(line.contains("up_bytes=4 down_bytes=4"), "{line}");
+        assert!(line.contains("outcome=closed at shutdown"), "{line}");
     }
 
     fn descriptors_do_not_leak(backend) {

@@ -46,7 +46,8 @@ impl Protocol {
 /// How a client connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
-    /// A tunnel ran and closed normally (both sides finished).
+    /// A tunnel ran and closed normally (both sides finished), or fyntr closed it at the end of
+    /// the shutdown grace period.
     Closed,
     /// A tunnel was closed after the idle timeout.
     IdleTimeout,
