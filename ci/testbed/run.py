@@ -390,6 +390,10 @@ def summarize(result):
         "probes_delayed_by_host": result["probes_delayed_by_host"],
         "burst_completion_s": result["burst_ended"] - result["burst_began"],
         "tunnel_completion_p99_s": percentile(durations, 0.99),
+        "tunnel_completion_max_s": max(durations, default=float("nan")),
+        # Tunnels that took over five times the median: a sender left crawling (a tail that
+        # alone may set the burst's completion, and beside a competing download its share).
+        "tunnels_over_5x_median": sum(1 for d in durations if d > 5 * percentile(durations, 0.5)),
         # Tunnels still running when the burst timed out never reported: they failed too.
         "failed_tunnels": result["expected_tunnels"] - len(ok),
         "jain": jain,
