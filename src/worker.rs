@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     live: RwLock<Arc<Live>>,
     pub(crate) admission: Arc<Admission>,
     /// Downloads that moved data lately, among which a paced download window is shared.
-    pub(crate) active_downloads: ActiveDownloads,
+    pub(crate) active_downloads: Arc<ActiveDownloads>,
     pub(crate) upload_pacer: Option<Arc<Pacer>>,
     pub(crate) download_pacer: Option<Arc<Pacer>>,
     /// The directions paced with `auto`, if any.
@@ -69,6 +69,7 @@ impl Shared {
         }));
         let upload_pacer = byte_pacer(config.pacing.upload);
         let download_pacer = byte_pacer(config.pacing.download);
+        let active_downloads = Arc::new(ActiveDownloads::new(epoch));
         let auto_pacing = AutoPacing::new(
             upload_pacer.clone(),
             download_pacer.clone(),
@@ -77,6 +78,7 @@ impl Shared {
                 config.pacing.download.is_auto(),
             ],
             config.buffer_size,
+            Arc::clone(&active_downloads),
         );
         if let Some(auto_pacing) = &auto_pacing {
             AutoPacing::start(auto_pacing);
@@ -84,7 +86,7 @@ impl Shared {
         Shared {
             live: RwLock::new(Arc::new(Live::new(&config))),
             admission: Arc::new(Admission::new(config.connection_cap)),
-            active_downloads: ActiveDownloads::new(epoch),
+            active_downloads,
             stats: Stats::new(config.workers.max(1)),
             backend_name,
             upload_pacer,

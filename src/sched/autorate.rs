@@ -75,6 +75,8 @@ pub struct Sample {
     pub opposite_cuts_in_a_row: u32,
     /// Whether the opposite direction stopped pacing for a queue that is not fyntr's.
     pub opposite_contended: bool,
+    /// Whether the opposite direction is paced: only then does it take turns to probe.
+    pub opposite_paced: bool,
     /// Whether the opposite direction's rate is past the one at which its path last queued
     /// ([`AutoRate::probing`]).
     pub opposite_probing: bool,
@@ -89,6 +91,9 @@ pub struct Sample {
     /// Whether the opposite direction's link dropped some of its data lately
     /// ([`AutoRate::dropped_lately`]).
     pub opposite_dropped: bool,
+    /// Remote senders that share the rate, each held back only by the window fyntr offers it
+    /// (downloads that moved data lately); zero where fyntr's own sockets send (uploads).
+    pub held_senders: u32,
 }
 
 /// The controller's constants.
@@ -108,6 +113,18 @@ pub struct AutoRateConfig {
     /// Least rate ever set, bytes per second: above the ACKs that a busy opposite direction
     /// draws over this one (about 2.5 % of its rate), which the pacer counts too.
     pub floor: f64,
+    /// Least share of the rate per held sender ([`Sample::held_senders`]), bytes per second
+    /// (100 kbit/s): the rate never goes below it for all of them, and a direction that
+    /// delivers less over a queue does not start pacing. A BBR sender kept far under its own
+    /// rate while the path drops a fifth of its segments takes that rate for a policer's and
+    /// keeps it for 48 round trips, which at a few segments a second are minutes: beside a
+    /// competing download, 30 downloads paced at 1.0-1.6 Mbit/s in all (33-52 kbit/s each),
+    /// their segments dropped in the competitor's queue, left the burst's first 30 tunnels'
+    /// senders at a few kbit/s (one server's socket: `bbr:(bw:3448bps)`, pacing gain 1), and
+    /// those tunnels took 25-66 s where the others took 3-4 s (testbed competing). Delivering
+    /// less than this share each, the downloads are the lighter traffic over a queue someone
+    /// else keeps.
+    pub sender_floor: f64,
     /// Least time between two cuts: the delay signal lags by a few round trips.
     pub refractory: Duration,
     /// How long the rate holds after a cut before it may grow.
@@ -137,6 +154,7 @@ impl Default for AutoRateConfig {
             clear: Duration::from_millis(3),
             min_load: 125_000.0,
             floor: 125_000.0,
+            sender_floor: 12_500.0,
             refractory: Duration::from_millis(300),
             hold: Duration::from_secs(1),
             first_step: 0.01,
@@ -262,6 +280,9 @@ pub struct AutoRate {
     cuts_in_a_row: u32,
     /// Ticks in a row at the floor rate with more to send.
     ticks_at_floor: u32,
+    /// The floor rate as of the last tick: [`AutoRateConfig::floor`], or the held senders'
+    /// least share ([`AutoRateConfig::sender_floor`]) if that is more.
+    least_rate: f64,
     /// The rate before the first of those cuts.
     rate_before_cuts: f64,
     step: f64,
@@ -323,6 +344,7 @@ impl AutoRate {
             ceiling: 0.0,
             cuts_in_a_row: 0,
             ticks_at_floor: 0,
+            least_rate: config.floor,
             rate_before_cuts: 0.0,
             step: config.first_step,
             step_since: now,
@@ -477,6 +499,10 @@ impl AutoRate {
     pub fn on_tick(&mut self, sample: &Sample) -> Option<Rate> {
         let now = sample.now;
         self.held_back = sample.backlogged;
+        self.least_rate = self
+            .config
+            .floor
+            .max(f64::from(sample.held_senders) * self.config.sender_floor);
         let wire = sample.delivered as f64 * WIRE_PER_PAYLOAD + sample.acks as f64;
         self.recent.rotate_left(1);
         self.recent[SECOND_TICKS - 1] = (wire, sample.interval.as_secs_f64());
@@ -531,8 +557,14 @@ impl AutoRate {
         // (see `grow`): a queue that shows while only one of them probes is that one's, however
         // much each moves (simulated 5/40 line: the uploads, lighter, grew 10 % past the uplink
         // and filled its buffer while the downloads were cut three times for it).
+        // An opposite direction that is not paced takes no turns: that it does not probe says
+        // nothing of whose queue it is (testbed competing: the downloads, paused or off beside
+        // the competitor, never probed, so every queue of the competitor's was the probing
+        // uploads' by turn; they were cut for it every second or two, from 7 to 1.5 Mbit/s over
+        // 50 s on an idle 20 Mbit/s uplink, though only the downloads' data was dropped, and
+        // each tunnel waited seconds to send its request).
         let probing = self.probing();
-        let mine_by_turn = probing && !sample.opposite_probing;
+        let mine_by_turn = probing && sample.opposite_paced && !sample.opposite_probing;
         let theirs_by_turn = sample.opposite_probing && !probing;
         let lighter = ((sample.opposite_load > 2.0 * load && !only_mine_drops)
             || only_opposite_drops
@@ -562,7 +594,9 @@ impl AutoRate {
                 // for 3 such ticks held the 20 Mbit/s downlink full for 0.3 s).
                 let deep = delay > 2 * self.config.bloat;
                 let overflowing = sample.dropped == Some(true);
-                if load >= self.config.min_load
+                // Delivering less than the held senders' least share, fyntr's traffic is the
+                // lighter over a queue it did not build (see `AutoRateConfig::sender_floor`).
+                if load >= self.config.min_load.max(self.least_rate)
                     && (queue_ticks >= BLOAT_TICKS || lossy || deep || overflowing)
                     && queue
                 {
@@ -665,7 +699,13 @@ impl AutoRate {
         // stayed at 1.0-1.12 Mbit/s on an idle 20 Mbit/s uplink for 12 s, cut for a
         // competing download's queue (testbed competing), and never held 1.05 of the floor
         // for 2 s.
-        if self.rate <= NEAR_FLOOR * self.config.floor && pushing && !starting {
+        // Held at the held senders' least share, even in the first seconds: there the queue
+        // is the sockets' bytes from before only while the rate is well above a crawl (testbed
+        // burst: 30 downloads' first queue, paced at 8-20 Mbit/s), and beside a competing
+        // download a crawl of those seconds is what leaves their senders crawling (see
+        // `AutoRateConfig::sender_floor`).
+        let at_sender_floor = self.least_rate > self.config.floor;
+        if self.rate <= NEAR_FLOOR * self.least_rate && pushing && (!starting || at_sender_floor) {
             self.ticks_at_floor += 1;
             if self.ticks_at_floor >= FLOOR_TICKS {
                 self.ticks_at_floor = 0;
@@ -949,7 +989,7 @@ impl AutoRate {
         }
         self.decision = "resume";
         self.mode = Mode::Paced;
-        self.rate = (0.95 * second).max(self.config.floor);
+        self.rate = (0.95 * second).max(self.least_rate);
         self.grown_since_cut = false;
         self.probe_at_cut = 0.0;
         self.last_cut = Some(now);
@@ -981,7 +1021,7 @@ impl AutoRate {
         // What moved when the queue showed, or the rate allowed then if that was less.
         self.ceiling = basis.min(self.rate);
         // At most halved per cut: delivery read during a loss recovery understates the path.
-        self.rate = target.max(0.5 * self.rate).max(self.config.floor);
+        self.rate = target.max(0.5 * self.rate).max(self.least_rate);
         self.grown_since_cut = false;
         self.last_cut = Some(now);
         self.delay_at_cut = delay;
@@ -1142,6 +1182,7 @@ mod tests {
         cut: Option<Instant>,
         cuts_in_a_row: u32,
         contended: bool,
+        paced: bool,
         dropped: bool,
         probing: bool,
         holds_turn: bool,
@@ -1269,11 +1310,13 @@ mod tests {
                 opposite_cut: opposite.cut,
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row,
                 opposite_contended: opposite.contended,
+                opposite_paced: opposite.paced,
                 opposite_probing: opposite.probing,
                 opposite_holds_turn: opposite.holds_turn,
                 opposite_probe_at_cut: opposite.probe_at_cut,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
+                held_senders: 0,
             };
             let rate = self.controller.on_tick(&sample).map(Rate::bytes_per_second);
             if std::env::var_os("AUTORATE_TRACE").is_some() {
@@ -1356,6 +1399,7 @@ mod tests {
                         cut: opposite.last_cut(),
                         cuts_in_a_row: opposite.cuts_in_a_row(),
                         contended: opposite.mode() == Mode::Contended,
+                        paced: opposite.mode() == Mode::Paced,
                         dropped: opposite.dropped_lately(),
                         probing: opposite.probing(),
                         holds_turn: opposite.holds_turn(),
@@ -1471,11 +1515,13 @@ mod tests {
             opposite_cut: None,
             opposite_cuts_in_a_row: 0,
             opposite_contended: false,
+            opposite_paced: true,
             opposite_probing: false,
             opposite_holds_turn: false,
             opposite_probe_at_cut: 0.0,
             dropped: None,
             opposite_dropped: false,
+            held_senders: 0,
         }
     }
 
@@ -1619,6 +1665,109 @@ mod tests {
             assert!(ticks < 100, "never grew past the ceiling");
         }
         (controller, now)
+    }
+
+    /// Whether `controller`, [`probing_past_its_ceiling`] from `now`, cuts within 3 s for a
+    /// queue that drops only the opposite direction's data, which moves a little more than it
+    /// and does not probe; paced or not, as `opposite_paced` says.
+    fn cuts_for_a_queue_that_drops_only_an_opposite_not_probing(opposite_paced: bool) -> bool {
+        let (mut controller, mut now) = probing_past_its_ceiling();
+        (0..30).any(|_| {
+            now += TICK;
+            let before = controller.rate().map(Rate::bytes_per_second);
+            let sample = Sample {
+                dropped: Some(false),
+                opposite_dropped: true,
+                opposite_paced,
+                ..steady_tick(now, before, 13, 10.0 * MBIT)
+            };
+            let after = controller.on_tick(&sample).map(Rate::bytes_per_second);
+            lowered(before, after)
+        })
+    }
+
+    #[test]
+    fn an_opposite_direction_that_is_not_paced_takes_no_turn_to_probe() {
+        // Beside a competing download, the downloads paused: the queue that drops them is the
+        // competitor's, not the probing uploads' by turn.
+        assert!(!cuts_for_a_queue_that_drops_only_an_opposite_not_probing(
+            false
+        ));
+        // A paced opposite that does not probe leaves the queue to the direction that does.
+        assert!(cuts_for_a_queue_that_drops_only_an_opposite_not_probing(
+            true
+        ));
+    }
+
+    /// Ten ticks of a 20 ms queue over unpaced traffic of 10 Mbit/s shared by `held_senders`;
+    /// returns the mode they leave the controller in.
+    fn mode_after_a_queue_shared_by(held_senders: u32) -> Mode {
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        for tick in 1..=10u32 {
+            controller.on_tick(&Sample {
+                held_senders,
+                ..steady_tick(start + TICK * tick, None, 20, 0.0)
+            });
+        }
+        controller.mode()
+    }
+
+    #[test]
+    fn senders_that_each_deliver_under_the_least_share_do_not_start_pacing() {
+        // 120 downloads moving 10 Mbit/s get 83 kbit/s each: the queue is someone else's.
+        assert_eq!(mode_after_a_queue_shared_by(120), Mode::Off);
+        assert_eq!(mode_after_a_queue_shared_by(30), Mode::Paced);
+    }
+
+    #[test]
+    fn a_rate_shared_by_held_senders_is_never_cut_under_their_least_share() {
+        let (mut controller, mut now) = paced_at(8.0 * MBIT);
+        let held_senders = 60;
+        // 100 kbit/s each.
+        let least = f64::from(held_senders) * 0.1 * MBIT;
+        for _ in 0..100 {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&Sample {
+                held_senders,
+                ..steady_tick(now, rate, 20, 0.0)
+            });
+            if let Some(rate) = controller.rate() {
+                assert!(rate.bytes_per_second() >= least, "{rate:?}");
+            }
+        }
+        // Held there with a queue standing, the queue is someone else's.
+        assert_eq!(controller.mode(), Mode::Contended);
+    }
+
+    #[test]
+    fn a_rate_held_at_the_senders_least_share_pauses_within_the_first_seconds() {
+        // 60 downloads beside a flow that keeps the queue standing: pacing starts, is cut to
+        // their least share (6 Mbit/s), and stops there before its first seconds are over.
+        let start = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), start);
+        let mut paced_at = None;
+        for tick in 1..=80u32 {
+            let now = start + TICK * tick;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&Sample {
+                held_senders: 60,
+                ..steady_tick(now, rate, 20, 0.0)
+            });
+            match controller.mode() {
+                Mode::Paced => {
+                    paced_at.get_or_insert(now);
+                }
+                Mode::Contended => {
+                    let paced_for = now.duration_since(paced_at.expect("paced first"));
+                    assert!(paced_for < STARTUP, "paced for {paced_for:?}");
+                    return;
+                }
+                Mode::Off => {}
+            }
+        }
+        panic!("never paused: {:?}", controller.mode());
     }
 
     #[test]
