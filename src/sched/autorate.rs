@@ -22,7 +22,8 @@
 //!   is not congestion: the delay that the stalled bytes report once they arrive is ignored
 //!   for [`AutoRateConfig::stall_grace`].
 //! - **Contended**: when cut after cut leaves the queue as full, or the rate has been held at
-//!   [`AutoRateConfig::floor`] for 2 s with more to send, the queue is someone else's (a
+//!   [`AutoRateConfig::floor`] (or, if more, [`AutoRateConfig::sender_floor`] for each remote
+//!   sender the rate is shared among) for 2 s with more to send, the queue is someone else's (a
 //!   loss-based flow that fills any buffer). Backing off further would hand it the whole link,
 //!   so pacing stops for [`AutoRateConfig::contended_pause`] (TCP then takes its share), then
 //!   tries again from what moves then (or goes off if almost nothing does); a queue back at
@@ -699,13 +700,16 @@ impl AutoRate {
         // stayed at 1.0-1.12 Mbit/s on an idle 20 Mbit/s uplink for 12 s, cut for a
         // competing download's queue (testbed competing), and never held 1.05 of the floor
         // for 2 s.
-        // Held at the held senders' least share, even in the first seconds: there the queue
-        // is the sockets' bytes from before only while the rate is well above a crawl (testbed
-        // burst: 30 downloads' first queue, paced at 8-20 Mbit/s), and beside a competing
-        // download a crawl of those seconds is what leaves their senders crawling (see
-        // `AutoRateConfig::sender_floor`).
-        let at_sender_floor = self.least_rate > self.config.floor;
-        if self.rate <= NEAR_FLOOR * self.least_rate && pushing && (!starting || at_sender_floor) {
+        // At the held senders' least share this holds in the first seconds too: the bytes the
+        // sockets took before pacing make a queue that a rate far above a crawl is cut for
+        // (testbed burst: 30 downloads' first queue, paced at 8-20 Mbit/s), while beside a
+        // competing download a crawl of those seconds is what leaves their senders crawling
+        // (see `AutoRateConfig::sender_floor`).
+        let senders_set_the_floor = self.least_rate > self.config.floor;
+        if self.rate <= NEAR_FLOOR * self.least_rate
+            && pushing
+            && (!starting || senders_set_the_floor)
+        {
             self.ticks_at_floor += 1;
             if self.ticks_at_floor >= FLOOR_TICKS {
                 self.ticks_at_floor = 0;
