@@ -683,6 +683,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 opposite_dropped = sample.opposite_dropped,
                 mode = controller.mode().name(),
                 rate = %describe(rate),
+                floor_mbit = controller.least_rate() * 8.0 / 1e6,
                 decision = controller.decision(),
                 "auto tick"
             );

@@ -1034,6 +1034,12 @@ impl AutoRate {
         true
     }
 
+    /// The least rate in force as of the last tick, bytes per second: [`AutoRateConfig::floor`],
+    /// or the held senders' least share if that is more.
+    pub fn least_rate(&self) -> f64 {
+        self.least_rate
+    }
+
     /// When the rate was last cut.
     pub fn last_cut(&self) -> Option<Instant> {
         self.last_cut
