@@ -165,8 +165,8 @@ async fn run_worker<B: Backend>(
             open = ctx.tunnels.get(),
             "grace period over, closing remaining tunnels"
         );
-        // Relaying tunnels close their sockets at once and log how they ended; tunnels still
-        // being established end with the worker.
+        // Relaying tunnels close their sockets at once and log how they ended; connections
+        // still being established, or forwarding plain HTTP, end with the worker.
         ctx.grace_over.announce();
         let closed = tokio::time::timeout(CLOSE_AFTER_GRACE, async {
             while ctx.tunnels.get() > 0 {
@@ -178,7 +178,7 @@ async fn run_worker<B: Backend>(
             warn!(
                 worker = worker.index,
                 open = ctx.tunnels.get(),
-                "tunnels not yet established dropped at shutdown"
+                "connections not relaying a tunnel (being established, or forwarding plain HTTP) dropped at shutdown"
             );
         }
     }
