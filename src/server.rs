@@ -153,13 +153,7 @@ async fn run_worker<B: Backend>(
         grace_ms = grace.as_millis() as u64,
         "worker stopped accepting; draining its tunnels"
     );
-    let drained = tokio::time::timeout(grace, async {
-        while ctx.tunnels.get() > 0 {
-            ctx.all_closed.notified().await;
-        }
-    })
-    .await;
-    if drained.is_err() {
+    if !all_closed_within(&ctx, grace).await {
         warn!(
             worker = worker.index,
             open = ctx.tunnels.get(),
@@ -168,13 +162,7 @@ async fn run_worker<B: Backend>(
         // Relaying tunnels close their sockets at once and log how they ended; connections
         // still being established, or forwarding plain HTTP, end with the worker.
         ctx.grace_over.announce();
-        let closed = tokio::time::timeout(CLOSE_AFTER_GRACE, async {
-            while ctx.tunnels.get() > 0 {
-                ctx.all_closed.notified().await;
-            }
-        })
-        .await;
-        if closed.is_err() {
+        if !all_closed_within(&ctx, CLOSE_AFTER_GRACE).await {
             warn!(
                 worker = worker.index,
                 open = ctx.tunnels.get(),
@@ -182,6 +170,17 @@ async fn run_worker<B: Backend>(
             );
         }
     }
+}
+
+/// Waits until the worker has no connection left, for `limit` at most; returns whether none is.
+async fn all_closed_within<B: Backend>(ctx: &WorkerContext<B>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while ctx.tunnels.get() > 0 {
+            ctx.all_closed.notified().await;
+        }
+    })
+    .await
+    .is_ok()
 }
 
 async fn accept_loop<B: Backend>(
