@@ -11,10 +11,13 @@
 //! (`--zero-copy off`) and `fyntr-io-uring-unpaced` (`--upload-rate off --download-rate off`,
 //! to see what the default `auto` costs). It prints one table of values and
 //! ratios to direct, writes `load.json`, and draws `load.svg` (ratios per scenario and mode).
-//! With `--rounds N` each scenario runs N rounds of every mode in turn (direct, fyntr, ...,
-//! direct, fyntr, ...), and the table gives medians: a mode's ratio is the median of its ratios
-//! to the direct run of the same round, with their range, so that the machine's drift during a
-//! run (other tenants, thermal) weighs on every mode alike.
+//! With `--rounds N` each scenario runs N rounds of every mode in turn, each round starting one
+//! mode further along the list (direct, fyntr, ...; then fyntr, ..., direct), and the table gives
+//! medians: a mode's ratio is the median of its ratios to the direct run of the same round, with
+//! their range, so that the machine's drift during a run (other tenants, thermal, sockets left
+//! in TIME-WAIT by the mode before) weighs on every mode alike rather than on whichever runs
+//! last. When both `fyntr-io-uring` and `fyntr-io-uring-unpaced` ran, a second table pairs them
+//! round by round: what the default `auto` costs where nothing is congested.
 //! The `syscalls` scenario counts the proxy's system calls per relayed message with `strace`
 //! (see `syscalls.rs`).
 //! Each scenario is bounded in time and count; the load generator and its targets run in this
@@ -122,7 +125,12 @@ fn main() {
                 continue;
             }
             for round in 0..options.rounds {
-                for mode in &modes {
+                for mode in modes
+                    .iter()
+                    .cycle()
+                    .skip(round % modes.len())
+                    .take(modes.len())
+                {
                     let proxy = match mode {
                         Mode::Direct => None,
                         other => match proxies::Running::start(other, &targets) {
@@ -149,6 +157,7 @@ fn main() {
             }
         }
         results.print();
+        results.print_paired("fyntr-io-uring", "fyntr-io-uring-unpaced");
         std::fs::create_dir_all(&options.out).expect("output directory");
         results.write_json(&options.out.join("load.json"));
         results.write_svg(&options.out.join("load.svg"));

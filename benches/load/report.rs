@@ -161,6 +161,46 @@ impl Results {
         println!("{table}");
     }
 
+    /// `mode` against `baseline`, round by round: the median and range of the ratios of their
+    /// runs in the same round (higher is better for every metric as printed: a latency or CPU
+    /// ratio is taken the other way up). Nothing when either did not run.
+    pub fn print_paired(&self, mode: &str, baseline: &str) {
+        if !self.modes.contains(&mode) || !self.modes.contains(&baseline) {
+            return;
+        }
+        let mut table = format!(
+            "{mode} against {baseline}, per round (above 1: {mode} did better)\n\n| scenario / metric | median | range | rounds |\n|---|---|---|---|\n"
+        );
+        for key in self.keys() {
+            let ratios: Vec<f64> = self
+                .rows_of(key, mode)
+                .filter_map(|row| {
+                    let base = self.rows_of(key, baseline).find(|b| b.round == row.round)?;
+                    let (better, worse) = if row.metric.higher_is_better {
+                        (row.metric.value, base.metric.value)
+                    } else {
+                        (base.metric.value, row.metric.value)
+                    };
+                    (worse > 0.0).then(|| better / worse)
+                })
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = writeln!(
+                table,
+                "| {} / {} | {:.3} | {low:.2}-{high:.2} | {} |",
+                key.0,
+                key.1,
+                median(&ratios),
+                ratios.len()
+            );
+        }
+        println!("{table}");
+    }
+
     pub fn write_json(&self, path: &Path) {
         let list = |values: &[f64]| {
             let items: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();
