@@ -11,6 +11,10 @@
 //! Upstream sockets to loopback are not observed: there is no link to find, and a loaded
 //! machine's loopback round trips (tens of milliseconds with both cores busy) would read as a
 //! queue.
+//!
+//! With nothing paced and no traffic on the watched paths for a second, the thread dozes
+//! ([`Doze`]) until a relay moves data on one: an idle proxy, or one that only relays to
+//! loopback, is not woken ten times a second.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -28,6 +32,7 @@ use tracing::{debug, info, trace};
 use crate::{
     active_downloads::ActiveDownloads,
     config::Pacing,
+    doze::Doze,
     gate::Direction,
     metrics::AutoEstimate,
     sched::{
@@ -52,6 +57,18 @@ struct Observed {
     out_of_order: u64,
     /// The least base round trip reported.
     base: Option<Duration>,
+}
+
+impl Observed {
+    /// Whether nothing was reported.
+    fn is_empty(&self) -> bool {
+        self.delivered == 0
+            && self.sent == 0
+            && self.resent == 0
+            && self.segments_in == 0
+            && self.out_of_order == 0
+            && self.base.is_none()
+    }
 }
 
 /// How recently a socket must have sent data for its smoothed round trip to count.
@@ -148,6 +165,9 @@ pub(crate) struct AutoPacing {
     /// The queueing delays reported since the last tick, one per report, of either direction.
     path_delays: Mutex<Vec<Duration>>,
     watched: Mutex<Watched>,
+    /// The controllers' thread's sleep while there is nothing to pace; the thread holds its
+    /// own handle, so that it sleeps without keeping `auto` alive.
+    doze: Arc<Doze>,
 }
 
 /// A word for logs.
@@ -189,6 +209,7 @@ impl AutoPacing {
             bases: Mutex::new(BaseMemory::default()),
             path_delays: Mutex::new(Vec::new()),
             watched: Mutex::new(Watched::default()),
+            doze: Arc::new(Doze::default()),
         }))
     }
 
@@ -223,9 +244,10 @@ impl AutoPacing {
     /// Starts the thread that runs the controllers; it ends once `auto` is dropped.
     pub(crate) fn start(auto: &Arc<AutoPacing>) {
         let weak = Arc::downgrade(auto);
+        let doze = Arc::clone(&auto.doze);
         let spawned = std::thread::Builder::new()
             .name("fyntr-autorate".into())
-            .spawn(move || run_controllers(weak));
+            .spawn(move || run_controllers(weak, &doze));
         if let Err(error) = spawned {
             tracing::warn!(%error, "could not start the auto rate thread: auto pacing stays off");
         }
@@ -254,6 +276,40 @@ impl AutoPacing {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .push(delay);
         }
+        // A sampler's last reading comes from its relay, which may find the thread asleep.
+        self.doze.rouse();
+    }
+
+    /// Raises a watched path's flag that its relay moved data, and wakes the controllers'
+    /// thread if it dozed.
+    fn note_moved(&self, moved: &AtomicBool) {
+        moved.store(true, Ordering::SeqCst);
+        self.doze.rouse();
+    }
+
+    /// Whether the controllers have nothing to read: no watched path moved data or has bytes
+    /// on their way, and nothing was reported since the last tick. Read when the thread is
+    /// about to doze (see [`Doze::sleep_unless`]: the relays raise their flags first, with
+    /// the same ordering).
+    fn idle(&self) -> bool {
+        let quiet_paths = self
+            .watched()
+            .paths
+            .values()
+            .all(|path| !path.moved.load(Ordering::SeqCst) && !path.has_bytes_in_flight());
+        let nothing_reported = self.directions.iter().flatten().all(|direction| {
+            direction
+                .observed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .is_empty()
+        });
+        let no_delay = self
+            .path_delays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty();
+        quiet_paths && nothing_reported && no_delay
     }
 
     fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
@@ -358,9 +414,12 @@ impl WatchedPath {
     /// it sent were still on their way at the last reading (their delivery is yet to be
     /// counted). A download counts its bytes as they arrive, so it has nothing on its way.
     fn busy(&self) -> bool {
-        let in_flight =
-            self.way == Direction::Upload && self.last.bytes_sent > self.last.bytes_acked;
-        self.moved.swap(false, Ordering::Relaxed) || in_flight
+        self.moved.swap(false, Ordering::SeqCst) || self.has_bytes_in_flight()
+    }
+
+    /// Whether, at the last reading, an upload had sent bytes not yet acknowledged.
+    fn has_bytes_in_flight(&self) -> bool {
+        self.way == Direction::Upload && self.last.bytes_sent > self.last.bytes_acked
     }
 
     /// Reads the socket and adds what changed since the last reading to `auto`'s observations.
@@ -506,9 +565,10 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         })
     }
 
-    /// Says that the relay moved data: the socket is read at the next tick.
+    /// Says that the relay moved data: the socket is read at the next tick (and the
+    /// controllers' thread wakes if it dozed).
     pub(crate) fn moved(&self) {
-        self.moved.store(true, Ordering::Relaxed);
+        self.auto.note_moved(&self.moved);
     }
 
     /// The round trip a paced download's window should cover: the path's base round trip
@@ -558,8 +618,9 @@ impl<S: Stream> Drop for PathSampler<'_, S> {
     }
 }
 
-/// The controllers' loop: every tick, each direction's observations in, a rate out.
-fn run_controllers(weak: Weak<AutoPacing>) {
+/// The controllers' loop: every tick, each direction's observations in, a rate out. It dozes
+/// after [`DOZE_AFTER`] quiet ticks with nothing paced, until a relay rouses it.
+fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
     let started = Instant::now();
     let mut controllers = [
         AutoRate::new(AutoRateConfig::default(), started),
@@ -571,6 +632,7 @@ fn run_controllers(weak: Weak<AutoPacing>) {
     let mut delivered_since_report = [0u64; 2];
     let mut base = [None::<Duration>; 2];
     let mut download_senders = RecentMost::default();
+    let mut quiet_ticks = 0;
     loop {
         std::thread::sleep(TICK);
         let Some(auto) = weak.upgrade() else { return };
@@ -597,6 +659,8 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         ));
+        let quiet = path_delay.is_none() && observed.iter().all(Observed::is_empty);
+        quiet_ticks = if quiet { quiet_ticks + 1 } else { 0 };
         // The direction whose data the tick dropped, else the one cut last, decides first (see
         // `first_to_decide`): its opposite reads that cut in the same tick.
         let drops = [Direction::Upload, Direction::Download]
@@ -731,6 +795,31 @@ fn run_controllers(weak: Weak<AutoPacing>) {
                 );
             }
         }
+        let nothing_paced = controllers
+            .iter()
+            .all(|controller| controller.mode() == Mode::Off);
+        if quiet_ticks >= DOZE_AFTER && nothing_paced {
+            // Ticks would read nothing and change nothing. The check takes `auto` with it, so
+            // that the thread sleeps without keeping it alive (its drop rouses the thread,
+            // which then ends).
+            if doze.sleep_unless(move || auto.idle()) {
+                trace!("auto: traffic on a watched path after a doze");
+                last_tick = Instant::now();
+                last_report = last_tick;
+                quiet_ticks = 0;
+            }
+        }
+    }
+}
+
+/// Quiet ticks in a row (nothing reported, nothing paced) after which the controllers' thread
+/// dozes: a second, so that the last second's averages read the quiet before it sleeps.
+const DOZE_AFTER: u32 = 10;
+
+impl Drop for AutoPacing {
+    fn drop(&mut self) {
+        // A dozing controllers' thread wakes, finds `auto` gone and ends.
+        self.doze.rouse();
     }
 }
 
@@ -967,6 +1056,46 @@ mod tests {
         moved.store(true, Ordering::Relaxed);
         auto.read_watched();
         assert_eq!(delivered(), 100_000);
+    }
+
+    /// Waits up to 20 s for `condition`, checking every 10 ms.
+    fn eventually(condition: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_controllers_doze_with_nothing_to_pace_and_wake_when_a_watched_path_moves_data() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut far_end, _) = listener.accept().unwrap();
+        let pacer = Arc::new(Pacer::unlimited(Instant::now()));
+        let active = Arc::new(ActiveDownloads::new(Instant::now()));
+        let auto = AutoPacing::new(Some(pacer), None, [true, false], 65536, active).unwrap();
+        let moved = watch(&auto, &upstream);
+        AutoPacing::start(&auto);
+        assert!(eventually(|| auto.doze.is_asleep()), "never dozed");
+        // Asleep, the thread holds no reference: dropping `auto` would end it.
+        assert_eq!(Arc::strong_count(&auto), 1);
+        assert_eq!(auto.estimate(Direction::Upload).delivery_rate, 0.0);
+        upstream.write_all(&[7; 100_000]).unwrap();
+        let mut got = vec![0; 100_000];
+        far_end.read_exact(&mut got).unwrap();
+        auto.note_moved(&moved);
+        assert!(
+            eventually(|| auto.estimate(Direction::Upload).delivery_rate > 0.0),
+            "the bytes moved were never counted"
+        );
+        // Quiet again: it dozes again.
+        assert!(eventually(|| auto.doze.is_asleep()), "never dozed again");
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod auto_pacing;
 pub mod backend;
 pub mod config;
 pub mod dial;
+mod doze;
 mod establish;
 mod forward;
 mod gate;

@@ -113,6 +113,51 @@ on_each_backend! {
     }
 }
 
+/// The voluntary context switches of `pid`'s thread named `name`, from /proc.
+#[cfg(target_os = "linux")]
+fn thread_wake_ups(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task") {
+        let task = task.expect("a task").path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).expect("status");
+        return status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|count| count.trim().parse().ok())
+            .expect("voluntary_ctxt_switches");
+    }
+    panic!("no thread named {name}");
+}
+
+#[cfg(target_os = "linux")]
+on_each_backend! {
+    fn with_nothing_to_pace_the_auto_controllers_stop_waking_the_proxy(backend) {
+        // Default rates (`auto` both ways), after a tunnel has relayed: loopback paths are not
+        // watched, so there is nothing to pace, and the controllers' thread, which ticks ten
+        // times a second while it has work, dozes. Seconds in which it never woke prove it.
+        let echo = targets::echo();
+        let proxy = Proxy::start(backend, &["--allow-port", &echo.port().to_string()]);
+        let data = payload(200_000, 7);
+        let echoed = send_and_receive(connect_through(proxy.addr, &echo.to_string()), data.clone());
+        assert!(echoed == data, "the echo came back altered");
+        let mut before = thread_wake_ups(proxy.pid(), "fyntr-autorate");
+        let mut quiet_second = false;
+        for _ in 0..15 {
+            thread::sleep(Duration::from_secs(1));
+            let now = thread_wake_ups(proxy.pid(), "fyntr-autorate");
+            if now == before {
+                quiet_second = true;
+                break;
+            }
+            before = now;
+        }
+        assert!(quiet_second, "the auto thread woke in every second of 15");
+    }
+}
+
 #[test]
 fn bad_rates_are_refused_clearly() {
     for args in [
