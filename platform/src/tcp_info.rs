@@ -16,6 +16,10 @@ pub struct TcpStats {
     pub round_trip: Duration,
     /// The least round trip seen recently (the path without queueing); zero if unknown.
     pub min_round_trip: Duration,
+    /// The receiver's estimate of the round trip (`tcpi_rcv_rtt`): from the timestamps the
+    /// peer echoes in its data, or one window's time without them. It follows a queue on the
+    /// path while this side only receives, but it may stay where it was for seconds.
+    pub receive_round_trip: Duration,
     /// How long ago this side last sent data: the smoothed round trip is as old as that,
     /// plus a round trip.
     pub since_data_sent: Duration,
@@ -157,6 +161,7 @@ pub fn read<S: std::os::fd::AsFd>(socket: &S) -> io::Result<TcpStats> {
     Ok(TcpStats {
         round_trip: micros(raw.rtt.into()),
         min_round_trip: micros(raw.min_rtt.into()),
+        receive_round_trip: micros(raw.rcv_rtt.into()),
         since_data_sent: Duration::from_millis(raw.last_data_sent.into()),
         delivery_rate: raw.delivery_rate,
         delivery_rate_app_limited: raw.flags & 1 != 0,

@@ -226,8 +226,9 @@ const PROBATION: Duration = Duration::from_secs(3);
 /// How long a paced direction goes without a report of the delay before pacing stops. With
 /// no signal a rate can neither grow nor be cut, and one set for a queue that has gone holds
 /// the direction there: on the testbed's asymmetric line, downloads cut for the uplink's queue
-/// stayed at 1.2 Mbit/s of a 40 Mbit/s downlink for 30 s once only downloads moved (a
-/// receiver's round trip is not read, see `auto_pacing`), and the burst took 72 s against 35.
+/// stayed at 1.2 Mbit/s of a 40 Mbit/s downlink for 30 s once only downloads moved, and the
+/// burst took 72 s against 35, with only the senders' round trips read. (Downloads' receivers
+/// stand in when no sender reports, see `auto_pacing`: silence is a tick in which neither did.)
 const SILENCE: Duration = Duration::from_secs(3);
 /// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
 const DROP_TICKS: u32 = 5;
