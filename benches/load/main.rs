@@ -119,6 +119,11 @@ fn main() {
     runtime.block_on(async move {
         let targets = targets::Targets::start().await;
         let modes = proxies::available(&options.modes);
+        for wanted in &options.modes {
+            if !modes.iter().any(|mode| mode.name() == wanted) {
+                eprintln!("mode {wanted} is unknown or not installed here: left out");
+            }
+        }
         let mut results = report::Results::default();
         for scenario in scenarios::ALL {
             if !options.only.is_empty() && !options.only.iter().any(|name| name == scenario.name) {
@@ -128,7 +133,7 @@ fn main() {
                 for mode in modes
                     .iter()
                     .cycle()
-                    .skip(round % modes.len())
+                    .skip(round % modes.len().max(1))
                     .take(modes.len())
                 {
                     let proxy = match mode {
