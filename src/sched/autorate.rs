@@ -228,7 +228,7 @@ const PROBATION: Duration = Duration::from_secs(3);
 /// the direction there: on the testbed's asymmetric line, downloads cut for the uplink's queue
 /// stayed at 1.2 Mbit/s of a 40 Mbit/s downlink for 30 s once only downloads moved, and the
 /// burst took 72 s against 35, with only the senders' round trips read. (Downloads' receivers
-/// stand in when no sender reports, see `auto_pacing`: silence is a tick in which neither did.)
+/// stand in when no sender reports, see `auto_pacing`: silence is 3 s in which neither did.)
 const SILENCE: Duration = Duration::from_secs(3);
 /// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
 const DROP_TICKS: u32 = 5;
