@@ -160,7 +160,8 @@ async fn run_worker<B: Backend>(
             "grace period over, closing remaining tunnels"
         );
         // Relaying tunnels close their sockets at once and log how they ended; connections
-        // still being established, or forwarding plain HTTP, end with the worker.
+        // still being established, or forwarding plain HTTP, end with the worker (each logs a
+        // line, see `Unserved`).
         ctx.grace_over.announce();
         if !all_closed_within(&ctx, CLOSE_AFTER_GRACE).await {
             warn!(
@@ -203,8 +204,14 @@ async fn accept_loop<B: Backend>(
                         ctx.tunnels.set(ctx.tunnels.get() + 1);
                         let tunnel_ctx = Rc::clone(&ctx);
                         B::spawn(async move {
+                            let unserved = Unserved {
+                                client: peer,
+                                protocol: front_end.name(),
+                                served: false,
+                            };
                             tunnel::serve(Rc::clone(&tunnel_ctx), stream, peer, front_end, ticket)
                                 .await;
+                            unserved.served();
                             let left = tunnel_ctx.tunnels.get() - 1;
                             tunnel_ctx.tunnels.set(left);
                             if left == 0 {
@@ -228,6 +235,34 @@ async fn accept_loop<B: Backend>(
             // A connection that failed between the handshake and accept (ECONNABORTED), or
             // anything else: never a reason to stop serving.
             Err(error) => debug!(error = %error, "accept failed"),
+        }
+    }
+}
+
+/// A connection's task until it is served. Relaying tunnels log how they end, also at
+/// shutdown; a connection still being established, or forwarding plain HTTP, when its worker
+/// ends is dropped with the worker's tasks, and this says so, one line each.
+struct Unserved {
+    client: std::net::SocketAddr,
+    protocol: &'static str,
+    served: bool,
+}
+
+impl Unserved {
+    fn served(mut self) {
+        self.served = true;
+    }
+}
+
+impl Drop for Unserved {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        if std::thread::panicking() {
+            warn!(client = %self.client, protocol = self.protocol, "connection dropped: its task panicked");
+        } else {
+            info!(client = %self.client, protocol = self.protocol, "connection dropped at shutdown");
         }
     }
 }

@@ -159,6 +159,36 @@ on_each_backend! {
         assert!(line.contains("outcome=closed at shutdown"), "{line}");
     }
 
+    fn a_connection_still_sending_its_request_when_the_grace_period_ends_gets_a_line(backend) {
+        let echo = targets::echo();
+        let mut proxy = Proxy::start(
+            backend,
+            &["--allow-port", &echo.port().to_string(), "--shutdown-grace", "1", "--handshake-timeout", "60"],
+        );
+        // Half a request head: the connection waits for the rest until its handshake timeout,
+        // long after the grace period.
+        let before = proxy.open_fds();
+        let mut waiting = proxy.connect_raw();
+        waiting.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost:").as_bytes()).unwrap();
+        let client = waiting.local_addr().unwrap();
+        // Accepted once the proxy holds a descriptor for it.
+        let started = Instant::now();
+        while proxy.open_fds() <= before {
+            assert!(started.elapsed() < WAIT, "the connection was never accepted");
+            thread::sleep(Duration::from_millis(10));
+        }
+        proxy.signal("INT");
+        let status = proxy.wait_exit(WAIT).expect("exits after the grace period");
+        assert!(status.success(), "{status:?}");
+        let log = proxy.wait_for_log("connection dropped at shutdown");
+        let line = log
+            .lines()
+            .find(|line| line.contains("connection dropped at shutdown"))
+            .unwrap_or_default();
+        assert!(line.contains(&format!("client={client}")), "{line}");
+        assert!(line.contains("protocol=\"connect\""), "{line}");
+    }
+
     fn descriptors_do_not_leak(backend) {
         let echo = targets::echo();
         let closed = targets::closed_port();
