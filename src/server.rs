@@ -203,14 +203,22 @@ async fn accept_loop<B: Backend>(
                     Some(ticket) => {
                         ctx.tunnels.set(ctx.tunnels.get() + 1);
                         let tunnel_ctx = Rc::clone(&ctx);
+                        // Moved into the task in place of the client's address and front end,
+                        // so that it costs an idle tunnel no memory.
+                        let unserved = Unserved {
+                            client: peer,
+                            front_end,
+                        };
                         B::spawn(async move {
-                            let unserved = Unserved {
-                                client: peer,
-                                protocol: front_end.name(),
-                                served: false,
-                            };
-                            tunnel::serve(Rc::clone(&tunnel_ctx), stream, peer, front_end, ticket)
-                                .await;
+                            let (client, front_end) = (unserved.client, unserved.front_end);
+                            tunnel::serve(
+                                Rc::clone(&tunnel_ctx),
+                                stream,
+                                client,
+                                front_end,
+                                ticket,
+                            )
+                            .await;
                             unserved.served();
                             let left = tunnel_ctx.tunnels.get() - 1;
                             tunnel_ctx.tunnels.set(left);
@@ -244,25 +252,23 @@ async fn accept_loop<B: Backend>(
 /// ends is dropped with the worker's tasks, and this says so, one line each.
 struct Unserved {
     client: std::net::SocketAddr,
-    protocol: &'static str,
-    served: bool,
+    front_end: FrontEnd,
 }
 
 impl Unserved {
-    fn served(mut self) {
-        self.served = true;
+    /// The connection was served (and logged how it ended): nothing to say.
+    fn served(self) {
+        std::mem::forget(self);
     }
 }
 
 impl Drop for Unserved {
     fn drop(&mut self) {
-        if self.served {
-            return;
-        }
+        let protocol = self.front_end.name();
         if std::thread::panicking() {
-            warn!(client = %self.client, protocol = self.protocol, "connection dropped: its task panicked");
+            warn!(client = %self.client, protocol, "connection dropped: its task panicked");
         } else {
-            info!(client = %self.client, protocol = self.protocol, "connection dropped at shutdown");
+            info!(client = %self.client, protocol, "connection dropped at shutdown");
         }
     }
 }
