@@ -1071,17 +1071,45 @@ mod tests {
         moved
     }
 
+    /// A loopback connection whose sending end `auto` watches as an upload paced by `pacer`.
+    struct WatchedUpload {
+        auto: Arc<AutoPacing>,
+        upstream: std::net::TcpStream,
+        far_end: std::net::TcpStream,
+        moved: Arc<AtomicBool>,
+    }
+
+    impl WatchedUpload {
+        fn new(pacer: Pacer) -> Self {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (far_end, _) = listener.accept().unwrap();
+            let active = Arc::new(ActiveDownloads::new(Instant::now()));
+            let auto =
+                AutoPacing::new(Some(Arc::new(pacer)), None, [true, false], 65536, active).unwrap();
+            let moved = watch(&auto, &upstream);
+            WatchedUpload {
+                auto,
+                upstream,
+                far_end,
+                moved,
+            }
+        }
+
+        /// Sends 100 000 bytes, and reads them at the far end.
+        fn send(&mut self) {
+            use std::io::{Read, Write};
+            self.upstream.write_all(&[7; 100_000]).unwrap();
+            let mut got = vec![0; 100_000];
+            self.far_end.read_exact(&mut got).unwrap();
+        }
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_watched_socket_is_read_on_the_tick_once_its_relay_moved_data_and_each_byte_counts_once() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut far_end, _) = listener.accept().unwrap();
-        let pacer = Arc::new(Pacer::new(Rate(1e9), 1 << 20, Instant::now()));
-        let active = Arc::new(ActiveDownloads::new(Instant::now()));
-        let auto = AutoPacing::new(Some(pacer), None, [true, false], 65536, active).unwrap();
-        let moved = watch(&auto, &upstream);
+        let mut path = WatchedUpload::new(Pacer::new(Rate(1e9), 1 << 20, Instant::now()));
+        let (auto, moved) = (Arc::clone(&path.auto), Arc::clone(&path.moved));
         let delivered = || {
             std::mem::take(
                 &mut *auto.directions[0]
@@ -1093,14 +1121,12 @@ mod tests {
             )
             .delivered
         };
-        let send = |upstream: &mut std::net::TcpStream, far_end: &mut std::net::TcpStream| {
-            upstream.write_all(&[7; 100_000]).unwrap();
-            let mut got = vec![0; 100_000];
-            far_end.read_exact(&mut got).unwrap();
+        let mut send = || {
+            path.send();
             // Loopback acknowledges at once; give the ACK a moment to be processed.
             std::thread::sleep(Duration::from_millis(20));
         };
-        send(&mut upstream, &mut far_end);
+        send();
         // The relay has not said it moved anything, and nothing was in flight at the last
         // reading (there was none): not read.
         auto.read_watched();
@@ -1111,7 +1137,7 @@ mod tests {
         // Idle: not read again, and nothing counted twice.
         auto.read_watched();
         assert_eq!(delivered(), 0);
-        send(&mut upstream, &mut far_end);
+        send();
         moved.store(true, Ordering::Relaxed);
         auto.read_watched();
         assert_eq!(delivered(), 100_000);
@@ -1132,29 +1158,23 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_controllers_doze_with_nothing_to_pace_and_wake_when_a_watched_path_moves_data() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut upstream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut far_end, _) = listener.accept().unwrap();
-        let pacer = Arc::new(Pacer::unlimited(Instant::now()));
-        let active = Arc::new(ActiveDownloads::new(Instant::now()));
-        let auto = AutoPacing::new(Some(pacer), None, [true, false], 65536, active).unwrap();
-        let moved = watch(&auto, &upstream);
-        AutoPacing::start(&auto);
-        assert!(eventually(|| auto.doze.is_asleep()), "never dozed");
+        let mut path = WatchedUpload::new(Pacer::unlimited(Instant::now()));
+        AutoPacing::start(&path.auto);
+        assert!(eventually(|| path.auto.doze.is_asleep()), "never dozed");
         // Asleep, the thread holds no reference: dropping `auto` would end it.
-        assert_eq!(Arc::strong_count(&auto), 1);
-        assert_eq!(auto.estimate(Direction::Upload).delivery_rate, 0.0);
-        upstream.write_all(&[7; 100_000]).unwrap();
-        let mut got = vec![0; 100_000];
-        far_end.read_exact(&mut got).unwrap();
-        auto.note_moved(&moved);
+        assert_eq!(Arc::strong_count(&path.auto), 1);
+        assert_eq!(path.auto.estimate(Direction::Upload).delivery_rate, 0.0);
+        path.send();
+        path.auto.note_moved(&path.moved);
         assert!(
-            eventually(|| auto.estimate(Direction::Upload).delivery_rate > 0.0),
+            eventually(|| path.auto.estimate(Direction::Upload).delivery_rate > 0.0),
             "the bytes moved were never counted"
         );
         // Quiet again: it dozes again.
-        assert!(eventually(|| auto.doze.is_asleep()), "never dozed again");
+        assert!(
+            eventually(|| path.auto.doze.is_asleep()),
+            "never dozed again"
+        );
     }
 
     #[test]
