@@ -731,6 +731,10 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
                     .pacer
                     .charge(on_the_wire(observed.resent).min(tick_of_rate), now);
             }
+            // What the pacer let through this tick, beside what the sockets sent: in a burst's
+            // first seconds on a slow line the kernel's resends and the bytes its sockets already
+            // held kept the link full while the pacer admitted nothing (testbed asymmetric).
+            let admitted = direction.pacer.take_admitted();
             let refused = direction.pacer.refusals();
             let backlogged = refused != refusals[way as usize];
             refusals[way as usize] = refused;
@@ -770,6 +774,7 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
                 delivered = sample.delivered,
                 sent = observed.sent,
                 resent = observed.resent,
+                admitted,
                 segments_in = observed.segments_in,
                 out_of_order = observed.out_of_order,
                 queue_delay_ms = delay_ms(sample.queue_delay),

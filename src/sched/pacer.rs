@@ -106,6 +106,10 @@ pub struct Pacer {
     tat: AtomicU64,
     /// Admissions refused: whether bytes waited for the rate.
     refusals: AtomicU64,
+    /// Bytes admitted at a rate (on the wire, as asked for) since [`Pacer::take_admitted`]:
+    /// what the pacer itself let through, apart from what the kernel sent of its own accord
+    /// (resends, bytes the sockets already held).
+    admitted: AtomicU64,
 }
 
 impl Pacer {
@@ -126,6 +130,7 @@ impl Pacer {
             burst_nanos: AtomicU64::new(0),
             tat: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
         }
     }
 
@@ -149,6 +154,12 @@ impl Pacer {
     /// How many admissions were refused so far.
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)
+    }
+
+    /// The bytes admitted at a rate since the last call, and starts the count afresh. An
+    /// unlimited pacer counts nothing.
+    pub fn take_admitted(&self) -> u64 {
+        self.admitted.swap(0, Ordering::Relaxed)
     }
 
     fn nanos_per_byte(&self) -> f64 {
@@ -175,9 +186,10 @@ impl Pacer {
             }
             Ok(next)
         });
-        if admitted.is_err() {
-            self.refusals.fetch_add(1, Ordering::Relaxed);
-        }
+        match admitted {
+            Ok(_) => self.admitted.fetch_add(bytes, Ordering::Relaxed),
+            Err(_) => self.refusals.fetch_add(1, Ordering::Relaxed),
+        };
         admitted.map(|_| ())
     }
 
@@ -337,6 +349,29 @@ mod tests {
         assert_eq!(pacer.refusals(), 1);
         pacer.set_rate(None, 0);
         assert!(pacer.try_admit(1000, start).is_ok(), "lifted");
+    }
+
+    #[test]
+    fn admitted_bytes_are_counted_at_a_rate_and_taken_once() {
+        let start = Instant::now();
+        let pacer = Pacer::unlimited(start);
+        assert!(pacer.try_admit(5000, start).is_ok());
+        assert_eq!(
+            pacer.take_admitted(),
+            0,
+            "an unlimited pacer counts nothing"
+        );
+        pacer.set_rate(Some(Rate(1000.0)), 1000);
+        assert!(pacer.try_admit(600, start).is_ok());
+        assert!(pacer.try_admit(400, start).is_ok());
+        assert!(
+            pacer.try_admit(300, start).is_err(),
+            "refused bytes are not counted"
+        );
+        // Charged bytes went out without an admission.
+        pacer.charge(500, start);
+        assert_eq!(pacer.take_admitted(), 1000);
+        assert_eq!(pacer.take_admitted(), 0, "the count starts afresh");
     }
 
     #[test]
