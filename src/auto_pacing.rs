@@ -14,7 +14,10 @@
 //!
 //! With nothing paced and no traffic on the watched paths for a second, the thread dozes
 //! ([`Doze`]) until a relay moves data on one: an idle proxy, or one that only relays to
-//! loopback, is not woken ten times a second.
+//! loopback, is not woken ten times a second. A direction that keeps its rate between bursts
+//! (see `SILENCE` in the controller) lets it doze too, for a second at a time: a tick then
+//! still counts what that rate holds back of tunnels no watched socket reports on (to
+//! loopback), which ends pacing within seconds as a silence does.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -32,7 +35,7 @@ use tracing::{debug, info, trace};
 use crate::{
     active_downloads::ActiveDownloads,
     config::Pacing,
-    doze::Doze,
+    doze::{Doze, Slept},
     gate::Direction,
     metrics::AutoEstimate,
     sched::{
@@ -832,14 +835,12 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
                 );
             }
         }
-        let nothing_paced = controllers
-            .iter()
-            .all(|controller| controller.mode() == Mode::Off);
-        if quiet_ticks >= DOZE_AFTER && nothing_paced {
+        let doze_for = doze_for(controllers.each_ref().map(AutoRate::mode));
+        if let Some(at_most) = doze_for.filter(|_| quiet_ticks >= DOZE_AFTER) {
             // Ticks would read nothing and change nothing. The check takes `auto` with it, so
             // that the thread sleeps without keeping it alive (its drop rouses the thread,
             // which then ends).
-            if doze.sleep_unless(move || auto.idle()) {
+            if doze.sleep_unless(at_most, move || auto.idle()) == Slept::Roused {
                 trace!("auto: traffic on a watched path after a doze");
                 last_tick = Instant::now();
                 last_report = last_tick;
@@ -852,6 +853,23 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
 /// Quiet ticks in a row (nothing reported, nothing paced) after which the controllers' thread
 /// dozes: a second, so that the last second's averages read the quiet before it sleeps.
 const DOZE_AFTER: u32 = 10;
+
+/// The longest doze while a direction keeps its rate with nothing moving (see the module's
+/// doc): ticks after a doze this long count the whole of it.
+const PACED_DOZE: Duration = Duration::from_secs(1);
+
+/// Whether the controllers' thread may doze once its ticks are quiet, given the directions'
+/// modes: `None` if not (a pause for contention ends on a tick), else for how long at most
+/// (`None`: until roused).
+fn doze_for(modes: [Mode; 2]) -> Option<Option<Duration>> {
+    if modes.contains(&Mode::Contended) {
+        None
+    } else if modes.contains(&Mode::Paced) {
+        Some(Some(PACED_DOZE))
+    } else {
+        Some(None)
+    }
+}
 
 impl Drop for AutoPacing {
     fn drop(&mut self) {
@@ -1158,6 +1176,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    #[test]
+    fn a_kept_rate_lets_the_thread_doze_a_second_at_a_time_and_a_pause_not_at_all() {
+        assert_eq!(doze_for([Mode::Off, Mode::Off]), Some(None));
+        assert_eq!(doze_for([Mode::Paced, Mode::Off]), Some(Some(PACED_DOZE)));
+        assert_eq!(doze_for([Mode::Off, Mode::Paced]), Some(Some(PACED_DOZE)));
+        assert_eq!(doze_for([Mode::Paced, Mode::Contended]), None);
     }
 
     #[cfg(target_os = "linux")]

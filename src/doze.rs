@@ -9,10 +9,24 @@
 //! Rousing is on the relays' path, so while the thread is awake it costs one load of a flag:
 //! the lock and the condition variable are taken only across a doze.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Condvar, Mutex,
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Condvar, Mutex,
+    },
+    time::{Duration, Instant},
 };
+
+/// How a call to [`Doze::sleep_unless`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slept {
+    /// There was work when the sleep was announced: no sleep.
+    Not,
+    /// Another thread roused it.
+    Roused,
+    /// The time it was given ran out.
+    Elapsed,
+}
 
 /// The sleep of one thread until another rouses it.
 #[derive(Debug, Default)]
@@ -23,18 +37,23 @@ pub(crate) struct Doze {
 }
 
 impl Doze {
-    /// Sleeps until [`Doze::rouse`] is called, unless `still_idle` says otherwise once the
-    /// sleep is announced. Returns whether it slept.
+    /// Sleeps until [`Doze::rouse`] is called, or for at most `at_most` if given, unless
+    /// `still_idle` says otherwise once the sleep is announced.
     ///
     /// `still_idle` must read the flags that the rousers raise before they call `rouse`, with
     /// sequentially consistent loads: then either it sees a flag raised, or the rouser sees the
     /// sleep and wakes it, and no work waits on a sleeping thread.
-    pub(crate) fn sleep_unless(&self, still_idle: impl FnOnce() -> bool) -> bool {
+    pub(crate) fn sleep_unless(
+        &self,
+        at_most: Option<Duration>,
+        still_idle: impl FnOnce() -> bool,
+    ) -> Slept {
         self.asleep.store(true, Ordering::SeqCst);
         if !still_idle() {
             self.asleep.store(false, Ordering::SeqCst);
-            return false;
+            return Slept::Not;
         }
+        let deadline = at_most.map(|at_most| Instant::now() + at_most);
         let mut guard = self
             .lock
             .lock()
@@ -43,12 +62,25 @@ impl Doze {
         // the sleep ends here; after it, the notification comes once the wait has released
         // the lock.
         while self.asleep.load(Ordering::SeqCst) {
+            let Some(deadline) = deadline else {
+                guard = self
+                    .roused
+                    .wait(guard)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Cleared by a rouser in the meantime, it was roused after all.
+            if left.is_zero() && self.asleep.swap(false, Ordering::SeqCst) {
+                return Slept::Elapsed;
+            }
             guard = self
                 .roused
-                .wait(guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
-        true
+        Slept::Roused
     }
 
     /// Whether the thread announced a sleep and nothing roused it since.
@@ -80,11 +112,11 @@ mod tests {
 
     /// A sleeper on `doze` that sleeps while `work` is not raised; its result comes on the
     /// channel, so that a lost wake-up fails the test instead of hanging it.
-    fn sleeper(doze: &Arc<Doze>, work: &Arc<AtomicBool>) -> mpsc::Receiver<bool> {
+    fn sleeper(doze: &Arc<Doze>, work: &Arc<AtomicBool>) -> mpsc::Receiver<Slept> {
         let (doze, work) = (Arc::clone(doze), Arc::clone(work));
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = sender.send(doze.sleep_unless(|| !work.load(Ordering::SeqCst)));
+            let _ = sender.send(doze.sleep_unless(None, || !work.load(Ordering::SeqCst)));
         });
         receiver
     }
@@ -94,7 +126,7 @@ mod tests {
     #[test]
     fn work_seen_when_the_sleep_is_announced_keeps_the_thread_awake() {
         let doze = Doze::default();
-        assert!(!doze.sleep_unless(|| false));
+        assert_eq!(doze.sleep_unless(None, || false), Slept::Not);
         // Not asleep: a rouse has nothing to wake and does not block.
         doze.rouse();
     }
@@ -113,7 +145,18 @@ mod tests {
         );
         work.store(true, Ordering::SeqCst);
         doze.rouse();
-        assert_eq!(slept.recv_timeout(BOUND), Ok(true), "not woken");
+        assert_eq!(slept.recv_timeout(BOUND), Ok(Slept::Roused), "not woken");
+    }
+
+    #[test]
+    fn a_sleep_with_a_limit_ends_when_it_runs_out_and_a_rouse_after_it_is_harmless() {
+        let doze = Doze::default();
+        let started = Instant::now();
+        let slept = doze.sleep_unless(Some(Duration::from_millis(30)), || true);
+        assert_eq!(slept, Slept::Elapsed);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert!(!doze.is_asleep(), "awake again");
+        doze.rouse();
     }
 
     #[test]

@@ -223,13 +223,20 @@ const STARTUP: Duration = Duration::from_secs(5);
 /// How long after pacing resumes from a pause for contention a queue that stays is taken for
 /// the same flow's.
 const PROBATION: Duration = Duration::from_secs(3);
-/// How long a paced direction goes without a report of the delay before pacing stops. With
-/// no signal a rate can neither grow nor be cut, and one set for a queue that has gone holds
-/// the direction there: on the testbed's asymmetric line, downloads cut for the uplink's queue
-/// stayed at 1.2 Mbit/s of a 40 Mbit/s downlink for 30 s once only downloads moved, and the
-/// burst took 72 s against 35, with only the senders' round trips read. (Downloads' receivers
-/// stand in when no sender reports, see `auto_pacing`: silence is 3 s in which neither did.)
+/// How long a paced direction moves data without a report of the delay before pacing stops.
+/// With no signal a rate can neither grow nor be cut, and one set for a queue that has gone
+/// holds the direction there: on the testbed's asymmetric line, downloads cut for the uplink's
+/// queue stayed at 1.2 Mbit/s of a 40 Mbit/s downlink for 30 s once only downloads moved, and
+/// the burst took 72 s against 35, with only the senders' round trips read. (Downloads'
+/// receivers stand in when no sender reports, see `auto_pacing`: silence is 3 s in which
+/// neither did.) Ticks that move nothing do not count: a rate holds nothing back while the
+/// line is idle, and kept in force it paces the next burst from its first byte (a plan run
+/// again), where a burst that starts unpaced sends every new connection's first flight at once
+/// (on a 5 Mbit/s uplink their resends kept its queue full for 3 s, testbed asymmetric).
 const SILENCE: Duration = Duration::from_secs(3);
+/// How long nothing is delivered before it is the line idle rather than a stall (see
+/// [`AutoRateConfig::stall_grace`]): a stall the grace covers is a second or so.
+const IDLE: Duration = Duration::from_secs(3);
 /// Ticks over which a direction's drops are remembered (see [`AutoRate::dropped_lately`]).
 const DROP_TICKS: u32 = 5;
 /// How long a direction waits on the opposite direction's cut to drain a queue both read
@@ -291,10 +298,13 @@ pub struct AutoRate {
     step_since: Instant,
     last_queue: Instant,
     stalled_until: Option<Instant>,
+    /// When the current run of ticks with nothing delivered while paced began.
+    stalled_since: Option<Instant>,
     contended_until: Option<Instant>,
     last_delay: Option<Duration>,
-    /// When a tick last reported the delay (or pacing started or resumed).
-    delay_seen: Instant,
+    /// How long the ticks since the last report of the delay (or since pacing started or
+    /// resumed) moved data: delivered some, or held some back. See [`SILENCE`].
+    silent_for: Duration,
     /// One bit per recent tick, newest lowest: whether this direction's link dropped its data.
     drop_bits: u32,
     /// Whether the sockets ever said whether the link dropped data.
@@ -352,9 +362,10 @@ impl AutoRate {
             step_since: now,
             last_queue: now,
             stalled_until: None,
+            stalled_since: None,
             contended_until: None,
             last_delay: None,
-            delay_seen: now,
+            silent_for: Duration::ZERO,
             drop_bits: 0,
             drops_known: false,
             resumed_at: None,
@@ -512,7 +523,9 @@ impl AutoRate {
         self.recent_rates[LOAD_TICKS - 1] = self.rate;
         if sample.queue_delay.is_some() {
             self.last_delay = sample.queue_delay;
-            self.delay_seen = now;
+            self.silent_for = Duration::ZERO;
+        } else if sample.delivered > 0 || sample.backlogged {
+            self.silent_for += sample.interval;
         }
         let load = self.delivery();
         let second = self.second_delivery();
@@ -523,9 +536,26 @@ impl AutoRate {
         // arrival is their wait, not a queue. The pacer cannot tell a stall from a pause: in a
         // stall the sockets' windows fill and fyntr stops writing, so it holds nothing back.
         // (Over the last ticks, not one: with few sockets a tick may hold no report at all.)
+        //
+        // Nothing delivered for longer than [`IDLE`] is the line idle, not a stall: the grace
+        // runs out, so that the next burst's queue is read from its first tick (with the rate
+        // kept, see [`SILENCE`], a burst over a line that got slower meanwhile would otherwise
+        // fill its buffer for a second before the first cut).
         let stalled = self.mode == Mode::Paced && load < 0.05 * self.rate.max(self.config.min_load);
         if stalled {
-            self.stalled_until = Some(now + self.config.stall_grace);
+            let since = *self.stalled_since.get_or_insert(now);
+            if now.duration_since(since) < IDLE {
+                self.stalled_until = Some(now + self.config.stall_grace);
+            }
+        } else {
+            self.stalled_since = None;
+        }
+        // A rate past where the path last queued is a probe, which only traffic can end: with
+        // nothing moving it falls back to what a cut there would set, the rate the next burst
+        // starts at.
+        let idle = sample.delivered == 0 && !sample.backlogged;
+        if idle && self.mode == Mode::Paced && self.ceiling > 0.0 {
+            self.rate = self.rate.min(0.95 * self.ceiling).max(self.least_rate);
         }
         let in_grace = self.stalled_until.is_some_and(|until| now < until);
         let delay = sample
@@ -604,7 +634,7 @@ impl AutoRate {
                 {
                     self.mode = Mode::Paced;
                     self.paced_since = now;
-                    self.delay_seen = now;
+                    self.silent_for = Duration::ZERO;
                     // A queue soon after pacing stopped with one standing (a pause for
                     // contention, or silence) is most likely the same flow's: pacing starts as
                     // it resumes after a pause, on probation, without the first seconds' leave
@@ -638,7 +668,7 @@ impl AutoRate {
                 }
             }
         }
-        let silent = self.mode == Mode::Paced && now.duration_since(self.delay_seen) >= SILENCE;
+        let silent = self.mode == Mode::Paced && self.silent_for >= SILENCE;
         let no_queue_for_long =
             self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after;
         if silent || no_queue_for_long {
@@ -1004,7 +1034,7 @@ impl AutoRate {
         self.step = self.config.first_step;
         self.step_since = now;
         self.resumed_at = Some(now);
-        self.delay_seen = now;
+        self.silent_for = Duration::ZERO;
     }
 
     /// Sets the rate just below `basis` (what the path delivers), the further below the larger
@@ -1168,7 +1198,8 @@ mod tests {
                 let waited = self.queued() / self.capacity.max(1.0) + self.since_delivery;
                 self.observed += (waited - self.observed) / 20.0;
                 self.since_delivery = 0.0;
-            } else {
+            } else if self.queued() > 0.0 {
+                // Only bytes waiting in a stall wait: a link with nothing to carry holds none.
                 self.since_delivery += dt;
             }
             (out_f, dropped, out_o)
@@ -2430,6 +2461,65 @@ mod tests {
         assert!(
             utilisation >= 0.8,
             "utilisation {utilisation:.2} of the faster line, 4 s on"
+        );
+    }
+
+    #[test]
+    fn a_rate_found_in_one_burst_paces_the_next_after_a_minute_idle() {
+        // A plan run again on a 5 Mbit/s line: the first burst finds the rate...
+        let mut run = Run::new(5.0);
+        run.run(150, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        let found = run.controller.rate();
+        // ...the line is idle for a minute, no socket reporting anything...
+        run.demand = Some(0.0);
+        run.run(600, 0..0);
+        assert_eq!(
+            run.controller.mode(),
+            Mode::Paced,
+            "the rate is kept while nothing moves"
+        );
+        let kept = run.controller.rate().expect("paced").bytes_per_second();
+        assert!(
+            kept <= found.expect("paced").bytes_per_second(),
+            "the rate the burst ended at, or less (a probe falls back)"
+        );
+        // ...and the next burst is paced from its first byte: its queue never fills the buffer
+        // (52 ms at 5 Mbit/s).
+        run.demand = None;
+        let start = run.ticks.len();
+        run.run(30, 0..0);
+        let worst = run.ticks[start..]
+            .iter()
+            .map(|tick| tick.queue_delay)
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 0.015,
+            "the next burst's queue reached {:.1} ms in its first 3 s",
+            worst * 1e3
+        );
+    }
+
+    #[test]
+    fn a_kept_rate_over_a_line_that_got_slower_meanwhile_is_cut_at_once() {
+        let mut run = Run::new(20.0);
+        run.run(150, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        run.demand = Some(0.0);
+        run.run(600, 0..0);
+        // The line is a quarter as fast when the next burst comes: no stall's grace hides its
+        // queue (nothing waited through the idle minute).
+        run.link.capacity /= 4.0;
+        run.demand = None;
+        let start = run.ticks.len();
+        run.run_until(
+            |controller| {
+                controller
+                    .rate()
+                    .is_some_and(|rate| rate.bytes_per_second() <= 5.5 * MBIT)
+            },
+            start + 20,
+            "the kept rate cut under the slower line within 2 s",
         );
     }
 
