@@ -20,7 +20,9 @@
 //!   found again within seconds; the next queue cuts it back.
 //! - **A stall** (nothing delivered: radio silence, a Wi-Fi roam, or a pause in the traffic)
 //!   is not congestion: the delay that the stalled bytes report once they arrive is ignored
-//!   for [`AutoRateConfig::stall_grace`].
+//!   for [`AutoRateConfig::stall_grace`]. Nothing delivered for longer is the line idle: the
+//!   rate is kept (at most where the path last queued) for the next burst, which it paces
+//!   from the first byte, and that burst's queue is read from its first tick.
 //! - **Contended**: when cut after cut leaves the queue as full, or the rate has been held at
 //!   [`AutoRateConfig::floor`] (or, if more, [`AutoRateConfig::sender_floor`] for each remote
 //!   sender the rate is shared among) for 2 s with more to send, the queue is someone else's (a
@@ -28,7 +30,8 @@
 //!   so pacing stops for [`AutoRateConfig::contended_pause`] (TCP then takes its share), then
 //!   tries again from what moves then (or goes off if almost nothing does); a queue back at
 //!   once after that goes back to the pause after two cuts.
-//! - Back to **off** after [`AutoRateConfig::off_after`] without a queue.
+//! - Back to **off** after [`AutoRateConfig::off_after`] without a queue, or after [`SILENCE`]
+//!   of traffic with no report of the delay.
 //!
 //! The delay is measured from the round trips of fyntr's own sockets against their base round
 //! trip, so a queue in either direction of the path raises it: when both directions carry bulk
