@@ -2511,7 +2511,8 @@ mod tests {
         run.demand = Some(0.0);
         run.run(600, 0..0);
         // The line is a quarter as fast when the next burst comes: no stall's grace hides its
-        // queue (nothing waited through the idle minute).
+        // queue (nothing waited through the idle minute; with the grace its buffer stood full
+        // for 0.9 s before the first cut).
         run.link.capacity /= 4.0;
         run.demand = None;
         let start = run.ticks.len();
@@ -2521,8 +2522,8 @@ mod tests {
                     .rate()
                     .is_some_and(|rate| rate.bytes_per_second() <= 5.5 * MBIT)
             },
-            start + 20,
-            "the kept rate cut under the slower line within 2 s",
+            start + 6,
+            "the kept rate cut under the slower line within 0.6 s",
         );
     }
 
