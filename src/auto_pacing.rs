@@ -646,7 +646,7 @@ impl<S: Stream> Drop for PathSampler<'_, S> {
 }
 
 /// The controllers' loop: every tick, each direction's observations in, a rate out. It dozes
-/// after [`DOZE_AFTER`] quiet ticks with nothing paced, until a relay rouses it.
+/// after [`DOZE_AFTER`] quiet ticks, until a relay rouses it (see [`doze_for`]).
 fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
     let started = Instant::now();
     let mut controllers = [
@@ -850,7 +850,7 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
     }
 }
 
-/// Quiet ticks in a row (nothing reported, nothing paced) after which the controllers' thread
+/// Quiet ticks in a row (nothing reported) after which the controllers' thread
 /// dozes: a second, so that the last second's averages read the quiet before it sleeps.
 const DOZE_AFTER: u32 = 10;
 

@@ -70,7 +70,8 @@ impl Doze {
                 continue;
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            // Cleared by a rouser in the meantime, it was roused after all.
+            // Out of time, the sleep ends here, unless a rouser cleared the flag meanwhile:
+            // then it was roused after all.
             if left.is_zero() && self.asleep.swap(false, Ordering::SeqCst) {
                 return Slept::Elapsed;
             }
