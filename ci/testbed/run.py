@@ -26,7 +26,7 @@ competing (the burst beside one download that does not go through the proxy; the
 of the downlink); unshaped (the burst over a veth pair with no router: a fast link, where `auto`
 should never pace); repeat (the burst run twice through one fyntr, 5 s apart, the second one
 measured: a plan run again, when `auto` has already found the line); repeat-asymmetric (the
-same on the 5 up / 40 down line).
+same on the 5 up / 40 down line); repeat-competing (the same beside the competing download).
 
 Root only (namespaces, TUN); without root it prints why and exits 0. Traffic stays inside the
 namespaces (198.18.0.0/15, the benchmarking range); everything is removed at the end.
@@ -545,6 +545,7 @@ SCENARIOS = {
     "unshaped": lambda quick: {"server": FAST_SERVER_ADDR},
     "repeat": lambda quick: {"warm_up": True},
     "repeat-asymmetric": lambda quick: dict(SCENARIOS["asymmetric"](quick), warm_up=True),
+    "repeat-competing": lambda quick: dict(SCENARIOS["competing"](quick), warm_up=True),
 }
 
 
@@ -561,9 +562,10 @@ def main():
                              "burst on a 5 up / 40 down line; steps: 2 uploads and 2 downloads for "
                              "60 s while the line steps 20 -> 5 -> 20 Mbit/s each way; competing: the "
                              "burst beside a download that does not go through the proxy; unshaped: "
-                             "the burst over a veth pair with no router; repeat, repeat-asymmetric: "
-                             "the burst (on the 20/20 or the 5/40 line) twice through one fyntr, the "
-                             "second one measured")
+                             "the burst over a veth pair with no router; repeat, repeat-asymmetric, "
+                             "repeat-competing: the burst (on the 20/20 or the 5/40 line, or beside "
+                             "the competing download) twice through one fyntr, the second one "
+                             "measured")
     parser.add_argument("--runs", type=int, default=1,
                         help="run the modes N times in turn (direct, fyntr, ..., direct, fyntr, ...) "
                              "and report each metric's median and range: the probe figures of one "
