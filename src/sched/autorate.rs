@@ -1255,6 +1255,20 @@ mod tests {
             Self::starting_at(megabits, Instant::now())
         }
 
+        /// A run on a line of `megabits` that `ticks` of a greedy backlog left paced.
+        fn paced(megabits: f64, ticks: usize) -> Self {
+            let mut run = Self::new(megabits);
+            run.run(ticks, 0..0);
+            assert_eq!(run.controller.mode(), Mode::Paced);
+            run
+        }
+
+        /// Runs `ticks` ticks with nothing to send.
+        fn idle(&mut self, ticks: usize) {
+            self.demand = Some(0.0);
+            self.run(ticks, 0..0);
+        }
+
         fn starting_at(megabits: f64, now: Instant) -> Self {
             Self {
                 controller: AutoRate::new(AutoRateConfig::default(), now),
@@ -2144,11 +2158,8 @@ mod tests {
 
     #[test]
     fn pacing_stops_after_a_long_time_without_a_queue() {
-        let mut run = Run::new(20.0);
-        run.run(100, 0..0);
-        assert_eq!(run.controller.mode(), Mode::Paced);
-        run.demand = Some(0.0);
-        run.run(6_100, 0..0);
+        let mut run = Run::paced(20.0, 100);
+        run.idle(6_100);
         assert_eq!(run.controller.mode(), Mode::Off);
     }
 
@@ -2470,13 +2481,10 @@ mod tests {
     #[test]
     fn a_rate_found_in_one_burst_paces_the_next_after_a_minute_idle() {
         // A plan run again on a 5 Mbit/s line: the first burst finds the rate...
-        let mut run = Run::new(5.0);
-        run.run(150, 0..0);
-        assert_eq!(run.controller.mode(), Mode::Paced);
+        let mut run = Run::paced(5.0, 150);
         let found = run.controller.rate();
         // ...the line is idle for a minute, no socket reporting anything...
-        run.demand = Some(0.0);
-        run.run(600, 0..0);
+        run.idle(600);
         assert_eq!(
             run.controller.mode(),
             Mode::Paced,
@@ -2505,11 +2513,8 @@ mod tests {
 
     #[test]
     fn a_kept_rate_over_a_line_that_got_slower_meanwhile_is_cut_at_once() {
-        let mut run = Run::new(20.0);
-        run.run(150, 0..0);
-        assert_eq!(run.controller.mode(), Mode::Paced);
-        run.demand = Some(0.0);
-        run.run(600, 0..0);
+        let mut run = Run::paced(20.0, 150);
+        run.idle(600);
         // The line is a quarter as fast when the next burst comes: no stall's grace hides its
         // queue (nothing waited through the idle minute; with the grace its buffer stood full
         // for 0.9 s before the first cut).
