@@ -12,6 +12,10 @@
 //! machine's loopback round trips (tens of milliseconds with both cores busy) would read as a
 //! queue.
 //!
+//! A burst on an idle line starts paced as its first path registers
+//! ([`AutoPacing::start_if_idle`]): the relays' threads set the pacer's first rate themselves,
+//! so that the burst's first bytes wait for it, and the controller takes over at its next tick.
+//!
 //! With nothing paced and no traffic on the watched paths for a second, the thread dozes
 //! ([`Doze`]) until a relay moves data on one: an idle proxy, or one that only relays to
 //! loopback, is not woken ten times a second. A direction that keeps its rate between bursts
@@ -39,7 +43,7 @@ use crate::{
     gate::Direction,
     metrics::AutoEstimate,
     sched::{
-        autorate::{first_to_decide, AutoRate, AutoRateConfig, Mode, Sample},
+        autorate::{first_to_decide, AutoRate, AutoRateConfig, Mode, Sample, START_RATE},
         pacer::{acks_on_the_wire, on_the_wire, Pacer, Rate},
     },
 };
@@ -154,7 +158,18 @@ struct AutoDirection {
     observed: Mutex<Observed>,
     /// What the controller estimated at its last tick, for the metrics.
     estimate: Mutex<AutoEstimate>,
+    /// From when (nanoseconds since [`AutoPacing::epoch`]) a path that opens may start this
+    /// direction paced ([`AutoRate::start`]), as of the controller's last tick; `u64::MAX`
+    /// for never.
+    start_from: AtomicU64,
+    /// Whether a path that opened started the pacer, for the controller's next tick.
+    started: AtomicBool,
 }
+
+/// Paths with a base round trip under this never start a burst paced ([`AutoRate::start`]):
+/// a LAN, or a veth pair, has no slow link to spare, and a start there would only cost the
+/// time it takes to grow (a slow uplink's own hop alone takes several milliseconds).
+const START_MIN_ROUND_TRIP: Duration = Duration::from_millis(1);
 
 /// The directions paced with `auto`, shared by every worker.
 pub(crate) struct AutoPacing {
@@ -174,6 +189,8 @@ pub(crate) struct AutoPacing {
     /// The controllers' thread's sleep while there is nothing to pace; the thread holds its
     /// own handle, so that it sleeps without keeping `auto` alive.
     doze: Arc<Doze>,
+    /// What [`AutoDirection::start_from`] counts from.
+    epoch: Instant,
 }
 
 /// A word for logs.
@@ -203,6 +220,8 @@ impl AutoPacing {
                 enabled: AtomicBool::new(enabled),
                 observed: Mutex::new(Observed::default()),
                 estimate: Mutex::new(AutoEstimate::default()),
+                start_from: AtomicU64::new(0),
+                started: AtomicBool::new(false),
             })
         };
         Some(Arc::new(AutoPacing {
@@ -217,6 +236,7 @@ impl AutoPacing {
             receive_delays: Mutex::new(Vec::new()),
             watched: Mutex::new(Watched::default()),
             doze: Arc::new(Doze::default()),
+            epoch: Instant::now(),
         }))
     }
 
@@ -349,6 +369,44 @@ impl AutoPacing {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .observe(peer, least, Instant::now())
+    }
+
+    /// Starts `way`'s pacer at [`START_RATE`] as a path of it opens, if the controller allows a
+    /// start now (see [`AutoRate::start`]) and nothing paces it yet, so that the burst's first
+    /// bytes are paced: the controller takes over at its next tick. `socket`'s round trip so
+    /// far (its handshake's) tells a LAN, which never starts paced, nor does a path whose
+    /// kernel reports no round trip.
+    fn start_if_idle(&self, way: Direction, socket: &WatchedSocket) {
+        let Some(direction) = &self.directions[way as usize] else {
+            return;
+        };
+        let now = self.nanos_since_epoch(Instant::now());
+        if direction.start_from.load(Ordering::SeqCst) > now || direction.pacer.rate().is_some() {
+            return;
+        }
+        // Where the kernel says nothing of the path (off Linux), `auto` reads no delay either,
+        // and a start could not find the line.
+        let Ok(stats) = socket.read() else {
+            return;
+        };
+        let round_trip = if stats.min_round_trip.is_zero() {
+            stats.round_trip
+        } else {
+            stats.min_round_trip
+        };
+        if round_trip < START_MIN_ROUND_TRIP {
+            return;
+        }
+        // The burst's other paths find the pacer at a rate.
+        direction.start_from.store(u64::MAX, Ordering::SeqCst);
+        let rate = Rate(START_RATE);
+        direction.pacer.set_rate(Some(rate), self.burst(rate));
+        direction.started.store(true, Ordering::SeqCst);
+        self.doze.rouse();
+    }
+
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The pacer's burst at `rate`: one paced chunk plus 2 ms of the rate (as for a fixed
@@ -582,6 +640,7 @@ impl<'a, S: Stream> PathSampler<'a, S> {
         // Safety: the registration ends in `drop`, and `upstream`, borrowed for as long as the
         // sampler lives, is open until then.
         let socket = unsafe { WatchedSocket::new(upstream.descriptor()) };
+        auto.start_if_idle(way, &socket);
         let (id, moved, base) = auto.watched().register(socket, peer, way);
         Some(Self {
             auto,
@@ -760,7 +819,8 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
                 opposite_cut: opposite.last_cut(),
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row(),
                 opposite_contended: opposite.mode() == Mode::Contended,
-                opposite_paced: opposite.mode() == Mode::Paced,
+                opposite_paced: opposite.rate().is_some(),
+                opposite_starting: opposite.mode() == Mode::Starting,
                 opposite_probing: opposite.probing(),
                 opposite_holds_turn: opposite.holds_turn(),
                 opposite_probe_at_cut: opposite.probe_at_cut(),
@@ -770,8 +830,23 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
                 },
             };
             let controller = &mut controllers[way as usize];
-            let before = controller.rate();
+            // A path that opened may have started the pacer (see `AutoPacing::start_if_idle`).
+            let started = direction.started.swap(false, Ordering::SeqCst);
+            if started {
+                controller.start(now);
+            }
+            let before = if started {
+                direction.pacer.rate()
+            } else {
+                controller.rate()
+            };
             let rate = controller.on_tick(&sample);
+            direction.start_from.store(
+                controller
+                    .start_allowed_from()
+                    .map_or(u64::MAX, |from| auto.nanos_since_epoch(from)),
+                Ordering::SeqCst,
+            );
             trace!(
                 direction = name(way),
                 delivered = sample.delivered,
@@ -864,7 +939,7 @@ const PACED_DOZE: Duration = Duration::from_secs(1);
 fn doze_for(modes: [Mode; 2]) -> Option<Option<Duration>> {
     if modes.contains(&Mode::Contended) {
         None
-    } else if modes.contains(&Mode::Paced) {
+    } else if modes.contains(&Mode::Paced) || modes.contains(&Mode::Starting) {
         Some(Some(PACED_DOZE))
     } else {
         Some(None)
@@ -1126,6 +1201,24 @@ mod tests {
             let mut got = vec![0; 100_000];
             self.far_end.read_exact(&mut got).unwrap();
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_path_under_a_millisecond_away_never_starts_a_burst_paced() {
+        use std::os::fd::AsFd;
+        let path = WatchedUpload::new(Pacer::unlimited(Instant::now()));
+        let direction = path.auto.directions[0].as_ref().unwrap();
+        assert_eq!(direction.start_from.load(Ordering::SeqCst), 0, "allowed");
+        // Safety: `path` keeps the socket open until the end.
+        let socket = unsafe { WatchedSocket::new(path.upstream.as_fd()) };
+        path.auto.start_if_idle(Direction::Upload, &socket);
+        assert_eq!(
+            direction.pacer.rate(),
+            None,
+            "a loopback round trip is a LAN's"
+        );
+        assert!(!direction.started.load(Ordering::SeqCst));
     }
 
     #[cfg(target_os = "linux")]

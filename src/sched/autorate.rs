@@ -6,8 +6,13 @@
 //! whether the pacer held anything back) and [`AutoRate::on_tick`] answers with the rate to pace
 //! the direction's total at, or `None` for no pacing.
 //!
-//! - **Off** until fyntr's own traffic builds a queue: pacing costs nothing where nothing is
-//!   congested. A queue means the queueing delay over [`AutoRateConfig::bloat`] in 3 of the last
+//! - **Starting**: a burst on a line idle for a few seconds is paced from its first byte
+//!   ([`AutoRate::start`], which the caller calls as the burst's first path opens): from
+//!   [`START_RATE`], growing by a quarter a tick while the path stays clear, until its first
+//!   queue starts pacing as below, or, past [`START_CAP`] with none, the line counts as fast
+//!   and is left unpaced for [`AutoRateConfig::off_after`].
+//! - **Off** otherwise until fyntr's own traffic builds a queue: pacing costs nothing where
+//!   nothing is congested. A queue means the queueing delay over [`AutoRateConfig::bloat`] in 3 of the last
 //!   6 ticks (the rule of cake-autorate), or more than 2 % of the bytes sent again (BBR's loss
 //!   threshold), while at least [`AutoRateConfig::min_load`] moves.
 //! - **Paced**: a cut sets the rate just below what was delivered (`0.95` of it at the bloat
@@ -81,6 +86,9 @@ pub struct Sample {
     pub opposite_contended: bool,
     /// Whether the opposite direction is paced: only then does it take turns to probe.
     pub opposite_paced: bool,
+    /// Whether the opposite direction is starting ([`Mode::Starting`]): paced, but with no
+    /// rate of its path known yet.
+    pub opposite_starting: bool,
     /// Whether the opposite direction's rate is past the one at which its path last queued
     /// ([`AutoRate::probing`]).
     pub opposite_probing: bool,
@@ -178,6 +186,9 @@ impl Default for AutoRateConfig {
 pub enum Mode {
     /// No pacing: nothing showed a queue of fyntr's making.
     Off,
+    /// Pacing a burst on an idle line from its first byte, before any queue is known: from
+    /// [`START_RATE`], growing each tick the path stays clear (see [`AutoRate::start`]).
+    Starting,
     /// Pacing at the estimated rate.
     Paced,
     /// Not pacing for a while: the queue belongs to a flow that does not go through fyntr.
@@ -189,6 +200,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Self::Off => "off",
+            Self::Starting => "starting",
             Self::Paced => "paced",
             Self::Contended => "contended",
         }
@@ -257,6 +269,20 @@ const PROBE_TURN: Duration = Duration::from_secs(2);
 /// (testbed steps: the downloads waited 2 s at 3.8 Mbit/s on a 20 Mbit/s downlink while the
 /// uploads climbed).
 const NEAR_PROBE: f64 = 1.1;
+/// The rate a burst on an idle line starts at (see [`AutoRate::start`]), bytes on the wire per
+/// second (4 Mbit/s): under the slowest uplink fyntr is meant to spare (the testbed's 5 Mbit/s),
+/// where 30 new connections' first flights, 434 KB unpaced, fill a 32 KiB buffer and their
+/// resends keep it full for seconds.
+pub const START_RATE: f64 = 500_000.0;
+/// How much a starting rate grows per tick while the path stays clear. A queue shows a tick and
+/// a round trip after the rate passes the link, and by then it holds about `(g - 1) x 120 ms`
+/// of the link's rate: at 1.25, 30 ms, within the testbed's 5 Mbit/s buffer (52 ms) and over
+/// its 20 Mbit/s one (13 ms) by a few packets. From 4 Mbit/s it reaches 20 in 0.7 s.
+const START_GROWTH: f64 = 1.25;
+/// A starting rate that grows past this with no queue found is on a fast line, where pacing is
+/// left off (bytes on the wire per second: 200 Mbit/s, about 1.8 s from [`START_RATE`]).
+const START_CAP: f64 = 25_000_000.0;
+
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -319,6 +345,11 @@ pub struct AutoRate {
     left_standing: Option<Instant>,
     /// When pacing last started from off.
     paced_since: Instant,
+    /// When this direction last moved data (delivered some, or held some back), if ever.
+    last_moved: Option<Instant>,
+    /// Until when a burst may not start paced: a start found the line fast, or no delay to
+    /// read ([`AutoRate::start`]).
+    no_start_until: Option<Instant>,
     /// Since when a queue has been left to the opposite direction's cut.
     deferred_since: Option<Instant>,
     /// What the last tick decided, in a word (for the per-tick trace).
@@ -374,6 +405,8 @@ impl AutoRate {
             resumed_at: None,
             left_standing: None,
             paced_since: now,
+            last_moved: None,
+            no_start_until: None,
             deferred_since: None,
             decision: "off",
             clear_before: false,
@@ -398,7 +431,46 @@ impl AutoRate {
 
     /// The rate in force, if paced.
     pub fn rate(&self) -> Option<Rate> {
-        (self.mode == Mode::Paced).then_some(Rate(self.rate))
+        matches!(self.mode, Mode::Paced | Mode::Starting).then_some(Rate(self.rate))
+    }
+
+    /// From when a burst on a path of this direction may start paced ([`AutoRate::start`]):
+    /// `None` while this direction is paced or paused, else once the line has been idle for
+    /// [`IDLE`] and no start lately found it fast.
+    pub fn start_allowed_from(&self) -> Option<Instant> {
+        if self.mode != Mode::Off {
+            return None;
+        }
+        [
+            self.last_moved.map(|moved| moved + IDLE),
+            self.no_start_until,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .or(Some(self.paced_since))
+    }
+
+    /// Starts pacing a burst at [`START_RATE`] (when [`AutoRate::start_allowed_from`] allows it,
+    /// which the caller checks as the burst's first path opens, so that its first bytes are
+    /// paced). `auto` is otherwise off until a queue shows, and by the first tick of a burst
+    /// unpaced, 30 new connections' first flights (434 KB) had filled a 5 Mbit/s uplink's
+    /// 32 KiB buffer and their resends kept it full for 1-3 s (testbed asymmetric). The rate
+    /// grows by [`START_GROWTH`] a tick while the pacer holds bytes back and the path stays
+    /// clear; a queue starts pacing as from off, from what the path delivers; past
+    /// [`START_CAP`] the line is fast, and pacing is off for [`AutoRateConfig::off_after`].
+    /// Paths with a base round trip under a millisecond (a LAN) never start paced: that is the
+    /// caller's to check.
+    pub fn start(&mut self, now: Instant) -> Option<Rate> {
+        if self.mode == Mode::Off {
+            self.mode = Mode::Starting;
+            self.rate = START_RATE;
+            self.paced_since = now;
+            self.silent_for = Duration::ZERO;
+            self.last_queue = now;
+            self.decision = "start from the first byte";
+        }
+        self.rate()
     }
 
     /// Delivery over the last ticks, in bytes on the wire per second.
@@ -530,6 +602,9 @@ impl AutoRate {
         } else if sample.delivered > 0 || sample.backlogged {
             self.silent_for += sample.interval;
         }
+        if sample.delivered > 0 || sample.backlogged {
+            self.last_moved = Some(now);
+        }
         let load = self.delivery();
         let second = self.second_delivery();
         if second >= self.best.0 || now.duration_since(self.best.1) >= BEST_MEMORY {
@@ -622,45 +697,12 @@ impl AutoRate {
         };
         match self.mode {
             Mode::Off => {
-                let queue_ticks = self.bloat_bits.count_ones();
-                // A delay of twice the threshold is no wobble: act at once. Nor is a queue that
-                // drops this direction's data: it overflows now (testbed burst: the downloads'
-                // first queue dropped data from its first tick over the threshold, and waiting
-                // for 3 such ticks held the 20 Mbit/s downlink full for 0.3 s).
-                let deep = delay > 2 * self.config.bloat;
-                let overflowing = sample.dropped == Some(true);
-                // Delivering less than the held senders' least share, fyntr's traffic is the
-                // lighter over a queue it did not build (see `AutoRateConfig::sender_floor`).
-                if load >= self.config.min_load.max(self.least_rate)
-                    && (queue_ticks >= BLOAT_TICKS || lossy || deep || overflowing)
-                    && queue
-                {
-                    self.mode = Mode::Paced;
-                    self.paced_since = now;
-                    self.silent_for = Duration::ZERO;
-                    // A queue soon after pacing stopped with one standing (a pause for
-                    // contention, or silence) is most likely the same flow's: pacing starts as
-                    // it resumes after a pause, on probation, without the first seconds' leave
-                    // (beside a competing download, runs whose downloads went off for silence
-                    // and started pacing afresh three to seven times spent 302-924 ticks paced,
-                    // cut for its queue, and got 0.20-0.31 of the downlink; runs that started
-                    // once, 98-471 ticks and 0.29-0.60).
-                    if self
-                        .left_standing
-                        .is_some_and(|stopped| now.duration_since(stopped) < CONTENTION_MEMORY)
-                    {
-                        self.paced_since = now.checked_sub(STARTUP).unwrap_or(now);
-                        self.resumed_at = Some(now);
-                    }
-                    // The last second, and the last ticks too, may hold the idle time before
-                    // the burst (a first download rate of 4 Mbit/s, read from one tick of 12
-                    // and two idle ones, took 5 s to grow to 11 on a 20 Mbit/s downlink). Over
-                    // the ticks that moved data, delivery is never under `load`, which counts
-                    // the idle ones too.
-                    self.rate = self.second_delivery().max(self.delivery_while_moving());
-                    self.cut(now, self.rate, delay, lossy);
-                    self.decision = "start";
+                if self.queue_starts_pacing(sample, load, delay, queue, lossy) {
+                    self.start_pacing(now, delay, lossy);
                 }
+            }
+            Mode::Starting => {
+                self.starting_tick(sample, now, load, delay, queue, clear, lossy);
             }
             Mode::Paced => {
                 self.paced_tick(sample, now, load, delay, queue, clear, lossy);
@@ -671,7 +713,8 @@ impl AutoRate {
                 }
             }
         }
-        let silent = self.mode == Mode::Paced && self.silent_for >= SILENCE;
+        let silent =
+            matches!(self.mode, Mode::Paced | Mode::Starting) && self.silent_for >= SILENCE;
         let no_queue_for_long =
             self.mode != Mode::Off && now.duration_since(self.last_queue) >= self.config.off_after;
         if silent || no_queue_for_long {
@@ -680,6 +723,10 @@ impl AutoRate {
             // 9-17 ms, and pacing started again within a second.
             if silent && self.delay_before > self.config.bloat {
                 self.left_standing = Some(now);
+            }
+            // A start that reads no delay cannot find the line: later bursts go unpaced.
+            if silent && self.mode == Mode::Starting {
+                self.no_start_until = Some(now + self.config.off_after);
             }
             self.turn_off();
             self.decision = if silent {
@@ -701,6 +748,99 @@ impl AutoRate {
             self.delay_before = delay;
         }
         self.rate()
+    }
+
+    /// Whether the tick's queue is one of fyntr's making that pacing should start for.
+    fn queue_starts_pacing(
+        &self,
+        sample: &Sample,
+        load: f64,
+        delay: Duration,
+        queue: bool,
+        lossy: bool,
+    ) -> bool {
+        let queue_ticks = self.bloat_bits.count_ones();
+        // A delay of twice the threshold is no wobble: act at once. Nor is a queue that drops
+        // this direction's data: it overflows now (testbed burst: the downloads' first queue
+        // dropped data from its first tick over the threshold, and waiting for 3 such ticks
+        // held the 20 Mbit/s downlink full for 0.3 s).
+        let deep = delay > 2 * self.config.bloat;
+        let overflowing = sample.dropped == Some(true);
+        // Delivering less than the held senders' least share, fyntr's traffic is the lighter
+        // over a queue it did not build (see `AutoRateConfig::sender_floor`).
+        load >= self.config.min_load.max(self.least_rate)
+            && (queue_ticks >= BLOAT_TICKS || lossy || deep || overflowing)
+            && queue
+    }
+
+    /// A tick while starting (see [`AutoRate::start`]).
+    #[allow(clippy::too_many_arguments)]
+    fn starting_tick(
+        &mut self,
+        sample: &Sample,
+        now: Instant,
+        load: f64,
+        delay: Duration,
+        queue: bool,
+        clear: bool,
+        lossy: bool,
+    ) {
+        // Beside an opposite direction paced at a rate it found, the delay is that one's to
+        // act on: a start knows no rate of its own path, and taking the opposite's queue for
+        // its own would leave it paced at what it moved then, far under its link (testbed
+        // asymmetric: downloads that started pacing at 3.5 Mbit/s for the uplink's queue took
+        // 30 s to grow past 5 on the 40 Mbit/s downlink, and the burst 40 s against 28). It
+        // goes on growing until its own link drops its data.
+        let opposite_reads_the_delay = sample.opposite_paced && !sample.opposite_starting;
+        // Else the rate grew into the link, most likely: pacing starts from what the path
+        // delivers at the first tick of a queue, not after 3 ticks of it as from off (a start
+        // grows by a quarter a tick, and on a 5 Mbit/s uplink one tick more took the queue
+        // from 10 to 28 ms, testbed asymmetric).
+        let overflowing = sample.dropped == Some(true);
+        let own_queue = overflowing || lossy || (queue && !opposite_reads_the_delay);
+        if own_queue && load >= self.config.min_load.max(self.least_rate) {
+            self.start_pacing(now, delay, lossy);
+            return;
+        }
+        if !((clear || opposite_reads_the_delay) && sample.backlogged && self.drop_bits == 0) {
+            return;
+        }
+        self.rate *= START_GROWTH;
+        self.decision = "start grows";
+        if self.rate >= START_CAP {
+            self.turn_off();
+            self.no_start_until = Some(now + self.config.off_after);
+            self.decision = "start found a fast line";
+        }
+    }
+
+    /// Starts pacing for a queue of fyntr's making, from what the path delivered.
+    fn start_pacing(&mut self, now: Instant, delay: Duration, lossy: bool) {
+        self.mode = Mode::Paced;
+        self.paced_since = now;
+        self.silent_for = Duration::ZERO;
+        // A queue soon after pacing stopped with one standing (a pause for
+        // contention, or silence) is most likely the same flow's: pacing starts as
+        // it resumes after a pause, on probation, without the first seconds' leave
+        // (beside a competing download, runs whose downloads went off for silence
+        // and started pacing afresh three to seven times spent 302-924 ticks paced,
+        // cut for its queue, and got 0.20-0.31 of the downlink; runs that started
+        // once, 98-471 ticks and 0.29-0.60).
+        if self
+            .left_standing
+            .is_some_and(|stopped| now.duration_since(stopped) < CONTENTION_MEMORY)
+        {
+            self.paced_since = now.checked_sub(STARTUP).unwrap_or(now);
+            self.resumed_at = Some(now);
+        }
+        // The last second, and the last ticks too, may hold the idle time before
+        // the burst (a first download rate of 4 Mbit/s, read from one tick of 12
+        // and two idle ones, took 5 s to grow to 11 on a 20 Mbit/s downlink). Over
+        // the ticks that moved data, delivery is never under `load`, which counts
+        // the idle ones too.
+        self.rate = self.second_delivery().max(self.delivery_while_moving());
+        self.cut(now, self.rate, delay, lossy);
+        self.decision = "start";
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1370,6 +1510,7 @@ mod tests {
                 opposite_cuts_in_a_row: opposite.cuts_in_a_row,
                 opposite_contended: opposite.contended,
                 opposite_paced: opposite.paced,
+                opposite_starting: false,
                 opposite_probing: opposite.probing,
                 opposite_holds_turn: opposite.holds_turn,
                 opposite_probe_at_cut: opposite.probe_at_cut,
@@ -1575,6 +1716,7 @@ mod tests {
             opposite_cuts_in_a_row: 0,
             opposite_contended: false,
             opposite_paced: true,
+            opposite_starting: false,
             opposite_probing: false,
             opposite_holds_turn: false,
             opposite_probe_at_cut: 0.0,
@@ -1823,7 +1965,7 @@ mod tests {
                     assert!(paced_for < STARTUP, "paced for {paced_for:?}");
                     return;
                 }
-                Mode::Off => {}
+                Mode::Off | Mode::Starting => {}
             }
         }
         panic!("never paused: {:?}", controller.mode());
@@ -2509,6 +2651,105 @@ mod tests {
             "the next burst's queue reached {:.1} ms in its first 3 s",
             worst * 1e3
         );
+    }
+
+    /// The worst queueing delay of a run's ticks from `start` on, in seconds.
+    fn worst_delay(run: &Run, start: usize) -> f64 {
+        run.ticks[start..]
+            .iter()
+            .map(|tick| tick.queue_delay)
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn a_burst_on_an_idle_slow_line_starts_paced_and_finds_its_rate_without_filling_the_buffer() {
+        // Unpaced, a greedy burst on a 5 Mbit/s line queues deep before the first queue is read
+        // (a real one fills its buffer for seconds: the first flights' losses are sent again).
+        let mut unpaced = Run::new(5.0);
+        unpaced.run(30, 0..0);
+        assert!(worst_delay(&unpaced, 0) > 0.025);
+        // Started from its first byte, it grows into the link and is cut at its first queue.
+        let mut run = Run::new(5.0);
+        assert!(run
+            .controller
+            .start_allowed_from()
+            .is_some_and(|from| from <= run.now));
+        assert_eq!(
+            run.controller.start(run.now).map(Rate::bytes_per_second),
+            Some(START_RATE)
+        );
+        run.run(30, 0..0);
+        let worst = worst_delay(&run, 0);
+        assert!(
+            worst < 0.02,
+            "the queue reached {:.1} ms in the first 3 s",
+            worst * 1e3
+        );
+        assert_eq!(run.controller.mode(), Mode::Paced);
+        let rate = run.controller.rate().expect("paced").bytes_per_second();
+        assert!(
+            (0.7 * 5.0 * MBIT..1.1 * 5.0 * MBIT).contains(&rate),
+            "{:.2} Mbit/s",
+            rate / MBIT
+        );
+    }
+
+    #[test]
+    fn a_start_on_a_fast_line_turns_pacing_off_and_is_not_tried_again_for_ten_minutes() {
+        let mut run = Run::new(1000.0);
+        run.controller.start(run.now);
+        run.run_until(
+            |controller| controller.mode() == Mode::Off,
+            25,
+            "the start ends within 2.5 s",
+        );
+        let from = run.controller.start_allowed_from().expect("off");
+        assert!(from >= run.now + Duration::from_secs(590), "{from:?}");
+        // Idle meanwhile, the line may start a burst paced again.
+        let off_after = AutoRateConfig::default().off_after;
+        assert!(from <= run.now + off_after);
+    }
+
+    #[test]
+    fn a_start_waits_for_the_line_to_be_idle() {
+        // Off while light traffic moves: no start until it has been idle for a while.
+        let mut run = Run::new(20.0);
+        run.demand = Some(0.5 * MBIT);
+        run.run(20, 0..0);
+        assert_eq!(run.controller.mode(), Mode::Off);
+        assert_eq!(
+            run.controller.start_allowed_from(),
+            Some(run.now + IDLE),
+            "the last tick moved data"
+        );
+        // Paced: never.
+        let paced = Run::paced(5.0, 150);
+        assert_eq!(paced.controller.start_allowed_from(), None);
+    }
+
+    /// A start's mode after ticks through a queue of 13 ms beside an opposite direction in
+    /// `opposite_mode`.
+    fn start_beside(opposite_mode: Mode) -> Mode {
+        let mut now = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), now);
+        controller.start(now);
+        for _ in 0..5 {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&Sample {
+                opposite_paced: opposite_mode != Mode::Off,
+                opposite_starting: opposite_mode == Mode::Starting,
+                ..steady_tick(now, rate, 13, 0.0)
+            });
+        }
+        controller.mode()
+    }
+
+    #[test]
+    fn a_start_leaves_a_queue_to_an_opposite_direction_paced_at_a_rate_it_found() {
+        assert_eq!(start_beside(Mode::Paced), Mode::Starting);
+        assert_eq!(start_beside(Mode::Off), Mode::Paced);
+        assert_eq!(start_beside(Mode::Starting), Mode::Paced);
     }
 
     #[test]
