@@ -279,6 +279,8 @@ pub const START_RATE: f64 = 500_000.0;
 /// of the link's rate: at 1.25, 30 ms, within the testbed's 5 Mbit/s buffer (52 ms) and over
 /// its 20 Mbit/s one (13 ms) by a few packets. From 4 Mbit/s it reaches 20 in 0.7 s.
 const START_GROWTH: f64 = 1.25;
+/// A rise of the delay over a tick that holds a starting rate where it is.
+const START_RISE: Duration = Duration::from_micros(500);
 /// A starting rate that grows past this with no queue found is on a fast line, where pacing is
 /// left off (bytes on the wire per second: 200 Mbit/s, about 1.8 s from [`START_RATE`]).
 const START_CAP: f64 = 25_000_000.0;
@@ -802,7 +804,18 @@ impl AutoRate {
             self.start_pacing(now, delay, lossy);
             return;
         }
-        if !((clear || opposite_reads_the_delay) && sample.backlogged && self.drop_bits == 0) {
+        // A delay that rises while still under the clear mark is the link filling: the rate
+        // holds there (testbed asymmetric: from 4 Mbit/s the uploads grew to 5, the delay rose
+        // from 0.8 to 1.7 ms, and at 6.25 the queue reached 28 ms before the first cut).
+        let rising = !opposite_reads_the_delay && delay > self.delay_before + START_RISE;
+        if !((clear || opposite_reads_the_delay)
+            && !rising
+            && sample.backlogged
+            && self.drop_bits == 0)
+        {
+            if rising {
+                self.decision = "start holds: delay rising";
+            }
             return;
         }
         self.rate *= START_GROWTH;
@@ -2743,6 +2756,30 @@ mod tests {
             });
         }
         controller.mode()
+    }
+
+    #[test]
+    fn a_start_holds_its_rate_while_the_delay_rises_under_the_clear_mark() {
+        let mut now = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), now);
+        controller.start(now);
+        let mut rates = Vec::new();
+        // Clear and flat, then rising by 1 ms a tick (still under 3 ms), then flat again.
+        for delay_us in [800, 800, 1_800, 2_800, 2_800] {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&Sample {
+                queue_delay: Some(Duration::from_micros(delay_us)),
+                opposite_paced: false,
+                ..steady_tick(now, rate, 0, 0.0)
+            });
+            rates.push(controller.rate().expect("paced").bytes_per_second());
+        }
+        assert_eq!(controller.mode(), Mode::Starting);
+        assert!(rates[1] > rates[0], "grows while flat: {rates:?}");
+        assert_eq!(rates[2], rates[1], "holds while rising: {rates:?}");
+        assert_eq!(rates[3], rates[2], "holds while rising: {rates:?}");
+        assert!(rates[4] > rates[3], "grows once flat again: {rates:?}");
     }
 
     #[test]
