@@ -12,9 +12,9 @@
 //!   queue starts pacing as below, or, past [`START_CAP`] with none, the line counts as fast
 //!   and is left unpaced for [`AutoRateConfig::off_after`].
 //! - **Off** otherwise until fyntr's own traffic builds a queue: pacing costs nothing where
-//!   nothing is congested. A queue means the queueing delay over [`AutoRateConfig::bloat`] in 3 of the last
-//!   6 ticks (the rule of cake-autorate), or more than 2 % of the bytes sent again (BBR's loss
-//!   threshold), while at least [`AutoRateConfig::min_load`] moves.
+//!   nothing is congested. A queue means the queueing delay over [`AutoRateConfig::bloat`] in
+//!   3 of the last 6 ticks (the rule of cake-autorate), or more than 2 % of the bytes sent
+//!   again (BBR's loss threshold), while at least [`AutoRateConfig::min_load`] moves.
 //! - **Paced**: a cut sets the rate just below what was delivered (`0.95` of it at the bloat
 //!   threshold, down to `0.85` at three times the threshold), at most once per
 //!   [`AutoRateConfig::refractory`] and only while the queue is not already draining (nor in
@@ -450,6 +450,7 @@ impl AutoRate {
         .into_iter()
         .flatten()
         .max()
+        // Never moved: from the start.
         .or(Some(self.paced_since))
     }
 
@@ -832,13 +833,12 @@ impl AutoRate {
         self.mode = Mode::Paced;
         self.paced_since = now;
         self.silent_for = Duration::ZERO;
-        // A queue soon after pacing stopped with one standing (a pause for
-        // contention, or silence) is most likely the same flow's: pacing starts as
-        // it resumes after a pause, on probation, without the first seconds' leave
-        // (beside a competing download, runs whose downloads went off for silence
-        // and started pacing afresh three to seven times spent 302-924 ticks paced,
-        // cut for its queue, and got 0.20-0.31 of the downlink; runs that started
-        // once, 98-471 ticks and 0.29-0.60).
+        // A queue soon after pacing stopped with one standing (a pause for contention, or
+        // silence) is most likely the same flow's: pacing starts as it resumes after a pause, on
+        // probation, without the first seconds' leave (beside a competing download, runs whose
+        // downloads went off for silence and started pacing afresh three to seven times spent
+        // 302-924 ticks paced, cut for its queue, and got 0.20-0.31 of the downlink; runs that
+        // started once, 98-471 ticks and 0.29-0.60).
         if self
             .left_standing
             .is_some_and(|stopped| now.duration_since(stopped) < CONTENTION_MEMORY)
@@ -846,11 +846,10 @@ impl AutoRate {
             self.paced_since = now.checked_sub(STARTUP).unwrap_or(now);
             self.resumed_at = Some(now);
         }
-        // The last second, and the last ticks too, may hold the idle time before
-        // the burst (a first download rate of 4 Mbit/s, read from one tick of 12
-        // and two idle ones, took 5 s to grow to 11 on a 20 Mbit/s downlink). Over
-        // the ticks that moved data, delivery is never under `load`, which counts
-        // the idle ones too.
+        // The last second, and the last ticks too, may hold the idle time before the burst (a
+        // first download rate of 4 Mbit/s, read from one tick of 12 and two idle ones, took 5 s
+        // to grow to 11 on a 20 Mbit/s downlink). Over the ticks that moved data, delivery is
+        // never under `load`, which counts the idle ones too.
         self.rate = self.second_delivery().max(self.delivery_while_moving());
         self.cut(now, self.rate, delay, lossy);
         self.decision = "start";
