@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    pacer::{acks_on_the_wire, on_the_wire, Pacer, SEGMENT_PAYLOAD},
+    pacer::{acks_on_the_wire, on_the_wire, Pacer},
     quantum::{AdaptiveQuantum, QuantumBounds},
 };
 
@@ -103,14 +103,7 @@ pub struct Scheduler {
     pacer_retry: Option<Instant>,
     /// The opposite direction's pacer, if any: charged for the ACKs each grant draws over it.
     ack_pacer: Option<Arc<Pacer>>,
-    /// Payload granted since the last ACK charged: ACKs are charged per two full segments
-    /// granted in all, not per grant (a paced chunk is often one segment, and charged a whole
-    /// ACK each, a busy download at 18 Mbit/s cost the uploads twice the ACKs it drew).
-    ack_payload: u64,
 }
-
-/// Payload one ACK acknowledges, as delayed ACKs go (see `acks_on_the_wire`).
-const ACKED_PAYLOAD: u64 = 2 * SEGMENT_PAYLOAD;
 
 impl Scheduler {
     /// An empty scheduler.
@@ -128,7 +121,6 @@ impl Scheduler {
             pacer: None,
             pacer_retry: None,
             ack_pacer: None,
-            ack_payload: 0,
         }
     }
 
@@ -261,6 +253,9 @@ impl Scheduler {
                     return None;
                 }
             }
+            if let Some(ack_pacer) = &ack_pacer {
+                ack_pacer.charge(acks_on_the_wire(u64::from(head)), now);
+            }
             flow.queue.pop_front();
             flow.deficit -= u64::from(head);
             flow.granted_bytes += u64::from(head);
@@ -278,12 +273,6 @@ impl Scheduler {
             self.next_sequence += 1;
             self.in_flight += u64::from(head);
             self.queued -= u64::from(head);
-            if let Some(ack_pacer) = &ack_pacer {
-                let payload = self.ack_payload + u64::from(head);
-                let whole = payload - payload % ACKED_PAYLOAD;
-                self.ack_payload = payload - whole;
-                ack_pacer.charge(acks_on_the_wire(whole), now);
-            }
             self.by_age.push_back((now, id, sequence));
             return Some(Grant {
                 flow: id,
