@@ -292,6 +292,21 @@ const BLOAT_TICKS: u32 = 3;
 /// Payload bytes to the bytes the pacer counts: payload plus the headers of its segments.
 const WIRE_PER_PAYLOAD: f64 = (SEGMENT_PAYLOAD + SEGMENT_HEADERS) as f64 / SEGMENT_PAYLOAD as f64;
 
+/// What a tick read of the path, for the mode's own part of the tick.
+#[derive(Clone, Copy)]
+struct Reading {
+    /// Delivery over the last ticks ([`AutoRate::delivery`]).
+    load: f64,
+    /// The queueing delay over the jitter floor (zero if none was reported).
+    delay: Duration,
+    /// Whether the tick showed a queue of this direction's to act on.
+    queue: bool,
+    /// Whether the tick read the path as clear (or the delay as the opposite direction's).
+    clear: bool,
+    /// Whether more than the loss threshold was sent again.
+    lossy: bool,
+}
+
 /// One direction's rate controller.
 #[derive(Debug)]
 pub struct AutoRate {
@@ -698,18 +713,21 @@ impl AutoRate {
             (_, true, false) => "clear",
             _ => "grey",
         };
+        let reading = Reading {
+            load,
+            delay,
+            queue,
+            clear,
+            lossy,
+        };
         match self.mode {
             Mode::Off => {
-                if self.queue_starts_pacing(sample, load, delay, queue, lossy) {
+                if self.queue_starts_pacing(sample, &reading) {
                     self.start_pacing(now, delay, lossy);
                 }
             }
-            Mode::Starting => {
-                self.starting_tick(sample, now, load, delay, queue, clear, lossy);
-            }
-            Mode::Paced => {
-                self.paced_tick(sample, now, load, delay, queue, clear, lossy);
-            }
+            Mode::Starting => self.starting_tick(sample, &reading),
+            Mode::Paced => self.paced_tick(sample, &reading),
             Mode::Contended => {
                 if self.contended_until.is_some_and(|until| now >= until) {
                     self.end_pause(now, second, delay);
@@ -754,14 +772,14 @@ impl AutoRate {
     }
 
     /// Whether the tick's queue is one of fyntr's making that pacing should start for.
-    fn queue_starts_pacing(
-        &self,
-        sample: &Sample,
-        load: f64,
-        delay: Duration,
-        queue: bool,
-        lossy: bool,
-    ) -> bool {
+    fn queue_starts_pacing(&self, sample: &Sample, reading: &Reading) -> bool {
+        let Reading {
+            load,
+            delay,
+            queue,
+            lossy,
+            ..
+        } = *reading;
         let queue_ticks = self.bloat_bits.count_ones();
         // A delay of twice the threshold is no wobble: act at once. Nor is a queue that drops
         // this direction's data: it overflows now (testbed burst: the downloads' first queue
@@ -777,17 +795,15 @@ impl AutoRate {
     }
 
     /// A tick while starting (see [`AutoRate::start`]).
-    #[allow(clippy::too_many_arguments)]
-    fn starting_tick(
-        &mut self,
-        sample: &Sample,
-        now: Instant,
-        load: f64,
-        delay: Duration,
-        queue: bool,
-        clear: bool,
-        lossy: bool,
-    ) {
+    fn starting_tick(&mut self, sample: &Sample, reading: &Reading) {
+        let now = sample.now;
+        let Reading {
+            load,
+            delay,
+            queue,
+            clear,
+            lossy,
+        } = *reading;
         // Beside an opposite direction paced at a rate it found, the delay is that one's to
         // act on: a start knows no rate of its own path, and taking the opposite's queue for
         // its own would leave it paced at what it moved then, far under its link (testbed
@@ -855,17 +871,16 @@ impl AutoRate {
         self.decision = "start";
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn paced_tick(
-        &mut self,
-        sample: &Sample,
-        now: Instant,
-        load: f64,
-        delay: Duration,
-        queue: bool,
-        clear: bool,
-        lossy: bool,
-    ) {
+    /// A tick while paced.
+    fn paced_tick(&mut self, sample: &Sample, reading: &Reading) {
+        let now = sample.now;
+        let Reading {
+            load,
+            delay,
+            queue,
+            clear,
+            lossy,
+        } = *reading;
         let since_cut = self
             .last_cut
             .map_or(Duration::MAX, |cut| now.duration_since(cut));
