@@ -704,14 +704,21 @@ impl<S: Stream> Drop for PathSampler<'_, S> {
     }
 }
 
+/// The controller's constants for `way`: downloads count what fyntr's sockets received, which
+/// arrives at the link's pace.
+fn controller_config(way: Direction) -> AutoRateConfig {
+    AutoRateConfig {
+        counts_arrivals: way == Direction::Download,
+        ..AutoRateConfig::default()
+    }
+}
+
 /// The controllers' loop: every tick, each direction's observations in, a rate out. It dozes
 /// after [`DOZE_AFTER`] quiet ticks, until a relay rouses it (see [`doze_for`]).
 fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
     let started = Instant::now();
-    let mut controllers = [
-        AutoRate::new(AutoRateConfig::default(), started),
-        AutoRate::new(AutoRateConfig::default(), started),
-    ];
+    let mut controllers = [Direction::Upload, Direction::Download]
+        .map(|way| AutoRate::new(controller_config(way), started));
     let mut refusals = [0u64; 2];
     let mut last_tick = started;
     let mut last_report = started;
@@ -771,7 +778,7 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
             };
             if !direction.enabled.load(Ordering::Relaxed) {
                 // Off (a fixed rate or none is in force): a later `auto` starts from scratch.
-                controllers[way as usize] = AutoRate::new(AutoRateConfig::default(), now);
+                controllers[way as usize] = AutoRate::new(controller_config(way), now);
                 continue;
             }
             // The pacer also counts the ACKs this direction carries for the opposite one.

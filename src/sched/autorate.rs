@@ -157,6 +157,11 @@ pub struct AutoRateConfig {
     pub contended_pause: Duration,
     /// How long without a queue before pacing stops.
     pub off_after: Duration,
+    /// Whether delivery is counted where the bytes arrive (downloads: what fyntr's sockets
+    /// received), so that one tick's delivery is what crossed the link in it. Uploads count
+    /// what the far ends acknowledged, and ACKs come in lumps: a tick may read a 20 Mbit/s
+    /// link at 26.
+    pub counts_arrivals: bool,
 }
 
 impl Default for AutoRateConfig {
@@ -177,6 +182,7 @@ impl Default for AutoRateConfig {
             contended_after: 5,
             contended_pause: Duration::from_secs(10),
             off_after: Duration::from_secs(600),
+            counts_arrivals: false,
         }
     }
 }
@@ -581,6 +587,15 @@ impl AutoRate {
         )
     }
 
+    /// The most any of the last [`LOAD_TICKS`] ticks delivered, in bytes on the wire per
+    /// second.
+    fn busiest_recent_tick(&self) -> f64 {
+        self.recent[SECOND_TICKS - LOAD_TICKS..]
+            .iter()
+            .map(|&(bytes, seconds)| if seconds > 0.0 { bytes / seconds } else { 0.0 })
+            .fold(0.0, f64::max)
+    }
+
     /// Delivery over the last [`SECOND_TICKS`] ticks, in bytes on the wire per second.
     fn second_delivery(&self) -> f64 {
         average(&self.recent)
@@ -723,7 +738,7 @@ impl AutoRate {
         match self.mode {
             Mode::Off => {
                 if self.queue_starts_pacing(sample, &reading) {
-                    self.start_pacing(now, delay, lossy);
+                    self.start_pacing(sample, delay, lossy);
                 }
             }
             Mode::Starting => self.starting_tick(sample, &reading),
@@ -818,7 +833,7 @@ impl AutoRate {
         let overflowing = sample.dropped == Some(true);
         let own_queue = overflowing || lossy || (queue && !opposite_reads_the_delay);
         if own_queue && load >= self.config.min_load.max(self.least_rate) {
-            self.start_pacing(now, delay, lossy);
+            self.start_pacing(sample, delay, lossy);
             return;
         }
         // A delay that rises while still under the clear mark is the link filling: the rate
@@ -845,7 +860,8 @@ impl AutoRate {
     }
 
     /// Starts pacing for a queue of fyntr's making, from what the path delivered.
-    fn start_pacing(&mut self, now: Instant, delay: Duration, lossy: bool) {
+    fn start_pacing(&mut self, sample: &Sample, delay: Duration, lossy: bool) {
+        let now = sample.now;
         self.mode = Mode::Paced;
         self.paced_since = now;
         self.silent_for = Duration::ZERO;
@@ -867,6 +883,15 @@ impl AutoRate {
         // to grow to 11 on a 20 Mbit/s downlink). Over the ticks that moved data, delivery is
         // never under `load`, which counts the idle ones too.
         self.rate = self.second_delivery().max(self.delivery_while_moving());
+        // A tick in which the link dropped this direction's data had it full: counted where
+        // the bytes arrive, what that tick delivered is the link's rate, where the average
+        // still holds the ticks in which the flights were on their way (testbed burst: the
+        // downloads' first queue dropped data in a tick that delivered 13 Mbit/s of the
+        // 20 Mbit/s downlink, after ticks of 1 and 7; the average set 7 Mbit/s, and growing
+        // from there took 3 s).
+        if self.config.counts_arrivals && sample.dropped == Some(true) {
+            self.rate = self.rate.max(self.busiest_recent_tick());
+        }
         self.cut(now, self.rate, delay, lossy);
         self.decision = "start";
     }
@@ -2801,6 +2826,41 @@ mod tests {
         assert_eq!(start_beside(Mode::Paced), Mode::Starting);
         assert_eq!(start_beside(Mode::Off), Mode::Paced);
         assert_eq!(start_beside(Mode::Starting), Mode::Paced);
+    }
+
+    /// The rate a start sets when its third tick's delivery (after 1 and 7 Mbit/s) overflows
+    /// the link: 13 Mbit/s, its data dropped, counted where the bytes arrive or not.
+    fn rate_started_by_first_flights(counts_arrivals: bool) -> f64 {
+        let mut now = Instant::now();
+        let config = AutoRateConfig {
+            counts_arrivals,
+            ..AutoRateConfig::default()
+        };
+        let mut controller = AutoRate::new(config, now);
+        controller.start(now);
+        for (megabits, dropped) in [(1.0, false), (7.0, false), (13.0, true)] {
+            now += TICK;
+            controller.on_tick(&Sample {
+                delivered: (megabits * MBIT * TICK.as_secs_f64()) as u64,
+                dropped: Some(dropped),
+                opposite_paced: false,
+                ..steady_tick(now, None, 1, 0.0)
+            });
+        }
+        assert_eq!(controller.mode(), Mode::Paced);
+        controller.rate().expect("paced").bytes_per_second() / MBIT
+    }
+
+    #[test]
+    fn a_first_rate_read_where_the_bytes_arrive_is_the_tick_that_overflowed() {
+        let arrivals = rate_started_by_first_flights(true);
+        assert!(
+            (12.0..13.5).contains(&arrivals),
+            "counted on arrival: {arrivals:.2} Mbit/s"
+        );
+        // Counted from ACKs, which come in lumps, one tick is no measure of the link.
+        let acks = rate_started_by_first_flights(false);
+        assert!(acks < 7.5, "counted from ACKs: {acks:.2} Mbit/s");
     }
 
     #[test]
