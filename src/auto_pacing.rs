@@ -830,6 +830,7 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
                 opposite_starting: opposite.mode() == Mode::Starting,
                 opposite_probing: opposite.probing(),
                 opposite_holds_turn: opposite.holds_turn(),
+                opposite_waiting_since: opposite.waiting_since(),
                 opposite_probe_at_cut: opposite.probe_at_cut(),
                 held_senders: match way {
                     Direction::Upload => 0,

@@ -95,6 +95,9 @@ pub struct Sample {
     /// Whether the opposite direction's probe keeps this one at its ceiling
     /// ([`AutoRate::holds_turn`]).
     pub opposite_holds_turn: bool,
+    /// Since when the opposite direction has waited for its turn to probe, if it waits
+    /// ([`AutoRate::waiting_since`]).
+    pub opposite_waiting_since: Option<Instant>,
     /// How far past its ceiling the opposite direction probed when it last cut, as a ratio
     /// of the rates ([`AutoRate::probe_at_cut`]); zero if that cut ended no probe.
     pub opposite_probe_at_cut: f64,
@@ -291,6 +294,15 @@ const START_RISE: Duration = Duration::from_micros(500);
 /// left off (bytes on the wire per second: 200 Mbit/s, about 1.8 s from [`START_RATE`]).
 const START_CAP: f64 = 25_000_000.0;
 
+/// The share of an upload rate past the ceiling the path must carry for the rate to grow on
+/// (see `paced_tick`): under it by the lag of delivery behind a growing rate and the lumps
+/// ACKs come in.
+const PROBE_IN_USE: f64 = 0.9;
+
+/// A queueing delay no buffer of a line as fast as the rate in force would hold: the line got
+/// slower (a 32 KiB router buffer holds 13 ms at 20 Mbit/s, both directions' 26).
+const DEEP_QUEUE: Duration = Duration::from_millis(30);
+
 /// Ticks the bloat rule looks back over, and how many of them must show a queue.
 const BLOAT_WINDOW: u32 = 6;
 const BLOAT_TICKS: u32 = 3;
@@ -381,6 +393,11 @@ pub struct AutoRate {
     clear_before: bool,
     /// The queueing delay (over the jitter floor) the last tick that reported one read.
     delay_before: Duration,
+    /// The queueing delays the last two readings of this start read, newest first
+    /// ([`Duration::MAX`] for none yet).
+    start_delays: [Duration; 2],
+    /// Since when a queue has stood while starting, if one stands.
+    start_queue_since: Option<Instant>,
     /// Since when the rate has been past the ceiling, as of the end of the last tick.
     probing_since: Option<Instant>,
     /// Whether, as of the end of the last tick, this direction's probe keeps the opposite one
@@ -388,6 +405,10 @@ pub struct AutoRate {
     holds_turn: bool,
     /// Whether the pacer held bytes back during the last tick.
     held_back: bool,
+    /// Since when this direction has waited for its turn to probe, if it waits.
+    waiting_since: Option<Instant>,
+    /// Whether this tick waited for the turn to probe.
+    waited: bool,
     /// Whether the rate grew since the last cut: a rate above the ceiling only because a cut
     /// may at most halve it is no probe.
     grown_since_cut: bool,
@@ -434,9 +455,13 @@ impl AutoRate {
             decision: "off",
             clear_before: false,
             delay_before: Duration::ZERO,
+            start_delays: [Duration::MAX; 2],
+            start_queue_since: None,
             probing_since: None,
             holds_turn: false,
             held_back: false,
+            waiting_since: None,
+            waited: false,
             grown_since_cut: false,
             probe_at_cut: 0.0,
         }
@@ -492,6 +517,8 @@ impl AutoRate {
             self.paced_since = now;
             self.silent_for = Duration::ZERO;
             self.last_queue = now;
+            self.start_queue_since = None;
+            self.start_delays = [Duration::MAX; 2];
             self.decision = "start from the first byte";
         }
         self.rate()
@@ -558,12 +585,30 @@ impl AutoRate {
         self.holds_turn
     }
 
+    /// Since when this direction has waited for its turn to probe, as of the end of the last
+    /// tick, if it waits.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.waiting_since
+    }
+
     /// The rate grown to `grown`, but not past the ceiling while the opposite direction holds
-    /// the turn to probe: the directions take turns, so that the queue a probe builds is known
-    /// to be the prober's (both read one delay). The tick's decision is `decision`, or that it
-    /// waited its turn.
+    /// the turn to probe, or has waited for it longer than this one: the directions take turns,
+    /// so that the queue a probe builds is known to be the prober's (both read one delay), and
+    /// in the order they asked (testbed steps: after the step up, the uploads' probes came
+    /// one after another, each holding the turn, and the downloads waited at 13-14 Mbit/s of
+    /// the 20 Mbit/s downlink for 8 s). The tick's decision is `decision`, or that it waited
+    /// its turn.
     fn grow(&mut self, grown: f64, sample: &Sample, decision: &'static str) {
-        let waits = sample.opposite_holds_turn && !self.probing() && grown > self.ceiling;
+        let opposite_asked_first = sample
+            .opposite_waiting_since
+            .is_some_and(|theirs| self.waiting_since.is_none_or(|mine| theirs < mine));
+        let waits = (sample.opposite_holds_turn || opposite_asked_first)
+            && !self.probing()
+            && grown > self.ceiling;
+        if waits {
+            self.waiting_since.get_or_insert(sample.now);
+            self.waited = true;
+        }
         let rate = if waits {
             self.rate.max(self.ceiling)
         } else {
@@ -620,6 +665,7 @@ impl AutoRate {
     pub fn on_tick(&mut self, sample: &Sample) -> Option<Rate> {
         let now = sample.now;
         self.held_back = sample.backlogged;
+        self.waited = false;
         self.least_rate = self
             .config
             .floor
@@ -779,6 +825,9 @@ impl AutoRate {
             self.probing_since = None;
             self.holds_turn = false;
         }
+        if !self.waited {
+            self.waiting_since = None;
+        }
         self.clear_before = clear;
         if known {
             self.delay_before = delay;
@@ -824,8 +873,18 @@ impl AutoRate {
         // its own would leave it paced at what it moved then, far under its link (testbed
         // asymmetric: downloads that started pacing at 3.5 Mbit/s for the uplink's queue took
         // 30 s to grow past 5 on the 40 Mbit/s downlink, and the burst 40 s against 28). It
-        // goes on growing until its own link drops its data.
-        let opposite_reads_the_delay = sample.opposite_paced && !sample.opposite_starting;
+        // goes on growing until its own link drops its data, or until a queue has stood for
+        // [`OPPOSITE_WAIT`]: the opposite's cuts would have drained a queue of its own by
+        // then, and this start's growth is what keeps it (testbed asymmetric:
+        // downloads that grew from 8 to 47 Mbit/s in 0.8 s while the uploads were cut, with the
+        // uplink's queue at 10-34 ms from the downloads' ACKs).
+        if !queue {
+            self.start_queue_since = None;
+        }
+        let queue_outlasted_the_opposite = queue
+            && now.duration_since(*self.start_queue_since.get_or_insert(now)) >= OPPOSITE_WAIT;
+        let opposite_reads_the_delay =
+            sample.opposite_paced && !sample.opposite_starting && !queue_outlasted_the_opposite;
         // Else the rate grew into the link, most likely: pacing starts from what the path
         // delivers at the first tick of a queue, not after 3 ticks of it as from off (a start
         // grows by a quarter a tick, and on a 5 Mbit/s uplink one tick more took the queue
@@ -839,7 +898,17 @@ impl AutoRate {
         // A delay that rises while still under the clear mark is the link filling: the rate
         // holds there (testbed asymmetric: from 4 Mbit/s the uploads grew to 5, the delay rose
         // from 0.8 to 1.7 ms, and at 6.25 the queue reached 28 ms before the first cut).
-        let rising = !opposite_reads_the_delay && delay > self.delay_before + START_RISE;
+        // Risen over the last reading or the last two: a queue that fills slowly (a rate just
+        // over the link) rises by less than the mark a tick (testbed asymmetric: at 5 Mbit/s on
+        // the 5 Mbit/s uplink the delay rose from 1.0 to 1.6 and 2.0 ms, the rate grew to 6.25
+        // on the tick it rose by less, and the queue reached 44 ms before the cut took). Not
+        // since the rate last grew: a growth on a reading at the bottom of a busy path's
+        // jitter held the uploads at 5 Mbit/s of a 20 Mbit/s uplink for 3 s (testbed steps).
+        let lately = self.start_delays[0].min(self.start_delays[1]);
+        let rising = !opposite_reads_the_delay && delay > lately.saturating_add(START_RISE);
+        if sample.queue_delay.is_some() {
+            self.start_delays = [delay, self.start_delays[0]];
+        }
         if !((clear || opposite_reads_the_delay)
             && !rising
             && sample.backlogged
@@ -892,7 +961,7 @@ impl AutoRate {
         if self.config.counts_arrivals && sample.dropped == Some(true) {
             self.rate = self.rate.max(self.busiest_recent_tick());
         }
-        self.cut(now, self.rate, delay, lossy);
+        self.cut(now, self.rate, delay, lossy, false);
         self.decision = "start";
     }
 
@@ -1013,7 +1082,17 @@ impl AutoRate {
             // stands all the same (testbed asymmetric: uploads at 1.4 Mbit/s on a 5 Mbit/s
             // uplink cut to 1.0 in 3 s, then unpaced for 10 s, and the uplink's queue that
             // followed had the downloads cut to 2 Mbit/s of a 40 Mbit/s downlink).
-            let basis = if self.cuts_in_a_row == 0 {
+            //
+            // A queue past [`DEEP_QUEUE`] is a line that got slower under a full buffer, which
+            // keeps the link busy: the cut is taken from what moves now (testbed steps:
+            // cut from the last second's 18 Mbit/s when the line stepped to 5, both directions
+            // took 0.7 s and three cuts to come under it, and the queue stood at 50-120 ms).
+            // Not in the first seconds of pacing: the queue is then the bytes the sockets took
+            // before (see below).
+            let deep = delay > DEEP_QUEUE && !starting;
+            let basis = if deep {
+                load.min(self.rate)
+            } else if self.cuts_in_a_row == 0 {
                 self.second_delivery().max(load).max(self.median_tick())
             } else if starting {
                 load
@@ -1021,7 +1100,7 @@ impl AutoRate {
                 load.min(self.rate)
             };
             let before = self.rate;
-            if !self.cut(now, basis, delay, lossy) {
+            if !self.cut(now, basis, delay, lossy, deep) {
                 // The rate is already below what the path delivers: the queue is bytes the
                 // sockets took before, and it drains by itself. In the first seconds of pacing
                 // that rate was read from the few ticks before the queue showed, while a queue
@@ -1126,9 +1205,7 @@ impl AutoRate {
         // delivery averaged over the last ticks trails the rate of now by the growth. A
         // quarter under it, not less: what ACKs report comes in lumps, as a download's queue
         // delays the uploads' ACKs (testbed competing: uploads paced at 15 Mbit/s read
-        // 0-15 Mbit/s a tick); and the pacer charges a direction a whole ACK for each grant of
-        // the other's of one segment, twice what `Sample::acks` counts, so that beside a
-        // download at 18 Mbit/s an upload paced at 2 Mbit/s delivers 1.2 (testbed steps).
+        // 0-15 Mbit/s a tick).
         if load < 0.75 * self.rate_during_load() {
             // Far more is admitted than delivered: the path does not keep up with the rate
             // (the limit is elsewhere), so raising it teaches nothing.
@@ -1157,6 +1234,25 @@ impl AutoRate {
         // the least step, a 20 Mbit/s link's queue rose 4 ms a tick, and the cut came at 13).
         if grey && self.probing() && delay > self.delay_before {
             self.decision = "hold: queue rising";
+            return;
+        }
+        // Past the ceiling, uploads grow only while the path carries nearly all of the rate: a
+        // probe teaches something only at a rate in use, and one grown while the sockets sent
+        // less (beside busy downloads, whose ACKs the pacer counts against the uploads) lands
+        // on the link all at once when they send more (testbed asymmetric: uploads that sent
+        // 3.8-4.2 Mbit/s grew from 5.1 to 6.2 in 0.7 s over a 5 Mbit/s uplink with the delay
+        // at 2-4 ms, and when the downloads paused the queue reached 43 ms). Downloads are
+        // held by the windows fyntr offers, a round trip behind the rate, and deliver 0.8-0.9
+        // of a rate that has room to grow (held so, a download on a 20 Mbit/s downlink stayed
+        // under 11 Mbit/s for 10 s, testbed burst).
+        if !self.config.counts_arrivals
+            && self.ceiling > 0.0
+            && self.rate >= self.ceiling
+            && load < PROBE_IN_USE * self.rate_during_load()
+        {
+            self.decision = "probe not in use";
+            self.step = self.config.first_step;
+            self.step_since = now;
             return;
         }
         // Under half of that, a delay between clear and a queue is not this rate's doing.
@@ -1233,9 +1329,9 @@ impl AutoRate {
     }
 
     /// Sets the rate just below `basis` (what the path delivers), the further below the larger
-    /// the queue; returns whether that lowered the rate (a rate already below it is left
-    /// alone).
-    fn cut(&mut self, now: Instant, basis: f64, delay: Duration, lossy: bool) -> bool {
+    /// the queue, and for a `deep` queue (past [`DEEP_QUEUE`]) to as little as a quarter of the
+    /// rate; returns whether that lowered the rate (a rate already below it is left alone).
+    fn cut(&mut self, now: Instant, basis: f64, delay: Duration, lossy: bool, deep: bool) -> bool {
         let bloat = self.config.bloat.as_secs_f64();
         let over = ((delay.as_secs_f64() - bloat) / (2.0 * bloat)).clamp(0.0, 1.0);
         let factor = if lossy && delay <= self.config.bloat {
@@ -1251,7 +1347,10 @@ impl AutoRate {
         // What moved when the queue showed, or the rate allowed then if that was less.
         self.ceiling = basis.min(self.rate);
         // At most halved per cut: delivery read during a loss recovery understates the path.
-        self.rate = target.max(0.5 * self.rate).max(self.least_rate);
+        // Under a deep queue the line got slower, and a quarter of the rate may be what it
+        // carries now.
+        let least_kept = if deep { 0.25 } else { 0.5 };
+        self.rate = target.max(least_kept * self.rate).max(self.least_rate);
         self.grown_since_cut = false;
         self.last_cut = Some(now);
         self.delay_at_cut = delay;
@@ -1423,6 +1522,7 @@ mod tests {
         dropped: bool,
         probing: bool,
         holds_turn: bool,
+        waiting_since: Option<Instant>,
         probe_at_cut: f64,
     }
 
@@ -1565,6 +1665,7 @@ mod tests {
                 opposite_starting: false,
                 opposite_probing: opposite.probing,
                 opposite_holds_turn: opposite.holds_turn,
+                opposite_waiting_since: opposite.waiting_since,
                 opposite_probe_at_cut: opposite.probe_at_cut,
                 dropped: (moved.offered > 0.0).then_some(moved.dropped > 0.0),
                 opposite_dropped: opposite.dropped,
@@ -1655,6 +1756,7 @@ mod tests {
                         dropped: opposite.dropped_lately(),
                         probing: opposite.probing(),
                         holds_turn: opposite.holds_turn(),
+                        waiting_since: opposite.waiting_since(),
                         probe_at_cut: opposite.probe_at_cut(),
                     };
                     let delay = (moved[way].delivered > 0.0).then_some(delay);
@@ -1771,6 +1873,7 @@ mod tests {
             opposite_starting: false,
             opposite_probing: false,
             opposite_holds_turn: false,
+            opposite_waiting_since: None,
             opposite_probe_at_cut: 0.0,
             dropped: None,
             opposite_dropped: false,
@@ -1918,6 +2021,34 @@ mod tests {
             assert!(ticks < 100, "never grew past the ceiling");
         }
         (controller, now)
+    }
+
+    /// The highest rate, as a share of the ceiling, that 3 s of clear ticks with more to send
+    /// take a controller [`paced_at`] 8 Mbit/s to, beside an opposite direction that has
+    /// waited for its turn to probe since before them, or not.
+    fn probe_beside_an_opposite_that_waits(opposite_waits: bool) -> f64 {
+        let (mut controller, mut now) = paced_at(8.0 * MBIT);
+        let ceiling = controller.ceiling;
+        let opposite_waiting_since = opposite_waits.then_some(now);
+        let mut highest: f64 = 0.0;
+        for _ in 0..30 {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&Sample {
+                opposite_waiting_since,
+                ..steady_tick(now, rate, 0, 0.0)
+            });
+            highest = highest.max(controller.rate().expect("paced").bytes_per_second());
+        }
+        highest / ceiling
+    }
+
+    #[test]
+    fn a_direction_that_waited_for_its_turn_to_probe_first_goes_first() {
+        let alone = probe_beside_an_opposite_that_waits(false);
+        assert!(alone > 1.05, "no one waits: {alone:.3}");
+        let behind = probe_beside_an_opposite_that_waits(true);
+        assert!(behind <= 1.0, "the opposite asked first: {behind:.3}");
     }
 
     /// Whether `controller`, [`probing_past_its_ceiling`] from `now`, cuts within 3 s for a
@@ -2779,13 +2910,19 @@ mod tests {
         assert_eq!(paced.controller.start_allowed_from(), None);
     }
 
-    /// A start's mode after ticks through a queue of 13 ms beside an opposite direction in
-    /// `opposite_mode`.
+    /// A start's mode after five ticks (under half a second) through a queue of 13 ms beside
+    /// an opposite direction in `opposite_mode`.
     fn start_beside(opposite_mode: Mode) -> Mode {
+        start_under_a_queue_beside(opposite_mode, 5)
+    }
+
+    /// The mode of a start after `ticks` ticks of a 13 ms queue beside an opposite direction in
+    /// `opposite_mode`.
+    fn start_under_a_queue_beside(opposite_mode: Mode, ticks: usize) -> Mode {
         let mut now = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), now);
         controller.start(now);
-        for _ in 0..5 {
+        for _ in 0..ticks {
             now += TICK;
             let rate = controller.rate().map(Rate::bytes_per_second);
             controller.on_tick(&Sample {
@@ -2803,8 +2940,8 @@ mod tests {
         let mut controller = AutoRate::new(AutoRateConfig::default(), now);
         controller.start(now);
         let mut rates = Vec::new();
-        // Clear and flat, then rising by 1 ms a tick (still under 3 ms), then flat again.
-        for delay_us in [800, 800, 1_800, 2_800, 2_800] {
+        // Clear and flat, then rising by 1 ms a tick (still under 3 ms), then back where it grew.
+        for delay_us in [800, 800, 1_800, 2_800, 800] {
             now += TICK;
             let rate = controller.rate().map(Rate::bytes_per_second);
             controller.on_tick(&Sample {
@@ -2818,7 +2955,31 @@ mod tests {
         assert!(rates[1] > rates[0], "grows while flat: {rates:?}");
         assert_eq!(rates[2], rates[1], "holds while rising: {rates:?}");
         assert_eq!(rates[3], rates[2], "holds while rising: {rates:?}");
-        assert!(rates[4] > rates[3], "grows once flat again: {rates:?}");
+        assert!(rates[4] > rates[3], "grows once back: {rates:?}");
+    }
+
+    #[test]
+    fn a_start_holds_its_rate_while_the_delay_rose_over_the_last_two_readings() {
+        let mut now = Instant::now();
+        let mut controller = AutoRate::new(AutoRateConfig::default(), now);
+        controller.start(now);
+        let mut rates = Vec::new();
+        // Flat, then two rises under the mark that add up to more, then flat.
+        for delay_us in [800, 800, 1_200, 1_600, 1_600] {
+            now += TICK;
+            let rate = controller.rate().map(Rate::bytes_per_second);
+            controller.on_tick(&Sample {
+                queue_delay: Some(Duration::from_micros(delay_us)),
+                opposite_paced: false,
+                ..steady_tick(now, rate, 0, 0.0)
+            });
+            rates.push(controller.rate().expect("paced").bytes_per_second());
+        }
+        assert_eq!(controller.mode(), Mode::Starting);
+        assert!(rates[1] > rates[0], "grows while flat: {rates:?}");
+        assert!(rates[2] > rates[1], "a rise under the mark: {rates:?}");
+        assert_eq!(rates[3], rates[2], "over it in two readings: {rates:?}");
+        assert!(rates[4] > rates[3], "flat again: {rates:?}");
     }
 
     #[test]
@@ -2826,6 +2987,11 @@ mod tests {
         assert_eq!(start_beside(Mode::Paced), Mode::Starting);
         assert_eq!(start_beside(Mode::Off), Mode::Paced);
         assert_eq!(start_beside(Mode::Starting), Mode::Paced);
+    }
+
+    #[test]
+    fn a_start_takes_a_queue_that_outlasted_the_opposite_directions_cuts_for_its_own() {
+        assert_eq!(start_under_a_queue_beside(Mode::Paced, 7), Mode::Paced);
     }
 
     /// The rate a start sets when its third tick's delivery (after 1 and 7 Mbit/s) overflows
@@ -2881,6 +3047,22 @@ mod tests {
             },
             start + 6,
             "the kept rate cut under the slower line within 0.6 s",
+        );
+    }
+
+    #[test]
+    fn a_line_that_steps_down_to_a_quarter_under_load_is_cut_under_it_within_half_a_second() {
+        let mut run = Run::paced(20.0, 300);
+        run.link.capacity /= 4.0;
+        let start = run.ticks.len();
+        run.run_until(
+            |controller| {
+                controller
+                    .rate()
+                    .is_some_and(|rate| rate.bytes_per_second() <= 5.0 * MBIT)
+            },
+            start + 5,
+            "the rate cut under the slower line within 0.5 s",
         );
     }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    pacer::{acks_on_the_wire, on_the_wire, Pacer},
+    pacer::{acks_on_the_wire, on_the_wire, Pacer, ACKED_PAYLOAD},
     quantum::{AdaptiveQuantum, QuantumBounds},
 };
 
@@ -103,6 +103,10 @@ pub struct Scheduler {
     pacer_retry: Option<Instant>,
     /// The opposite direction's pacer, if any: charged for the ACKs each grant draws over it.
     ack_pacer: Option<Arc<Pacer>>,
+    /// Payload granted since the last ACK charged: ACKs are charged per [`ACKED_PAYLOAD`]
+    /// granted in all, not per grant (a paced chunk is often one segment, and a whole ACK for
+    /// each charged the uploads more than the ACKs the downloads drew).
+    ack_payload: u64,
 }
 
 impl Scheduler {
@@ -121,6 +125,7 @@ impl Scheduler {
             pacer: None,
             pacer_retry: None,
             ack_pacer: None,
+            ack_payload: 0,
         }
     }
 
@@ -253,9 +258,6 @@ impl Scheduler {
                     return None;
                 }
             }
-            if let Some(ack_pacer) = &ack_pacer {
-                ack_pacer.charge(acks_on_the_wire(u64::from(head)), now);
-            }
             flow.queue.pop_front();
             flow.deficit -= u64::from(head);
             flow.granted_bytes += u64::from(head);
@@ -273,6 +275,12 @@ impl Scheduler {
             self.next_sequence += 1;
             self.in_flight += u64::from(head);
             self.queued -= u64::from(head);
+            if let Some(ack_pacer) = &ack_pacer {
+                let payload = self.ack_payload + u64::from(head);
+                let whole = payload - payload % ACKED_PAYLOAD;
+                self.ack_payload = payload - whole;
+                ack_pacer.charge(acks_on_the_wire(whole), now);
+            }
             self.by_age.push_back((now, id, sequence));
             return Some(Grant {
                 flow: id,

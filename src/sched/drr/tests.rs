@@ -386,3 +386,23 @@ fn unasked_bytes_and_the_other_directions_acks_delay_later_grants() {
         .poll_grant(after_acks + Duration::from_micros(66))
         .is_some());
 }
+
+#[test]
+fn grants_of_one_segment_charge_the_opposite_pacer_per_acked_payload_not_per_grant() {
+    // The opposite pacer at 1000 bytes a second with a second's burst: what the grants charge
+    // it shows in what it still admits at once.
+    let now = Instant::now();
+    let acks = Arc::new(Pacer::new(crate::sched::pacer::Rate(1000.0), 1000, now));
+    let mut scheduler = Scheduler::new(config(1 << 20));
+    scheduler.set_ack_pacer(Arc::clone(&acks));
+    let flow = scheduler.add_flow();
+    for _ in 0..4 {
+        scheduler.handle_enqueue(flow, crate::sched::pacer::SEGMENT_PAYLOAD as u32);
+        scheduler.poll_grant(now).expect("granted");
+        scheduler.handle_complete(flow);
+    }
+    // Four segments draw two ACKs (132 bytes), not four.
+    let charged = 2 * crate::sched::pacer::SEGMENT_HEADERS;
+    assert!(acks.try_admit(1000 - charged + 1, now).is_err());
+    assert!(acks.try_admit(1000 - charged, now).is_ok());
+}
