@@ -2023,6 +2023,37 @@ mod tests {
         (controller, now)
     }
 
+    /// The highest rate, as a share of the ceiling, that 5 s of clear ticks with more to send
+    /// take a controller [`paced_at`] 8 Mbit/s to, its path delivering `share` of the rate, its
+    /// delivery counted where the bytes arrive or not.
+    fn probe_delivering(share: f64, counts_arrivals: bool) -> f64 {
+        let (mut controller, mut now) = paced_at(8.0 * MBIT);
+        controller.config.counts_arrivals = counts_arrivals;
+        let ceiling = controller.ceiling;
+        let mut highest: f64 = 0.0;
+        for _ in 0..50 {
+            now += TICK;
+            let rate = controller.rate().expect("paced").bytes_per_second();
+            controller.on_tick(&steady_tick(now, Some(share * rate), 0, 0.0));
+            highest = highest.max(controller.rate().expect("paced").bytes_per_second());
+        }
+        highest / ceiling
+    }
+
+    #[test]
+    fn an_upload_probe_past_its_ceiling_grows_on_only_while_the_rate_is_in_use() {
+        let unused = probe_delivering(0.8, false);
+        assert!(
+            unused <= 1.02,
+            "uploads sending 80 % of the rate: {unused:.3}"
+        );
+        let used = probe_delivering(1.0, false);
+        assert!(used > 1.3, "uploads using the rate: {used:.3}");
+        // Downloads deliver a round trip behind the windows offered: they grow on.
+        let downloads = probe_delivering(0.8, true);
+        assert!(downloads > 1.3, "downloads: {downloads:.3}");
+    }
+
     /// The highest rate, as a share of the ceiling, that 3 s of clear ticks with more to send
     /// take a controller [`paced_at`] 8 Mbit/s to, beside an opposite direction that has
     /// waited for its turn to probe since before them, or not.
