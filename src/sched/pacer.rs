@@ -85,7 +85,7 @@ pub fn on_the_wire(payload: u64) -> u64 {
 
 /// Payload one bare ACK is charged for: two full segments, as delayed ACKs go. (fyntr's paced
 /// downloads draw more, one per 1.3 segments, but charged at that rate the uploads went under
-/// the uplink and the asymmetric line's probes over 12 ms did not fall: see docs/testbed.md.)
+/// the uplink and the asymmetric line's probes over 12 ms rose: see docs/testbed.md.)
 pub const ACKED_PAYLOAD: u64 = 2 * SEGMENT_PAYLOAD;
 
 /// Bytes of the acknowledgements that `payload` draws back over the opposite direction: one
