@@ -637,7 +637,7 @@ impl AutoRate {
     fn busiest_recent_tick(&self) -> f64 {
         self.recent[SECOND_TICKS - LOAD_TICKS..]
             .iter()
-            .map(|&(bytes, seconds)| if seconds > 0.0 { bytes / seconds } else { 0.0 })
+            .map(|&tick| per_second(tick))
             .fold(0.0, f64::max)
     }
 
@@ -649,9 +649,7 @@ impl AutoRate {
     /// The median of the last [`SECOND_TICKS`] ticks' delivery, in bytes on the wire per
     /// second: what the path carried in a typical tick, whatever one tick's dip or lump.
     fn median_tick(&self) -> f64 {
-        let mut rates = self
-            .recent
-            .map(|(bytes, seconds)| if seconds > 0.0 { bytes / seconds } else { 0.0 });
+        let mut rates = self.recent.map(per_second);
         rates.sort_unstable_by(f64::total_cmp);
         rates[SECOND_TICKS / 2]
     }
@@ -1407,6 +1405,15 @@ pub fn first_to_decide(controllers: [&AutoRate; 2], dropping: [bool; 2]) -> usiz
 }
 
 /// Bytes per second over (bytes, seconds) pairs.
+/// One tick's delivery, (bytes, seconds), in bytes per second; zero for a tick of no length.
+fn per_second((bytes, seconds): (f64, f64)) -> f64 {
+    if seconds > 0.0 {
+        bytes / seconds
+    } else {
+        0.0
+    }
+}
+
 fn average<'a>(ticks: impl IntoIterator<Item = &'a (f64, f64)>) -> f64 {
     let (bytes, seconds) = ticks
         .into_iter()
@@ -2023,21 +2030,33 @@ mod tests {
         (controller, now)
     }
 
-    /// The highest rate, as a share of the ceiling, that 5 s of clear ticks with more to send
-    /// take a controller [`paced_at`] 8 Mbit/s to, its path delivering `share` of the rate, its
-    /// delivery counted where the bytes arrive or not.
-    fn probe_delivering(share: f64, counts_arrivals: bool) -> f64 {
+    /// The highest rate, as a share of its ceiling, that `ticks` clear ticks with more to send
+    /// take a controller [`paced_at`] 8 Mbit/s to (its delivery counted where the bytes arrive
+    /// if `counts_arrivals`), each tick's sample made by `sample` from the tick's time and the
+    /// rate in force.
+    fn highest_probe(
+        counts_arrivals: bool,
+        ticks: usize,
+        sample: impl Fn(Instant, f64) -> Sample,
+    ) -> f64 {
         let (mut controller, mut now) = paced_at(8.0 * MBIT);
         controller.config.counts_arrivals = counts_arrivals;
         let ceiling = controller.ceiling;
         let mut highest: f64 = 0.0;
-        for _ in 0..50 {
+        for _ in 0..ticks {
             now += TICK;
             let rate = controller.rate().expect("paced").bytes_per_second();
-            controller.on_tick(&steady_tick(now, Some(share * rate), 0, 0.0));
+            controller.on_tick(&sample(now, rate));
             highest = highest.max(controller.rate().expect("paced").bytes_per_second());
         }
         highest / ceiling
+    }
+
+    /// [`highest_probe`] over 5 s, the path delivering `share` of the rate.
+    fn probe_delivering(share: f64, counts_arrivals: bool) -> f64 {
+        highest_probe(counts_arrivals, 50, |now, rate| {
+            steady_tick(now, Some(share * rate), 0, 0.0)
+        })
     }
 
     #[test]
@@ -2054,24 +2073,14 @@ mod tests {
         assert!(downloads > 1.3, "downloads: {downloads:.3}");
     }
 
-    /// The highest rate, as a share of the ceiling, that 3 s of clear ticks with more to send
-    /// take a controller [`paced_at`] 8 Mbit/s to, beside an opposite direction that has
-    /// waited for its turn to probe since before them, or not.
+    /// [`highest_probe`] over 3 s, beside an opposite direction that has waited for its turn
+    /// to probe since before them, or not.
     fn probe_beside_an_opposite_that_waits(opposite_waits: bool) -> f64 {
-        let (mut controller, mut now) = paced_at(8.0 * MBIT);
-        let ceiling = controller.ceiling;
-        let opposite_waiting_since = opposite_waits.then_some(now);
-        let mut highest: f64 = 0.0;
-        for _ in 0..30 {
-            now += TICK;
-            let rate = controller.rate().map(Rate::bytes_per_second);
-            controller.on_tick(&Sample {
-                opposite_waiting_since,
-                ..steady_tick(now, rate, 0, 0.0)
-            });
-            highest = highest.max(controller.rate().expect("paced").bytes_per_second());
-        }
-        highest / ceiling
+        let opposite_waiting_since = opposite_waits.then(Instant::now);
+        highest_probe(false, 30, |now, rate| Sample {
+            opposite_waiting_since,
+            ..steady_tick(now, Some(rate), 0, 0.0)
+        })
     }
 
     #[test]
@@ -2965,14 +2974,14 @@ mod tests {
         controller.mode()
     }
 
-    #[test]
-    fn a_start_holds_its_rate_while_the_delay_rises_under_the_clear_mark() {
+    /// The rates of a start after each of ticks that read these delays (microseconds), with
+    /// more to send and no opposite direction paced; it is still starting after them.
+    fn starting_rates(delays_us: &[u64]) -> Vec<f64> {
         let mut now = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), now);
         controller.start(now);
         let mut rates = Vec::new();
-        // Clear and flat, then rising by 1 ms a tick (still under 3 ms), then back where it grew.
-        for delay_us in [800, 800, 1_800, 2_800, 800] {
+        for &delay_us in delays_us {
             now += TICK;
             let rate = controller.rate().map(Rate::bytes_per_second);
             controller.on_tick(&Sample {
@@ -2983,6 +2992,13 @@ mod tests {
             rates.push(controller.rate().expect("paced").bytes_per_second());
         }
         assert_eq!(controller.mode(), Mode::Starting);
+        rates
+    }
+
+    #[test]
+    fn a_start_holds_its_rate_while_the_delay_rises_under_the_clear_mark() {
+        // Clear and flat, then rising by 1 ms a tick (still under 3 ms), then back where it grew.
+        let rates = starting_rates(&[800, 800, 1_800, 2_800, 800]);
         assert!(rates[1] > rates[0], "grows while flat: {rates:?}");
         assert_eq!(rates[2], rates[1], "holds while rising: {rates:?}");
         assert_eq!(rates[3], rates[2], "holds while rising: {rates:?}");
@@ -2991,22 +3007,8 @@ mod tests {
 
     #[test]
     fn a_start_holds_its_rate_while_the_delay_rose_over_the_last_two_readings() {
-        let mut now = Instant::now();
-        let mut controller = AutoRate::new(AutoRateConfig::default(), now);
-        controller.start(now);
-        let mut rates = Vec::new();
         // Flat, then two rises under the mark that add up to more, then flat.
-        for delay_us in [800, 800, 1_200, 1_600, 1_600] {
-            now += TICK;
-            let rate = controller.rate().map(Rate::bytes_per_second);
-            controller.on_tick(&Sample {
-                queue_delay: Some(Duration::from_micros(delay_us)),
-                opposite_paced: false,
-                ..steady_tick(now, rate, 0, 0.0)
-            });
-            rates.push(controller.rate().expect("paced").bytes_per_second());
-        }
-        assert_eq!(controller.mode(), Mode::Starting);
+        let rates = starting_rates(&[800, 800, 1_200, 1_600, 1_600]);
         assert!(rates[1] > rates[0], "grows while flat: {rates:?}");
         assert!(rates[2] > rates[1], "a rise under the mark: {rates:?}");
         assert_eq!(rates[3], rates[2], "over it in two readings: {rates:?}");
