@@ -400,7 +400,7 @@ impl AutoPacing {
         // The burst's other paths find the pacer at a rate.
         direction.start_from.store(u64::MAX, Ordering::SeqCst);
         let rate = Rate(START_RATE);
-        direction.pacer.set_rate(Some(rate), self.burst(rate));
+        direction.pacer.set_rate(Some(rate), self.burst(way, rate));
         direction.started.store(true, Ordering::SeqCst);
         self.doze.rouse();
     }
@@ -409,11 +409,14 @@ impl AutoPacing {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The pacer's burst at `rate`: one paced chunk plus 2 ms of the rate (as for a fixed
-    /// rate: room for a timer that fires late without losing the rate).
-    fn burst(&self, rate: Rate) -> u64 {
-        let chunk = on_the_wire(Pacing::chunk_for(rate, self.buffer_size) as u64);
-        chunk + (rate.bytes_per_second() * 0.002) as u64
+    /// The pacer's burst at `rate`: one paced chunk `way` plus 2 ms of the rate (as for a
+    /// fixed rate: room for a timer that fires late without losing the rate).
+    fn burst(&self, way: Direction, rate: Rate) -> u64 {
+        let chunk = match way {
+            Direction::Upload => Pacing::chunk_for(rate, self.buffer_size),
+            Direction::Download => Pacing::download_chunk_for(rate, self.buffer_size),
+        };
+        on_the_wire(chunk as u64) + (rate.bytes_per_second() * 0.002) as u64
     }
 }
 
@@ -885,7 +888,7 @@ fn run_controllers(weak: Weak<AutoPacing>, doze: &Doze) {
             if rate != before {
                 direction
                     .pacer
-                    .set_rate(rate, rate.map_or(0, |rate| auto.burst(rate)));
+                    .set_rate(rate, rate.map_or(0, |rate| auto.burst(way, rate)));
                 debug!(
                     direction = name(way),
                     mode = controller.mode().name(),

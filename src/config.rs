@@ -6,7 +6,7 @@ use crate::{
     dial::DialPlan,
     policy::PolicyConfig,
     sched::{
-        pacer::{Rate, SEGMENT_PAYLOAD},
+        pacer::{Rate, ACKED_PAYLOAD, SEGMENT_PAYLOAD},
         SchedulerConfig,
     },
 };
@@ -235,6 +235,18 @@ impl Pacing {
         let chunk = (segments as usize).max(1) * segment;
         chunk.min(buffer_size.max(segment))
     }
+
+    /// One paced read of a download at `rate`: [`Pacing::chunk_for`], but at least the
+    /// payload one ACK is charged for ([`ACKED_PAYLOAD`]). A paced download's window is a few
+    /// segments, and each read that frees part of it makes the kernel announce the new room
+    /// with an ACK: reading one segment at a time drew one ACK per 1.3 segments over the
+    /// uplink where delayed ACKs draw one per two (`ss -ti`, testbed), 4 % of the downloads'
+    /// rate against the 2.6 % the pacer charges, on a 5 Mbit/s uplink under 40 Mbit/s of
+    /// downloads 1.2 Mbit/s of ACKs. The bytes read have crossed the link already, so reading
+    /// two segments at once costs the downlink nothing.
+    pub fn download_chunk_for(rate: Rate, buffer_size: usize) -> usize {
+        Self::chunk_for(rate, buffer_size).max((ACKED_PAYLOAD as usize).min(buffer_size))
+    }
 }
 
 impl Default for Config {
@@ -372,6 +384,29 @@ mod tests {
             "at most a buffer"
         );
         assert_eq!(Pacing::default().chunk_size(64 * 1024), 64 * 1024);
+    }
+
+    #[test]
+    fn paced_download_reads_take_at_least_the_payload_of_one_ack() {
+        let rate = |text: &str| Rate::parse(text).unwrap();
+        // Under 23 Mbit/s a paced chunk is one segment; a download reads two.
+        assert_eq!(
+            Pacing::download_chunk_for(rate("5mbit"), 64 * 1024),
+            2 * 1448
+        );
+        assert_eq!(
+            Pacing::download_chunk_for(rate("19mbit"), 64 * 1024),
+            2 * 1448
+        );
+        assert_eq!(
+            Pacing::download_chunk_for(rate("100mbit"), 64 * 1024),
+            4 * 1448
+        );
+        assert_eq!(
+            Pacing::download_chunk_for(rate("5mbit"), 1448),
+            1448,
+            "at most a buffer"
+        );
     }
 
     #[test]

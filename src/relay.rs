@@ -344,6 +344,7 @@ async fn pump_chunks<B: Backend>(
         // chunk is a fraction of a millisecond of it (see Pacing::CHUNK_TIME).
         let live_rate = ctx.live_rate(to);
         let splice_chunk = match live_rate {
+            Some(rate) if to == Side::Downstream => Pacing::download_chunk_for(rate, buffer_size),
             Some(rate) => Pacing::chunk_for(rate, buffer_size),
             // An upload `auto` watches but does not pace splices half its unsent bound at a
             // time (a copied read, when the worker has no pipe left, still fills a relay

@@ -406,3 +406,16 @@ fn grants_of_one_segment_charge_the_opposite_pacer_per_acked_payload_not_per_gra
     assert!(acks.try_admit(1000 - charged + 1, now).is_err());
     assert!(acks.try_admit(1000 - charged, now).is_ok());
 }
+
+#[test]
+fn unasked_bytes_charge_the_opposite_pacer_for_their_acks_at_once() {
+    let now = Instant::now();
+    let acks = Arc::new(Pacer::new(crate::sched::pacer::Rate(1000.0), 1000, now));
+    let mut scheduler = Scheduler::new(config(1 << 20));
+    scheduler.set_ack_pacer(Arc::clone(&acks));
+    // A first flight of four segments, before any grant: two ACKs' worth charged now.
+    scheduler.charge_unasked(4 * crate::sched::pacer::SEGMENT_PAYLOAD, now);
+    let charged = 2 * crate::sched::pacer::SEGMENT_HEADERS;
+    assert!(acks.try_admit(1000 - charged + 1, now).is_err());
+    assert!(acks.try_admit(1000 - charged, now).is_ok());
+}
