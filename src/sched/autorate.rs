@@ -290,6 +290,11 @@ pub const START_RATE: f64 = 500_000.0;
 const START_GROWTH: f64 = 1.25;
 /// A rise of the delay over a tick that holds a starting rate where it is.
 const START_RISE: Duration = Duration::from_micros(500);
+/// How far over the least delay a start read a reading stands (see `starting_tick`): over a
+/// busy path's jitter (the testbed's idle probe p99 is 1.5 ms over its median).
+const START_STANDING: Duration = Duration::from_micros(1_500);
+/// Standing readings in a row that end a start: the rate is at the link.
+const START_STANDING_READINGS: u32 = 3;
 /// A starting rate that grows past this with no queue found is on a fast line, where pacing is
 /// left off (bytes on the wire per second: 200 Mbit/s, about 1.8 s from [`START_RATE`]).
 const START_CAP: f64 = 25_000_000.0;
@@ -396,6 +401,10 @@ pub struct AutoRate {
     /// The queueing delays the last two readings of this start read, newest first
     /// ([`Duration::MAX`] for none yet).
     start_delays: [Duration; 2],
+    /// The least queueing delay this start read ([`Duration::MAX`] for none yet).
+    start_least_delay: Duration,
+    /// Readings in a row of this start with the delay standing over its least.
+    start_standing_readings: u32,
     /// Since when a queue has stood while starting, if one stands.
     start_queue_since: Option<Instant>,
     /// Since when the rate has been past the ceiling, as of the end of the last tick.
@@ -456,6 +465,8 @@ impl AutoRate {
             clear_before: false,
             delay_before: Duration::ZERO,
             start_delays: [Duration::MAX; 2],
+            start_least_delay: Duration::MAX,
+            start_standing_readings: 0,
             start_queue_since: None,
             probing_since: None,
             holds_turn: false,
@@ -519,6 +530,8 @@ impl AutoRate {
             self.last_queue = now;
             self.start_queue_since = None;
             self.start_delays = [Duration::MAX; 2];
+            self.start_least_delay = Duration::MAX;
+            self.start_standing_readings = 0;
             self.decision = "start from the first byte";
         }
         self.rate()
@@ -888,11 +901,6 @@ impl AutoRate {
         // grows by a quarter a tick, and on a 5 Mbit/s uplink one tick more took the queue
         // from 10 to 28 ms, testbed asymmetric).
         let overflowing = sample.dropped == Some(true);
-        let own_queue = overflowing || lossy || (queue && !opposite_reads_the_delay);
-        if own_queue && load >= self.config.min_load.max(self.least_rate) {
-            self.start_pacing(sample, delay, lossy);
-            return;
-        }
         // A delay that rises while still under the clear mark is the link filling: the rate
         // holds there (testbed asymmetric: from 4 Mbit/s the uploads grew to 5, the delay rose
         // from 0.8 to 1.7 ms, and at 6.25 the queue reached 28 ms before the first cut).
@@ -904,8 +912,36 @@ impl AutoRate {
         // jitter held the uploads at 5 Mbit/s of a 20 Mbit/s uplink for 3 s (testbed steps).
         let lately = self.start_delays[0].min(self.start_delays[1]);
         let rising = !opposite_reads_the_delay && delay > lately.saturating_add(START_RISE);
+        // Risen past the clear mark by more than the mark within a tick or two, the delay is
+        // a rate a growth took past the link, not jitter: a queue of its own, which holding the
+        // rate would fill for another tick (testbed asymmetric: the uploads grown to 6.25
+        // Mbit/s on the 5 Mbit/s uplink read 6.8 ms, held, and the queue reached 48 ms).
+        let filling =
+            rising && delay > self.config.clear && delay > lately.saturating_add(self.config.clear);
+        // A delay that stands over the least this start read, reading after reading, is the
+        // rate at the link, where a queue fills slowly; the start would grow again once the
+        // delay stops rising, and a quarter past the link (testbed asymmetric: the uploads held
+        // at 5 Mbit/s on the 5 Mbit/s uplink as the delay rose from 0.6 to 1.3, 2.6, 2.6 and
+        // 3.0 ms, grew to 6.25 on the flat reading, and the queue reached 26 ms). A busy
+        // path's jitter lifts one reading, not several in a row (testbed burst and steps: the
+        // starts on 20 Mbit/s links read 0.2-1.7 ms, and lone readings of 3.5-6.1).
         if sample.queue_delay.is_some() {
+            let standing = !opposite_reads_the_delay
+                && delay > self.start_least_delay.saturating_add(START_STANDING);
+            self.start_standing_readings = if standing {
+                self.start_standing_readings + 1
+            } else {
+                0
+            };
             self.start_delays = [delay, self.start_delays[0]];
+            self.start_least_delay = self.start_least_delay.min(delay);
+        }
+        let at_the_link = self.start_standing_readings >= START_STANDING_READINGS;
+        let own_queue =
+            overflowing || lossy || filling || at_the_link || (queue && !opposite_reads_the_delay);
+        if own_queue && load >= self.config.min_load.max(self.least_rate) {
+            self.start_pacing(sample, delay, lossy);
+            return;
         }
         if !((clear || opposite_reads_the_delay)
             && !rising
@@ -2977,6 +3013,14 @@ mod tests {
     /// The rates of a start after each of ticks that read these delays (microseconds), with
     /// more to send and no opposite direction paced; it is still starting after them.
     fn starting_rates(delays_us: &[u64]) -> Vec<f64> {
+        let (controller, rates) = start_through(delays_us);
+        assert_eq!(controller.mode(), Mode::Starting);
+        rates
+    }
+
+    /// A start through ticks that read these delays (microseconds), the path carrying the
+    /// rate; the controller after them and the rate after each.
+    fn start_through(delays_us: &[u64]) -> (AutoRate, Vec<f64>) {
         let mut now = Instant::now();
         let mut controller = AutoRate::new(AutoRateConfig::default(), now);
         controller.start(now);
@@ -2991,8 +3035,33 @@ mod tests {
             });
             rates.push(controller.rate().expect("paced").bytes_per_second());
         }
+        (controller, rates)
+    }
+
+    #[test]
+    fn a_start_whose_delay_stands_over_its_least_three_readings_in_a_row_paces() {
+        // The testbed's uploads at the 5 Mbit/s uplink: the delay rises, then flattens.
+        let (controller, rates) = start_through(&[600, 1_300, 2_600, 2_600, 3_000]);
+        assert_eq!(controller.mode(), Mode::Paced, "{rates:?}");
+        assert!(rates[4] <= rates[3], "no growth past the link: {rates:?}");
+        // Lone readings lifted by jitter leave the start be.
+        let (controller, rates) = start_through(&[600, 3_500, 1_600, 3_300, 1_000, 2_400]);
+        assert_eq!(controller.mode(), Mode::Starting, "{rates:?}");
+    }
+
+    #[test]
+    fn a_start_whose_delay_jumps_past_the_clear_mark_in_a_tick_paces_at_once() {
+        // Under the queue mark (7 ms), but 6 ms over the last readings: the rate is past the
+        // link, and one tick more there would fill a slow link's buffer.
+        let (controller, rates) = start_through(&[800, 800, 6_800]);
+        assert_eq!(controller.mode(), Mode::Paced, "{rates:?}");
+        assert!(
+            rates[2] < rates[1],
+            "paced under the rate that filled: {rates:?}"
+        );
+        // A rise that ends under the clear mark only holds the start.
+        let (controller, _) = start_through(&[800, 800, 2_900]);
         assert_eq!(controller.mode(), Mode::Starting);
-        rates
     }
 
     #[test]
