@@ -83,9 +83,11 @@ pub fn on_the_wire(payload: u64) -> u64 {
     payload + payload.div_ceil(SEGMENT_PAYLOAD) * SEGMENT_HEADERS
 }
 
-/// Payload one bare ACK is charged for: two full segments, as delayed ACKs go. (fyntr's paced
-/// downloads draw more, one per 1.3 segments, but charged at that rate the uploads went under
-/// the uplink and the asymmetric line's probes over 12 ms rose: see docs/testbed.md.)
+/// Payload one bare ACK is charged for: two full segments, as delayed ACKs go. fyntr's paced
+/// downloads read at least this much at a time (`Pacing::download_chunk_for`), and draw one
+/// per 1.7 segments (`ss -ti`, testbed; the first segments of each connection are acknowledged
+/// one by one). Charged at one per 1.25, the uploads went under the uplink and the asymmetric
+/// line's probes over 12 ms rose: see docs/testbed.md.
 pub const ACKED_PAYLOAD: u64 = 2 * SEGMENT_PAYLOAD;
 
 /// Bytes of the acknowledgements that `payload` draws back over the opposite direction: one
