@@ -3131,6 +3131,13 @@ mod tests {
         assert!(acks < 7.5, "counted from ACKs: {acks:.2} Mbit/s");
     }
 
+    /// Whether `controller` paces at `mbit` Mbit/s or under.
+    fn paced_at_most(controller: &AutoRate, mbit: f64) -> bool {
+        controller
+            .rate()
+            .is_some_and(|rate| rate.bytes_per_second() <= mbit * MBIT)
+    }
+
     #[test]
     fn a_kept_rate_over_a_line_that_got_slower_meanwhile_is_cut_at_once() {
         let mut run = Run::paced(20.0, 150);
@@ -3142,11 +3149,7 @@ mod tests {
         run.demand = None;
         let start = run.ticks.len();
         run.run_until(
-            |controller| {
-                controller
-                    .rate()
-                    .is_some_and(|rate| rate.bytes_per_second() <= 5.5 * MBIT)
-            },
+            |controller| paced_at_most(controller, 5.5),
             start + 6,
             "the kept rate cut under the slower line within 0.6 s",
         );
@@ -3158,11 +3161,7 @@ mod tests {
         run.link.capacity /= 4.0;
         let start = run.ticks.len();
         run.run_until(
-            |controller| {
-                controller
-                    .rate()
-                    .is_some_and(|rate| rate.bytes_per_second() <= 5.0 * MBIT)
-            },
+            |controller| paced_at_most(controller, 5.0),
             start + 5,
             "the rate cut under the slower line within 0.5 s",
         );

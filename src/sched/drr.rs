@@ -288,7 +288,10 @@ impl Scheduler {
                 let payload = self.ack_payload + u64::from(head);
                 let whole = payload - payload % ACKED_PAYLOAD;
                 self.ack_payload = payload - whole;
-                ack_pacer.charge(acks_on_the_wire(whole), now);
+                // A grant that completes no ACK's payload leaves the shared pacer alone.
+                if whole > 0 {
+                    ack_pacer.charge(acks_on_the_wire(whole), now);
+                }
             }
             self.by_age.push_back((now, id, sequence));
             return Some(Grant {

@@ -389,12 +389,8 @@ fn unasked_bytes_and_the_other_directions_acks_delay_later_grants() {
 
 #[test]
 fn grants_of_one_segment_charge_the_opposite_pacer_per_acked_payload_not_per_grant() {
-    // The opposite pacer at 1000 bytes a second with a second's burst: what the grants charge
-    // it shows in what it still admits at once.
     let now = Instant::now();
-    let acks = Arc::new(Pacer::new(crate::sched::pacer::Rate(1000.0), 1000, now));
-    let mut scheduler = Scheduler::new(config(1 << 20));
-    scheduler.set_ack_pacer(Arc::clone(&acks));
+    let (acks, mut scheduler) = charging_acks_to_a_pacer(now);
     let flow = scheduler.add_flow();
     for _ in 0..4 {
         scheduler.handle_enqueue(flow, crate::sched::pacer::SEGMENT_PAYLOAD as u32);
@@ -402,7 +398,21 @@ fn grants_of_one_segment_charge_the_opposite_pacer_per_acked_payload_not_per_gra
         scheduler.handle_complete(flow);
     }
     // Four segments draw two ACKs (132 bytes), not four.
-    let charged = 2 * crate::sched::pacer::SEGMENT_HEADERS;
+    assert_acks_charged(&acks, 2, now);
+}
+
+/// A scheduler charging its grants' ACKs to a pacer of 1000 bytes a second with a second's
+/// burst: what it charges shows in what the pacer still admits at once.
+fn charging_acks_to_a_pacer(now: Instant) -> (Arc<Pacer>, Scheduler) {
+    let acks = Arc::new(Pacer::new(crate::sched::pacer::Rate(1000.0), 1000, now));
+    let mut scheduler = Scheduler::new(config(1 << 20));
+    scheduler.set_ack_pacer(Arc::clone(&acks));
+    (acks, scheduler)
+}
+
+/// Asserts that `acks` was charged for exactly `count` bare ACKs.
+fn assert_acks_charged(acks: &Pacer, count: u64, now: Instant) {
+    let charged = count * crate::sched::pacer::SEGMENT_HEADERS;
     assert!(acks.try_admit(1000 - charged + 1, now).is_err());
     assert!(acks.try_admit(1000 - charged, now).is_ok());
 }
@@ -410,12 +420,8 @@ fn grants_of_one_segment_charge_the_opposite_pacer_per_acked_payload_not_per_gra
 #[test]
 fn unasked_bytes_charge_the_opposite_pacer_for_their_acks_at_once() {
     let now = Instant::now();
-    let acks = Arc::new(Pacer::new(crate::sched::pacer::Rate(1000.0), 1000, now));
-    let mut scheduler = Scheduler::new(config(1 << 20));
-    scheduler.set_ack_pacer(Arc::clone(&acks));
+    let (acks, scheduler) = charging_acks_to_a_pacer(now);
     // A first flight of four segments, before any grant: two ACKs' worth charged now.
     scheduler.charge_unasked(4 * crate::sched::pacer::SEGMENT_PAYLOAD, now);
-    let charged = 2 * crate::sched::pacer::SEGMENT_HEADERS;
-    assert!(acks.try_admit(1000 - charged + 1, now).is_err());
-    assert!(acks.try_admit(1000 - charged, now).is_ok());
+    assert_acks_charged(&acks, 2, now);
 }
